@@ -1,0 +1,1 @@
+"""Stitchable Neural Networks (SN-Net) over stock timm models."""
