@@ -8,7 +8,6 @@ STAMP := $(VENV)/.snnet-installed
 # Re-installs only when the dependency lists change.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)

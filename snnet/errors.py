@@ -1,0 +1,60 @@
+"""Errors a user can fix, and how the command-line scripts report them.
+
+Every refusal the scripts make is an :class:`SNNetError`: the scripts print its message as one
+line on stderr and exit non-zero, without a traceback. Anything else is a bug and keeps its
+traceback.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+
+class SNNetError(Exception):
+    """A problem with the user's input; the message names the problem and the fix."""
+
+
+class UnknownModelError(SNNetError, ValueError):
+    """A model name timm does not know, or a family SN-Net has no adapter for."""
+
+
+class IncompatibleAnchorsError(SNNetError, ValueError):
+    """Anchors that cannot be stitched (stage layout, feature layout or spatial size differ)."""
+
+
+class CheckpointError(SNNetError):
+    """A checkpoint file that is missing, unreadable, unsafe or of another model."""
+
+
+class ConfigError(SNNetError, ValueError):
+    """A malformed config file or an invalid combination of arguments."""
+
+
+class DataError(SNNetError):
+    """A missing or unusable dataset."""
+
+
+class BudgetError(SNNetError, ValueError):
+    """No network satisfies the requested budget."""
+
+
+class DivergenceError(SNNetError):
+    """Training produced a non-finite loss."""
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def exit_on_user_error(main: F) -> F:
+    """Wrap a script's ``main`` so that an :class:`SNNetError` ends it with one clear line."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except SNNetError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
