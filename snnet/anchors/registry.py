@@ -1,0 +1,85 @@
+"""Model name -> anchor adapter, keyed by the timm module that defines the model."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import timm
+from timm.models import get_pretrained_cfg_value, is_model_in_modules
+from torch import nn
+
+from ..errors import UnknownModelError
+
+_ADAPTERS: dict[str, type] = {}
+
+
+def register_anchor(*timm_modules: str) -> Callable[[type], type]:
+    """Class decorator: the adapter serves every model defined in these timm modules."""
+
+    def register(cls: type) -> type:
+        for name in timm_modules:
+            _ADAPTERS[name] = cls
+        return cls
+
+    return register
+
+
+def supported_families() -> list[str]:
+    return sorted(_ADAPTERS)
+
+
+def adapter_class(model_name: str) -> type:
+    """The adapter class for a timm model name, or a clear error."""
+    if not timm.is_model(model_name):
+        close = timm.list_models(f"*{model_name.split('_')[0]}*")[:5]
+        hint = f" (close names: {', '.join(close)})" if close else ""
+        raise UnknownModelError(f"unknown model '{model_name}': timm has no model of that name{hint}")
+    for module, cls in _ADAPTERS.items():
+        if is_model_in_modules(model_name, [module]):
+            return cls
+    raise UnknownModelError(
+        f"model '{model_name}' has no SN-Net anchor adapter: supported timm families are "
+        f"{', '.join(supported_families())} (add one in snnet/anchors/)"
+    )
+
+
+def default_input_size(model_name: str) -> tuple[int, int, int]:
+    return tuple(get_pretrained_cfg_value(model_name, "input_size") or (3, 224, 224))
+
+
+def create_anchor(
+    model_name: str,
+    pretrained: bool = False,
+    checkpoint_path: Optional[str | Path] = None,
+    num_classes: Optional[int] = None,
+    img_size: Optional[int] = None,
+    model_kwargs: Optional[dict[str, Any]] = None,
+):
+    """Create a timm model and wrap it in its family's adapter.
+
+    Args:
+        model_name: a timm model name (``deit_small_patch16_224``, ``swin_tiny_...``).
+        pretrained: load timm's pretrained weights (from the hub or its local cache).
+        checkpoint_path: a local weights file loaded after creation (safe loading only).
+        num_classes: classifier size; None keeps timm's default.
+        img_size: input resolution; None keeps the model's default.
+        model_kwargs: extra keyword arguments for ``timm.create_model``.
+    """
+    cls = adapter_class(model_name)
+    kwargs = dict(model_kwargs or {})
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if img_size is not None and cls.takes_img_size:
+        kwargs.setdefault("img_size", img_size)
+    model: nn.Module = timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    if checkpoint_path:
+        from ..checkpoint import load_model_weights
+
+        load_model_weights(model, checkpoint_path)
+    size = default_input_size(model_name)
+    if img_size is not None:
+        size = (size[0], img_size, img_size)
+    elif hasattr(getattr(model, "patch_embed", None), "img_size"):
+        size = (size[0], *model.patch_embed.img_size)
+    return cls(model, model_name, size)
+

@@ -1,0 +1,142 @@
+"""FLOPs per network, counted as the paper's tables count them, and fast.
+
+Convention: fvcore's (one multiply-add = one FLOP; convolutions, linears, matmuls and norms
+counted), at batch 1 and the anchors' input size. timm >= 1.0 runs attention through fused
+``scaled_dot_product_attention``, which fvcore does not know and would skip silently (DeiT-Ti
+would read 1.080 G instead of the paper's 1.258 G), so we add a handle for it.
+
+A network is a stem, some blocks, maybe a stitching layer, more blocks and a head, each run on
+a fixed input shape, so its FLOPs are the sum of its parts' FLOPs. :func:`flops_table` counts
+every part of every anchor once and adds them up per network, instead of tracing each of the
+(often 71+) networks whole; ``tests/test_flops.py`` checks the sums against whole-network
+counts.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from math import prod
+from typing import Any, Callable, Iterable
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+
+from .anchors import Anchor
+from .model import SNNet
+
+_SDPA_OPS = (
+    "aten::scaled_dot_product_attention",
+    "aten::_scaled_dot_product_flash_attention",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_efficient_attention",
+    "aten::_scaled_dot_product_cudnn_attention",
+)
+
+
+def _sdpa_flop(inputs: list[Any], outputs: list[Any]) -> int:
+    """``softmax(q k^T) v``: two batched matmuls, (..., L, E) x (..., S, E) and (..., L, S) x (..., S, Ev)."""
+    q, k, v = (inputs[i].type().sizes() for i in range(3))
+    return prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
+    """fvcore FLOPs of ``module(*inputs)``, fused attention included, in eval mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        analysis = FlopCountAnalysis(module, inputs)
+        for op in _SDPA_OPS:
+            analysis.set_op_handle(op, _sdpa_flop)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about python control flow
+            return int(analysis.total())
+    finally:
+        module.train(was_training)
+
+
+class _Call(nn.Module):
+    """A module around an adapter function (stem, head), so fvcore can trace it."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], owner: nn.Module):
+        super().__init__()
+        self.owner = owner
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+@dataclass(frozen=True)
+class AnchorFlops:
+    stem: int
+    blocks: tuple[int, ...]
+    head: int
+
+    @property
+    def total(self) -> int:
+        return self.stem + sum(self.blocks) + self.head
+
+
+def _probe(anchor: Anchor, index: int) -> torch.Tensor:
+    p = next(anchor.model.parameters())
+    return torch.zeros(1, *anchor.feature_shapes[index], device=p.device, dtype=p.dtype)
+
+
+def anchor_flops(anchor: Anchor) -> AnchorFlops:
+    """FLOPs of an anchor's stem, of each block on its own input shape, and of its head."""
+    p = next(anchor.model.parameters())
+    images = torch.zeros(1, *anchor.input_size, device=p.device, dtype=p.dtype)
+    stem = count_flops(_Call(anchor.stem, anchor.model), images)
+    blocks = tuple(count_flops(blk, _probe(anchor, i)) for i, blk in enumerate(anchor.blocks))
+    head = count_flops(_Call(anchor.head, anchor.model), _probe(anchor, anchor.num_blocks))
+    return AnchorFlops(stem, blocks, head)
+
+
+def stitches_flops(net: SNNet) -> list[int]:
+    """FLOPs of every network of ``net``, by composition of per-part counts."""
+    parts = [anchor_flops(a) for a in net.adapters]
+    layers = []
+    for spec, layer in zip(net.layer_specs, net.stitch_layers):
+        j = spec.positions[0][0]  # every position of a layer sees the same input shape
+        layers.append(count_flops(layer, _probe(net.adapters[spec.front], j + 1)))
+    out = []
+    for s in net.stitches:
+        if s.is_anchor:
+            out.append(parts[s.front].total)
+            continue
+        front, back = parts[s.front], parts[s.back]
+        out.append(
+            front.stem + sum(front.blocks[: s.front_block + 1]) + layers[s.layer]
+            + sum(back.blocks[s.back_block:]) + back.head
+        )
+    return out
+
+
+def network_flops(net: SNNet, cfg_id: int) -> int:
+    """FLOPs of one network traced whole (the slow reference for :func:`stitches_flops`)."""
+    previous = net.cfg_id
+    net.select(cfg_id)
+    try:
+        p = next(net.parameters())
+        return count_flops(net, torch.zeros(1, *net.input_size, device=p.device, dtype=p.dtype))
+    finally:
+        net.select(previous)
+
+
+def flops_table(net: SNNet, cfg_ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    """Rows ``cfg_id, name, flops, params, is_anchor`` for the given (default: all) networks."""
+    flops = stitches_flops(net)
+    ids = range(net.num_stitches) if cfg_ids is None else cfg_ids
+    return [
+        {
+            "cfg_id": i,
+            "name": net.stitches[i].name,
+            "flops": flops[i],
+            "params": net.num_params(i),
+            "is_anchor": net.stitches[i].is_anchor,
+        }
+        for i in ids
+    ]

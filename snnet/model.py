@@ -1,0 +1,225 @@
+"""The SN-Net module: anchors, stitching layers, and the choice of one network to run."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .anchors import Anchor, create_anchor
+from .errors import ConfigError, IncompatibleAnchorsError
+from .layers import StitchingLayer, to_rows
+from .lstsq import augment, solve_normal_equations
+from .stitches import Stitch, StitchingLayerSpec, enumerate_stitches
+
+
+class SNNet(nn.Module):
+    """Stitchable Neural Network over anchors ordered small -> large.
+
+    ``net.stitches[cfg_id]`` describes every network it holds (anchors first);
+    ``net.select(cfg_id)`` chooses the one ``forward`` runs. The state dict holds the timm
+    models under ``anchors.<i>.`` with their own keys, and the layers under ``stitch_layers.``.
+    """
+
+    def __init__(
+        self,
+        anchors: Sequence[Anchor],
+        kernel_size: int = 2,
+        stride: int = 1,
+        nearest: bool = True,
+        stages: Optional[Sequence[int]] = None,
+    ):
+        super().__init__()
+        sizes = {a.input_size for a in anchors}
+        if len(sizes) > 1:
+            desc = ", ".join(f"{a.name}: {'x'.join(map(str, a.input_size[1:]))}" for a in anchors)
+            raise IncompatibleAnchorsError(f"anchors take different input sizes ({desc}); pass one --img-size for all")
+        self.adapters = list(anchors)
+        self.anchors = nn.ModuleList(a.model for a in anchors)
+        self.stitches, self.layer_specs = enumerate_stitches(anchors, kernel_size, stride, nearest, stages)
+        self.stitch_layers = nn.ModuleList(self._make_layer(spec) for spec in self.layer_specs)
+        self.config = {
+            "anchors": [a.name for a in anchors],
+            "kernel_size": kernel_size,
+            "stride": stride,
+            "nearest": nearest,
+            "stages": None if stages is None else list(stages),
+        }
+        self.cfg_id = 0
+
+    def _make_layer(self, spec: StitchingLayerSpec) -> StitchingLayer:
+        front, back = self.adapters[spec.front], self.adapters[spec.back]
+        j, k = spec.positions[0]
+        return StitchingLayer(front.channels(j + 1), back.channels(k), front.layout, back.layout)
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        return self.adapters[0].input_size
+
+    @property
+    def num_stitches(self) -> int:
+        return len(self.stitches)
+
+    def select(self, cfg_id: int) -> "SNNet":
+        """Choose the network ``forward`` runs."""
+        if not 0 <= cfg_id < len(self.stitches):
+            raise ConfigError(f"stitch id {cfg_id} is out of range: this SN-Net has cfg_ids 0..{len(self.stitches) - 1}")
+        self.cfg_id = int(cfg_id)
+        return self
+
+    @property
+    def selected(self) -> Stitch:
+        return self.stitches[self.cfg_id]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_stitch(x, self.stitches[self.cfg_id])
+
+    def forward_stitch(self, x: torch.Tensor, stitch: Stitch) -> torch.Tensor:
+        """Run one network; an anchor runs as its plain timm model."""
+        if stitch.is_anchor:
+            return self.anchors[stitch.front](x)
+        x = self.adapters[stitch.front].forward_until(x, stitch.front_block)
+        x = self.stitch_layers[stitch.layer](x)
+        return self.adapters[stitch.back].forward_from(x, stitch.back_block)
+
+    def num_params(self, cfg_id: int) -> int:
+        """Parameters the network ``cfg_id`` runs: its blocks, its stitching layer, its head."""
+        s = self.stitches[cfg_id]
+        if s.is_anchor:
+            return sum(p.numel() for p in self.anchors[s.front].parameters())
+        front, back = self.adapters[s.front], self.adapters[s.back]
+        return (
+            front.stem_params()
+            + front.num_params(front.blocks[: s.front_block + 1])
+            + sum(p.numel() for p in self.stitch_layers[s.layer].parameters())
+            + back.num_params(back.blocks[s.back_block:])
+            + back.head_params()
+        )
+
+    @torch.no_grad()
+    def init_stitching_layers(
+        self,
+        images: torch.Tensor | Iterable[torch.Tensor],
+        batch_size: int = 32,
+        combine: str = "mean",
+        progress: bool = False,
+    ) -> None:
+        """Least-squares initialisation of every stitching layer (the paper uses 100 images).
+
+        For each position ``(j, k)`` of a layer we solve ``min ||[X_j 1] W - Y_k||`` where
+        ``X_j`` are the front anchor's features after block j and ``Y_k`` the back anchor's
+        features before block k, over all images and spatial positions. A layer shared by
+        several positions gets the mean of their solutions (``combine='mean'``, the paper's
+        rule) or the one solution of all positions stacked (``combine='joint'``).
+        The anchors run in eval mode (no dropout / drop-path, BatchNorm running stats).
+
+        Args:
+            images: an ``(N, 3, H, W)`` tensor, or an iterable of such batches.
+            batch_size: images per forward pass when ``images`` is one tensor.
+            combine: ``'mean'`` or ``'joint'``.
+            progress: show a progress bar.
+        """
+        if combine not in ("mean", "joint"):
+            raise ConfigError(f"combine must be 'mean' or 'joint', got '{combine}'")
+        if not self.layer_specs:
+            return
+        needed: dict[int, set[int]] = defaultdict(set)  # anchor -> feature indices
+        for spec in self.layer_specs:
+            for j, k in spec.positions:
+                needed[spec.front].add(j + 1)
+                needed[spec.back].add(k)
+        fronts = {(spec.front, j + 1) for spec in self.layer_specs for j, _ in spec.positions}
+        grams: dict[tuple[int, int], torch.Tensor] = {}
+        crosses: dict[tuple[int, int, int, int], torch.Tensor] = {}
+
+        batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc="least-squares init", unit="batch")
+        was_training = self.training
+        self.eval()
+        try:
+            for batch in batches:
+                rows = {
+                    (a, i): to_rows(f, self.adapters[a].layout)
+                    for a, indices in needed.items()
+                    for i, f in self._features(a, batch, indices).items()
+                }
+                front_rows = {key: augment(rows[key]) for key in fronts}
+                for key, r in front_rows.items():
+                    _accumulate(grams, key, r.T @ r)
+                for spec in self.layer_specs:
+                    for j, k in spec.positions:
+                        cross = front_rows[(spec.front, j + 1)].T @ rows[(spec.back, k)].to(torch.float64)
+                        _accumulate(crosses, (spec.front, j + 1, spec.back, k), cross)
+        finally:
+            self.train(was_training)
+
+        for spec, layer in zip(self.layer_specs, self.stitch_layers):
+            keys = [((spec.front, j + 1), (spec.front, j + 1, spec.back, k)) for j, k in spec.positions]
+            if combine == "joint":
+                w, b = solve_normal_equations(sum(grams[g] for g, _ in keys), sum(crosses[c] for _, c in keys))
+            else:
+                sols = [solve_normal_equations(grams[g], crosses[c]) for g, c in keys]
+                w = torch.stack([s[0] for s in sols]).mean(0)
+                b = torch.stack([s[1] for s in sols]).mean(0)
+            layer.set_weights(w, b)
+
+    def _features(self, a: int, images: torch.Tensor, indices: set[int]) -> dict[int, torch.Tensor]:
+        """Anchor ``a``'s features at the given indices (0: after the stem, i: after block i-1)."""
+        adapter = self.adapters[a]
+        param = next(adapter.model.parameters())
+        x = adapter.stem(images.to(device=param.device, dtype=param.dtype))
+        out = {0: x} if 0 in indices else {}
+        for i, blk in enumerate(adapter.blocks[: max(indices)]):
+            x = blk(x)
+            if i + 1 in indices:
+                out[i + 1] = x
+        return out
+
+
+def _accumulate(store: dict, key: Any, value: torch.Tensor) -> None:
+    store[key] = store[key] + value if key in store else value
+
+
+def create_snnet(
+    anchors: Sequence[str],
+    pretrained: bool = False,
+    num_classes: Optional[int] = None,
+    img_size: Optional[int] = None,
+    model_kwargs: Optional[dict[str, Any]] = None,
+    anchor_kwargs: Optional[Sequence[Optional[dict[str, Any]]]] = None,
+    anchor_checkpoints: Optional[Sequence[Optional[str | Path]]] = None,
+    kernel_size: int = 2,
+    stride: int = 1,
+    nearest: bool = True,
+    stages: Optional[Sequence[int]] = None,
+) -> SNNet:
+    """Build an SN-Net from timm model names ordered small -> large.
+
+    Args:
+        anchors: timm model names, e.g. ``["deit_tiny_patch16_224", "deit_small_patch16_224"]``.
+        pretrained: load timm's pretrained weights for every anchor.
+        num_classes: classifier size of every anchor (None: timm's default).
+        img_size: input resolution of every anchor (None: the models' default).
+        model_kwargs: ``timm.create_model`` keyword arguments for every anchor.
+        anchor_kwargs: per-anchor keyword arguments, merged over ``model_kwargs``.
+        anchor_checkpoints: per-anchor local weights files (None entries are skipped).
+        kernel_size, stride: the sliding window of paired stitching.
+        nearest: stitch only neighbouring anchors (the paper's default).
+        stages: stages to stitch in (hierarchical anchors); None: every stage but the last.
+    """
+    if not anchors:
+        raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] ordered small to large")
+    for what, per in (("--anchor-kwargs", anchor_kwargs), ("--anchor-checkpoints", anchor_checkpoints)):
+        if per is not None and len(per) != len(anchors):
+            raise ConfigError(f"{what} has {len(per)} entries for {len(anchors)} anchors: give one per anchor")
+    built = []
+    for i, name in enumerate(anchors):
+        kwargs = {**(model_kwargs or {}), **((anchor_kwargs or [None] * len(anchors))[i] or {})}
+        ckpt = (anchor_checkpoints or [None] * len(anchors))[i]
+        built.append(create_anchor(name, pretrained, ckpt, num_classes, img_size, kwargs))
+    return SNNet(built, kernel_size=kernel_size, stride=stride, nearest=nearest, stages=stages)
