@@ -7,7 +7,7 @@ the weights, the state dict and ``model(x)`` stay exactly timm's.
 """
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Iterable, Literal, Sequence
+from typing import ClassVar, Iterable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -138,14 +138,3 @@ class Anchor:
             self.model.train(was_training)
         return shapes
 
-
-class ModuleFn(nn.Module):
-    """A module view of an adapter function (stem, head), for tracing and export."""
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], modules: Iterable[nn.Module]):
-        super().__init__()
-        self.parts = nn.ModuleList(modules)
-        self.fn = fn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
