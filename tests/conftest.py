@@ -1,0 +1,46 @@
+"""Shared tiny anchor settings: small enough for 2 CPU cores, real timm architectures."""
+import warnings
+
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
+
+# name -> create_snnet kwargs of a tiny two-anchor SN-Net of that family.
+TINY_PAIRS = {
+    "deit": dict(
+        anchors=["deit_tiny_patch16_224", "deit_small_patch16_224"],
+        img_size=32,
+        model_kwargs=dict(patch_size=4, depth=4),
+        anchor_kwargs=[dict(embed_dim=32, num_heads=2), dict(embed_dim=64, num_heads=4)],
+    ),
+    "swin": dict(
+        anchors=["swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224"],
+        img_size=64,
+        model_kwargs=dict(window_size=4),
+        anchor_kwargs=[
+            dict(embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 2, 4)),
+            dict(embed_dim=24, depths=(2, 2, 6, 1), num_heads=(1, 2, 3, 6)),
+        ],
+    ),
+    "resnet": dict(anchors=["resnet18", "resnet50"], img_size=64),
+    "resnet_swin": dict(
+        anchors=["resnet18", "swin_tiny_patch4_window7_224"],
+        img_size=64,
+        anchor_kwargs=[{}, dict(window_size=4, embed_dim=24, depths=(2, 2, 6, 2), num_heads=(1, 2, 3, 4))],
+    ),
+    "levit": dict(anchors=["levit_128s", "levit_192"], img_size=64),
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def deit_ti_s_b():
+    """The paper's DeiT Ti/S/B SN-Net at full size (random weights), built once."""
+    from snnet import create_snnet
+
+    return create_snnet(["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"], num_classes=1000)
