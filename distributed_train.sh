@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# ./distributed_train.sh NUM_PROC [train.py args...]
+#   -> torchrun --standalone --nproc_per_node=NUM_PROC train.py [train.py args...]
+# --batch-size is PER PROCESS (as in timm): the global batch is NUM_PROC x --batch-size.
+# The process group uses nccl on CUDA and gloo on CPU.
+# Extra torchrun options go in TORCHRUN_ARGS, e.g. multi-node or automatic restarts:
+#   TORCHRUN_ARGS="--nnodes 2 --node_rank 0 --rdzv-backend c10d --rdzv-endpoint host:29500 --max-restarts 1"
+# --standalone (single node, a free rendezvous port of its own) is added unless TORCHRUN_ARGS
+# names a rendezvous or master address. PYTHON picks the interpreter (default: python3).
+set -euo pipefail
+if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ || "$1" -lt 1 ]]; then
+  echo "usage: $0 NUM_PROC [train.py args...]   (NUM_PROC >= 1)" >&2
+  exit 2
+fi
+NUM_PROC=$1
+shift
+PY=${PYTHON:-python3}
+# torchrun shares its rendezvous TCPStore with the workers by default; after a restart
+# (--max-restarts) the workers can read the previous attempt's addresses and fail to connect
+# (pytorch/pytorch#135712). A store of their own per attempt avoids it.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
+read -r -a EXTRA <<< "${TORCHRUN_ARGS:-}"
+STANDALONE=(--standalone)
+for a in "${EXTRA[@]}"; do
+  case "$a" in
+    --standalone|--nnodes*|--rdzv-endpoint*|--rdzv_endpoint*|--rdzv-backend*|--rdzv_backend*|--master-addr*|--master_addr*|--master-port*|--master_port*)
+      STANDALONE=() ;;
+  esac
+done
+exec "$PY" -m torch.distributed.run "${STANDALONE[@]}" --nproc_per_node="$NUM_PROC" "${EXTRA[@]}" \
+  "$(dirname "$0")/train.py" "$@"
