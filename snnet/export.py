@@ -1,0 +1,277 @@
+"""Ship one network of an SN-Net as a standalone model that loads with plain torch.
+
+:func:`standalone_network` builds an ``nn.Module`` holding exactly what network ``cfg_id`` runs:
+the front anchor's stem and blocks ``0..j``, the stitching layer, the back anchor's blocks
+``k..`` and head. It works for every family without family-specific code: the two timm models
+are deep-copied, the network is run once on the copies with every module and parameter watched
+(forward hooks, gradients), and every module it never calls and every parameter it never uses
+is removed (a module becomes ``nn.Identity``, a parameter of a module that is not called becomes
+``None``). An anchor is exported as its whole timm model. The result has exactly
+``net.num_params(cfg_id)`` parameters and the same outputs as the SN-Net for that network.
+
+:func:`export_network` writes it as TorchScript (``.pt``/``.ts``, ``torch.jit.trace``), an
+exported program (``.pt2``, ``torch.export``) or ONNX (``.onnx``), with a dynamic batch size
+where the exporter allows it, and checks the written file against the SN-Net.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .model import SNNet
+
+FORMATS = {".pt": "torchscript", ".ts": "torchscript", ".pt2": "exported_program", ".onnx": "onnx"}
+
+
+class StitchedNetwork(nn.Module):
+    """front stem -> front blocks[:j+1] -> stitching layer -> back blocks[k:] -> back head.
+
+    ``front`` and ``back`` are pruned copies of the anchors' timm models (only the modules this
+    network runs are left); the adapters over them (not modules) give the stem/blocks/head view.
+    """
+
+    def __init__(self, front: nn.Module, stitch: nn.Module, back: nn.Module, front_adapter, back_adapter,
+                 front_block: int, back_block: int):
+        super().__init__()
+        self.front = front
+        self.stitch = stitch
+        self.back = back
+        # plain attributes: not registered again as submodules
+        self.__dict__["_front_adapter"] = front_adapter
+        self.__dict__["_back_adapter"] = back_adapter
+        self.__dict__["_front_blocks"] = list(front_adapter.blocks[: front_block + 1])
+        self.__dict__["_back_blocks"] = list(back_adapter.blocks[back_block:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._front_adapter.stem(x)
+        for blk in self._front_blocks:
+            x = blk(x)
+        x = self.stitch(x)
+        for blk in self._back_blocks:
+            x = blk(x)
+        return self._back_adapter.head(x)
+
+
+def _rebind(adapter, model: nn.Module):
+    """The same family's adapter over a copy of the model (blocks are the copy's modules)."""
+    return type(adapter)(model, adapter.name, adapter.input_size)
+
+
+def _clear_caches(module: nn.Module) -> None:
+    """Drop eval-mode caches of derived tensors (timm's LeViT attention biases), so that tracing
+    records them as computed from the parameters."""
+    for m in module.modules():
+        if isinstance(getattr(m, "attention_bias_cache", None), dict):
+            m.attention_bias_cache = {}
+
+
+@torch.no_grad()
+def _zero_like_state(module: nn.Module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def _prune_unused(model: nn.Module, called: set[int], used_params: set[int]) -> None:
+    """Replace never-called modules without used parameters by ``nn.Identity`` (top-down, so a
+    removed subtree goes whole) and drop unused parameters of never-called modules."""
+
+    def visit(module: nn.Module) -> None:
+        module_called = id(module) in called
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
+            child_used = any(id(p) in used_params for p in child.parameters())
+            if id(child) not in called and not child_used and not module_called:
+                module._modules[name] = nn.Identity()
+            else:
+                visit(child)
+        if not module_called:
+            for name, p in list(module._parameters.items()):
+                if p is not None and id(p) not in used_params:
+                    module._parameters[name] = None
+
+    visit(model)
+
+
+def standalone_network(net: SNNet, cfg_id: int) -> nn.Module:
+    """A new ``nn.Module`` (eval mode, float32, on the SN-Net's device) that computes network
+    ``cfg_id`` and holds only the modules and parameters it runs."""
+    if not 0 <= cfg_id < net.num_stitches:
+        raise ConfigError(f"--export {cfg_id} is out of range: this SN-Net has cfg_ids 0..{net.num_stitches - 1}")
+    s = net.stitches[cfg_id]
+    if s.is_anchor:
+        model = copy.deepcopy(net.anchors[s.front]).eval()
+        _clear_caches(model)
+        return model
+    front = copy.deepcopy(net.anchors[s.front])
+    back = copy.deepcopy(net.anchors[s.back])
+    layer = copy.deepcopy(net.stitch_layers[s.layer])
+    for m in (front, back):
+        _clear_caches(m)
+    module = StitchedNetwork(front, layer, back, _rebind(net.adapters[s.front], front),
+                             _rebind(net.adapters[s.back], back), s.front_block, s.back_block)
+
+    # Watch one forward: which modules are called, which parameters get a gradient. Train mode
+    # so that eval-mode caches cannot hide a parameter; BatchNorm statistics restored after.
+    saved = _zero_like_state(module)
+    called: set[int] = set()
+    hooks = [m.register_forward_pre_hook(lambda mod, _: called.add(id(mod))) for m in module.modules()]
+    flags = {id(p): p.requires_grad for p in module.parameters()}
+    try:
+        module.train()
+        for p in module.parameters():
+            p.requires_grad_(True)
+        p0 = next(module.parameters())
+        x = torch.randn(2, *net.input_size, device=p0.device, dtype=p0.dtype)
+        with torch.enable_grad():
+            module(x).float().sum().backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    used = {id(p) for p in module.parameters() if p.grad is not None}
+    for p in module.parameters():
+        p.grad = None
+        p.requires_grad_(flags[id(p)])
+    module.load_state_dict(saved)
+    for m in (front, back):
+        _prune_unused(m, called, used)
+        _clear_caches(m)
+    return module.eval()
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    format: str
+    cfg_id: int
+    name: str
+    params: int
+    max_abs_diff: float
+    dynamic_batch: bool
+
+
+def _example(net: SNNet, batch: int, device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(batch, *net.input_size, generator=g).to(device)
+
+
+def _reference(net: SNNet, cfg_id: int, x: torch.Tensor) -> torch.Tensor:
+    was, previous = net.training, net.cfg_id
+    net.eval().select(cfg_id)
+    try:
+        with torch.no_grad():
+            return net(x).float()
+    finally:
+        net.train(was)
+        net.select(previous)
+
+
+def _export_program(module: nn.Module, x: torch.Tensor):
+    from torch.export import Dim, export
+
+    try:
+        return export(module, (x,), dynamic_shapes=({0: Dim("batch", min=1, max=65536)},)), True
+    except Exception as e:  # some models specialise on the batch size; a static program still ships
+        warnings.warn(f"torch.export with a dynamic batch failed ({str(e).splitlines()[0][:200]}); "
+                      f"exporting for batch {x.shape[0]} only")
+        return export(module, (x,)), False
+
+
+def export_network(net: SNNet, cfg_id: int, path: str | Path, batch_size: int = 2, opset: Optional[int] = None,
+                   atol: float = 1e-4) -> ExportReport:
+    """Write network ``cfg_id`` to ``path`` (format from the suffix) and check the written file:
+    its outputs equal the SN-Net's for that network (``atol``) and, for TorchScript and exported
+    programs, its parameter count equals ``net.num_params(cfg_id)``."""
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"--export-path '{path}' has an unknown suffix: use .pt (TorchScript), .pt2 (torch.export) or .onnx")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = standalone_network(net, cfg_id)
+    device = next(module.parameters()).device
+    # trace at batch >= 2 so that no batch-size-1 special case is recorded
+    x = _example(net, max(2, batch_size), device)
+    check = _example(net, max(2, batch_size) + 1, device)  # another batch size: the export is not batch-specific
+    expected = _reference(net, cfg_id, check)
+    params = sum(p.numel() for p in module.parameters())
+    dynamic = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notices
+        if fmt == "torchscript":
+            with torch.no_grad():
+                traced = torch.jit.trace(module, x, check_trace=False)
+            traced.save(str(path))
+            loaded = torch.jit.load(str(path), map_location=device)
+            params = sum(p.numel() for p in loaded.parameters())
+            with torch.no_grad():
+                got = loaded(check).float()
+        elif fmt == "exported_program":
+            program, dynamic = _export_program(module, x)
+            torch.export.save(program, str(path))
+            loaded = torch.export.load(str(path))
+            params = sum(loaded.state_dict[n].numel() for n in loaded.graph_signature.parameters)
+            if not dynamic:
+                check, expected = x, _reference(net, cfg_id, x)
+            with torch.no_grad():
+                got = loaded.module()(check).float()
+        else:
+            _export_onnx(module, x, path, opset)
+            params, got = _check_onnx(path, module, check)
+    diff = float((got - expected).abs().max())
+    if not torch.allclose(got, expected, atol=atol, rtol=1e-4):
+        raise RuntimeError(f"exported network {cfg_id} differs from the SN-Net by {diff:.3g} (atol {atol}): a bug, please report it")
+    expected_params = net.num_params(cfg_id)
+    if params != expected_params:
+        raise RuntimeError(f"exported network {cfg_id} holds {params} parameters, the network runs {expected_params}: "
+                           f"a bug, please report it")
+    return ExportReport(path, fmt, cfg_id, net.stitches[cfg_id].name, params, diff, dynamic)
+
+
+def _export_onnx(module: nn.Module, x: torch.Tensor, path: Path, opset: Optional[int]) -> None:
+    """torch.onnx's exporter (torch.export based), batch dimension dynamic. Graph optimisation is
+    left to the runtime (``optimize=False``) so that the file's initializers are exactly the
+    network's parameters, under their module names."""
+    import onnx
+    from torch.export import Dim
+
+    kwargs = {} if opset is None else {"opset_version": opset}
+    with torch.no_grad():
+        program = torch.onnx.export(module, (x,), dynamo=True, input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes=({0: Dim("batch", min=1, max=65536)},), optimize=False,
+                                    external_data=False, verbose=False, **kwargs)
+    program.save(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _check_onnx(path: Path, module: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """Parameters held by the ONNX file (its initializers named as the module's parameters,
+    every one of which must be there) and its outputs on ``x``, run with onnxruntime when
+    installed, else with onnx's reference evaluator."""
+    import numpy as np
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    names = [n for n, _ in module.named_parameters()]
+    missing = [n for n in names if n not in inits]
+    if missing:
+        raise RuntimeError(f"the ONNX file lacks {len(missing)} parameters (e.g. {missing[0]}): a bug, please report it")
+    params = sum(inits[n] for n in names)
+    feed = {model.graph.input[0].name: x.detach().cpu().float().numpy()}
+    try:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = session.run(None, feed)[0]
+    except ImportError:
+        from onnx.reference import ReferenceEvaluator
+
+        out = ReferenceEvaluator(model).run(None, feed)[0]
+    return params, torch.from_numpy(np.asarray(out)).float().to(x.device)
