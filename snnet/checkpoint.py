@@ -7,112 +7,176 @@ folder, flushed, fsynced, renamed), so a process killed mid-save leaves the prev
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
-import tempfile
-import zipfile
+import re
+import uuid
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from .errors import CheckpointError
 
-_PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.Size, torch.dtype, torch.device)
+# What torch.load(weights_only=True) rebuilds. Exact types: a subclass (a namedtuple, a
+# defaultdict, a str Enum) pickles as its own class, which weights_only refuses.
+_PLAIN_TYPES = {str, int, float, bool, type(None), torch.Tensor, nn.Parameter, torch.Size, torch.dtype, torch.device}
+_MAPPING_TYPES = {dict, OrderedDict}
+_SEQUENCE_TYPES = {list, tuple}
+
+# What torch's weights-only unpickler says when it meets an object it will not build.
+_UNSAFE_MARKERS = ("Unsupported global", "unsupported GLOBAL", "Trying to call reduce",
+                   "Can only create new object", "Can only build")
 
 
-def check_plain(value: Any, where: str = "state") -> None:
-    """Raise ``TypeError`` naming the key path of anything ``weights_only`` loading would refuse."""
-    if isinstance(value, _PLAIN):
-        return
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            check_plain(v, f"{where}[{k!r}]")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            check_plain(v, f"{where}[{i}]")
-    else:
-        raise TypeError(f"{where} is a {type(value).__name__}: checkpoints hold only tensors and plain Python data")
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a new file beside ``path`` for writing; on success, move it onto ``path``.
 
-
-def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically; refuse anything but tensors and plain data."""
-    check_plain(state)
+    The data is flushed and fsynced before ``os.replace`` renames the file, and the folder is
+    fsynced after, so a crash or kill at any moment leaves at ``path`` either the previous file
+    or the complete new one, never a torn one. On an exception the temporary file is removed;
+    a SIGKILL leaves it behind as ``.{name}.tmp-{pid}-{random}``.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    # os.open with 0o666 (not mkstemp's 0o600) gives the file the permissions of a plain open().
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable
+    with contextlib.suppress(OSError):  # make the rename durable; not every OS can fsync a folder
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError:
-        pass
+
+
+def check_plain(value: Any, where: str = "state") -> None:
+    """Raise ``TypeError`` naming the key path of anything ``weights_only`` loading would refuse."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return
+    if kind in _MAPPING_TYPES:
+        for k, v in value.items():
+            check_plain(k, f"a key of {where}")
+            check_plain(v, f"{where}[{k!r}]")
+    elif kind in _SEQUENCE_TYPES:
+        for i, v in enumerate(value):
+            check_plain(v, f"{where}[{i}]")
+    else:
+        raise TypeError(
+            f"{where} is a {kind.__module__}.{kind.__qualname__}: checkpoints hold only tensors and plain "
+            f"Python data (dict, list, tuple, str, int, float, bool, None); convert it (e.g. vars(args))"
+        )
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically (see :func:`atomic_write`).
+
+    Raises ``TypeError`` before writing anything if ``state`` holds more than tensors and plain
+    Python data: every checkpoint snnet writes must load with ``weights_only=True``.
+    """
+    check_plain(state)
+    with atomic_write(path) as f:
+        torch.save(dict(state), f)
+
+
+def _reason(e: BaseException) -> str:
+    """The informative part of a torch.load error, on one line."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # skip torch's generic advice around the actual error
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # the first sentence: torch appends paragraphs of advice
+    return f"{type(e).__name__}: {lines[0].split('. ')[0]}" if lines else type(e).__name__
 
 
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``, or safetensors), with clear errors."""
+    """Load a checkpoint without unpickling objects: ``torch.load(weights_only=True)``, or safetensors.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or not a checkpoint, holds pickled
+            Python objects, or does not hold a dict.
+    """
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint '{path}' does not exist: check the path")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist: check the path (or drop --resume to start fresh)")
+        raise CheckpointError(f"checkpoint '{path}' is a folder, not a file: give the checkpoint file inside it")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device=str(map_location))
-        except Exception as e:
-            raise CheckpointError(f"'{path}' is not a valid safetensors file: {_first_line(e)}") from None
+        except Exception as e:  # safetensors raises its own SafetensorError, or OSError
+            raise CheckpointError(f"'{path}' is not a valid safetensors file: {_reason(e)}") from None
+    invalid = f"'{path}' is not a valid checkpoint (truncated or not written by torch.save)"
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # A torch file with pickled objects names the refused global; random bytes fail earlier.
-        if "unsupported global" in str(e).lower() or "can still be loaded" in str(e).lower():
+        if any(marker in str(e) for marker in _UNSAFE_MARKERS):
+            refused = re.search(r"GLOBAL (\S+) ", str(e))
+            what = f" ({refused.group(1)})" if refused else ""
             raise CheckpointError(
-                f"'{path}' holds pickled Python objects, which snnet refuses to load because unpickling "
-                f"can run arbitrary code; re-save it with only tensors and plain data"
+                f"'{path}' holds pickled Python objects{what}, which snnet refuses to load because unpickling "
+                f"can run arbitrary code; re-save it with only tensors and plain data (if you trust its source: "
+                f"torch.save(torch.load(f, weights_only=False)['state_dict'], new_f))"
             ) from None
-        raise CheckpointError(f"'{path}' is not a valid checkpoint (truncated or not written by torch.save): {_first_line(e)}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"'{path}' is not a valid checkpoint (truncated or not written by torch.save): {_first_line(e)}") from None
+        raise CheckpointError(f"{invalid}: {_reason(e)}") from None
+    except MemoryError:  # a checkpoint too big for this machine is not a damaged one
+        raise
+    except PermissionError as e:
+        raise CheckpointError(f"cannot read checkpoint '{path}': {e.strerror}: check its permissions") from None
+    except Exception as e:  # damaged bytes surface as whatever the zip or pickle reader trips on
+        raise CheckpointError(f"{invalid}: {_reason(e)}") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"'{path}' holds a {type(ckpt).__name__}, not a checkpoint dict or state dict")
     return ckpt
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def extract_state_dict(ckpt: Mapping[str, Any], use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """The model weights of a timm / torchvision / snnet checkpoint dict (or a bare state dict)."""
-    if use_ema:
-        for key in ("state_dict_ema", "model_ema"):
-            if key in ckpt:
-                state = ckpt[key]
-                break
-        else:
-            raise CheckpointError("the checkpoint has no EMA weights (state_dict_ema): drop --use-ema or train with --model-ema")
-    else:
-        state = next((ckpt[k] for k in ("state_dict", "model") if isinstance(ckpt.get(k), Mapping)), ckpt)
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    """The model weights of a timm / torchvision / snnet checkpoint dict, or of a bare state dict.
+
+    Looks where timm's ``load_state_dict`` looks: ``state_dict_ema`` then ``model_ema`` with
+    ``use_ema``, else ``state_dict`` then ``model``, else the dict itself. Unlike timm, asking for
+    EMA weights a checkpoint lacks is an error, not a silent fallback. DDP's ``module.`` and
+    torch.compile's ``_orig_mod.`` prefixes are removed.
+    """
+    from timm.models import clean_state_dict
+
+    keys = ("state_dict_ema", "model_ema") if use_ema else ("state_dict", "model")
+    found = next((k for k in keys if isinstance(ckpt.get(k), Mapping)), None)
+    if use_ema and found is None:
+        raise CheckpointError("the checkpoint has no EMA weights (state_dict_ema): drop --use-ema or train with --model-ema")
+    state = ckpt[found] if found else ckpt
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(
+            f"the checkpoint holds no weights (its keys: {', '.join(map(str, list(ckpt)[:8]))}): "
+            f"give a file with a 'state_dict' or 'model' entry, or a bare state dict"
+        )
+    return clean_state_dict(tensors)
 
 
-def describe_mismatch(state: Mapping[str, torch.Tensor], model: nn.Module) -> str:
-    """'' if ``state`` fits ``model`` exactly, else a one-line summary of what differs."""
+def describe_mismatch(state: Mapping[str, torch.Tensor], model: nn.Module, strict: bool = True) -> str:
+    """'' if ``state`` fits ``model``, else a one-line summary of what differs.
+
+    With ``strict=False`` only shape mismatches count: missing and unexpected keys are allowed.
+    """
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state] if strict else []
+    unexpected = [k for k in state if k not in own] if strict else []
     shapes = [f"{k}: checkpoint {list(state[k].shape)} vs model {list(v.shape)}"
               for k, v in own.items() if k in state and state[k].shape != v.shape]
     parts = []
@@ -125,19 +189,29 @@ def describe_mismatch(state: Mapping[str, torch.Tensor], model: nn.Module) -> st
     return ", ".join(parts)
 
 
-def load_model_weights(model: nn.Module, path: str | Path, use_ema: bool = False) -> None:
-    """Load a local weights file into ``model``, refusing any mismatch with a precise message.
+def load_model_weights(model: nn.Module, path: str | Path, use_ema: bool = False,
+                       strict: bool = True) -> tuple[list[str], list[str]]:
+    """Load a local weights file into ``model``, refusing a mismatch with a precise message.
 
+    The shapes are compared before ``load_state_dict``, whose own error is a multi-line list.
     A checkpoint of a one-anchor SN-Net (what ``train.py --anchors NAME`` writes) loads into
-    the plain timm model: its ``anchors.0.`` prefix is stripped.
+    the plain timm model: its ``anchors.0.`` prefix is removed.
+
+    Returns:
+        The missing and the unexpected keys (both empty with ``strict=True``).
     """
-    state = extract_state_dict(load_checkpoint_file(path), use_ema)
-    if state and all(k.startswith("anchors.0.") for k in state):
+    ckpt = load_checkpoint_file(path)
+    try:
+        state = extract_state_dict(ckpt, use_ema)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint '{path}': {e}") from None  # name the file
+    if all(k.startswith("anchors.0.") for k in state):
         state = {k[len("anchors.0."):]: v for k, v in state.items()}
-    problem = describe_mismatch(state, model)
+    problem = describe_mismatch(state, model, strict)
     if problem:
         raise CheckpointError(
             f"checkpoint '{path}' does not match the model: {problem}; was it saved for other anchors, "
             f"other --model-kwargs or another --num-classes?"
         )
-    model.load_state_dict(state)
+    missing, unexpected = model.load_state_dict(state, strict=strict)
+    return list(missing), list(unexpected)

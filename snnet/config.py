@@ -1,21 +1,35 @@
 """YAML defaults + argparse, shared by train.py and eval.py (timm's ``_parse_args`` pattern).
 
 A first parser reads ``-c/--config``; the YAML file sets the defaults of the main parser; the
-command line then overrides them. Unlike timm, a YAML key the parser does not know is an error
-(a typo in a config must not be silently ignored), and keys may use dashes or underscores.
+command line then overrides them. Unlike timm, a config may not silently differ from what the
+command line would accept: an unknown key (a typo), a repeated key, a value outside an
+argument's ``choices`` or of the wrong type is an error naming the file. Keys may use dashes
+or underscores (``model-kwargs`` == ``model_kwargs``).
 """
 from __future__ import annotations
 
 import argparse
 import difflib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import yaml
 
 from .errors import ConfigError
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _config_parser() -> argparse.ArgumentParser:
@@ -30,17 +44,71 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist: pass an existing YAML file to -c/--config")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"config {path} is not valid YAML{where}: {problem}") from None
-    if data is None:
+    if data is None:  # an empty file (or only comments) sets nothing
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping of argument names to values, got a {type(data).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+        raise ConfigError(
+            f"config {path} must be a mapping of argument names to values (e.g. 'lr: 0.001'), "
+            f"got a {type(data).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest in out:
+            raise ConfigError(f"config {path}: '{key}' repeats an earlier key ('-' and '_' are the same): keep one")
+        out[dest] = value
+    return out
+
+
+def _is_flag(action: argparse.Action) -> bool:
+    return isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction))
+
+
+def _check_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """``value`` from YAML as the command line would have given it, or a ConfigError.
+
+    argparse neither type-converts non-string defaults nor checks defaults against ``choices``,
+    so without this ``sched: cosin`` or ``epochs: 1e2`` would pass unnoticed.
+    """
+    if value is None:
+        return None
+    if _is_flag(action):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} is {value!r}: use true or false")
+        return value
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    if many and isinstance(value, Mapping):
+        return value  # e.g. model_kwargs given as a YAML mapping, see parse_kwargs
+    if many:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]  # 'anchors: x' means [x]
+        return [_check_item(action, item, where) for item in items]
+    return _check_item(action, value, where)
+
+
+def _check_item(action: argparse.Action, item: Any, where: str) -> Any:
+    kind = action.type
+    if kind in (int, float) and not isinstance(item, str):
+        # float accepts a YAML int; neither accepts a bool (a YAML 'yes') nor int a float
+        ok = isinstance(item, int) if kind is int else isinstance(item, (int, float))
+        if not ok or isinstance(item, bool):
+            raise ConfigError(f"{where} is {item!r}: use a number of type {kind.__name__}")
+        item = kind(item)
+    elif callable(kind) and isinstance(item, str):
+        try:
+            item = kind(item)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            raise ConfigError(f"{where} is {item!r}, which {getattr(kind, '__name__', kind)} refuses: {e}") from None
+    if action.choices is not None and item not in action.choices:
+        choices = [str(c) for c in action.choices]
+        close = difflib.get_close_matches(str(item), choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{where} is {item!r}{hint}: use one of {', '.join(choices)}")
+    return item
 
 
 def parse_args_with_config(
@@ -48,28 +116,32 @@ def parse_args_with_config(
     argv: Optional[Sequence[str]] = None,
     extra_known_keys: Iterable[str] = (),
 ) -> tuple[argparse.Namespace, str]:
-    """Parse ``argv`` with defaults from the ``-c`` YAML file.
+    """Parse ``argv`` with defaults from the ``-c`` YAML file; the command line overrides the file.
 
     Args:
-        parser: the script's parser (it should also define ``-c/--config`` for ``--help``).
+        parser: the script's parser (it should also define ``-c/--config``, for ``--help``).
         argv: arguments (default ``sys.argv[1:]``).
         extra_known_keys: config keys accepted but ignored (e.g. eval.py reading a training
             config that also holds ``lr``).
 
     Returns:
-        The arguments, and the resolved arguments as YAML text (for ``args.yaml``).
+        The arguments, and the resolved arguments as YAML text (for ``args.yaml``; reading it
+        back with ``-c`` gives the same arguments).
     """
     config_args, remaining = _config_parser().parse_known_args(argv)
     if config_args.config:
-        defaults = load_config_file(config_args.config)
-        known = {a.dest for a in parser._actions}
-        ignored = {k.replace("-", "_") for k in extra_known_keys}
-        for key in defaults:
-            if key not in known and key not in ignored:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
+        path = config_args.config
+        actions = {a.dest: a for a in parser._actions if a.dest not in (argparse.SUPPRESS, "help", "config")}
+        ignored = {k.replace("-", "_") for k in extra_known_keys} | {"config"}  # args.yaml records its -c
+        defaults = {}
+        for key, value in load_config_file(path).items():
+            if key in actions:
+                defaults[key] = _check_value(actions[key], value, f"config {path}: {key}")
+            elif key not in ignored:
+                close = difflib.get_close_matches(key, sorted(actions), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ConfigError(f"config {config_args.config}: unknown key '{key}'{hint}")
-        parser.set_defaults(**{k: v for k, v in defaults.items() if k in known})
+                raise ConfigError(f"config {path}: unknown key '{key}'{hint}")
+        parser.set_defaults(**defaults)
     args = parser.parse_args(remaining)
     args.config = config_args.config
     return args, yaml.safe_dump(plain_args(args), default_flow_style=False, sort_keys=True)
@@ -92,7 +164,11 @@ def _plain(value: Any) -> Any:
 
 
 def parse_kwargs(items: Optional[Sequence[str] | Mapping[str, Any]]) -> dict[str, Any]:
-    """timm-style ``k=v`` items (``depth=4 qkv_bias=false``) -> typed dict; a YAML mapping passes through."""
+    """timm-style ``k=v`` items -> keyword arguments, values typed as YAML types them.
+
+    ``['depth=4', 'qkv_bias=false', 'depths=[2,2]']`` -> ``{'depth': 4, 'qkv_bias': False,
+    'depths': [2, 2]}``. A mapping (how a YAML config gives ``model_kwargs``) passes through.
+    """
     if not items:
         return {}
     if isinstance(items, Mapping):
@@ -104,22 +180,15 @@ def parse_kwargs(items: Optional[Sequence[str] | Mapping[str, Any]]) -> dict[str
             raise ConfigError(f"bad keyword argument '{item}': use key=value, e.g. depth=4")
         try:
             out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
+        except yaml.YAMLError:  # e.g. 'act=a:b' is no YAML scalar: keep the text
             out[key] = value
     return out
 
 
-def save_args_yaml(text_or_args: str | argparse.Namespace, path: str | Path) -> None:
-    """Write the resolved arguments atomically (temp file in the same folder, then rename)."""
-    text = text_or_args if isinstance(text_or_args, str) else yaml.safe_dump(plain_args(text_or_args), sort_keys=True)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save_args_yaml(args: str | argparse.Namespace, path: str | Path) -> None:
+    """Write the resolved arguments (YAML text or a Namespace) to ``path`` atomically."""
+    from .checkpoint import atomic_write
+
+    text = args if isinstance(args, str) else yaml.safe_dump(plain_args(args), sort_keys=True)
+    with atomic_write(path, "w") as f:
+        f.write(text)

@@ -1,108 +1,267 @@
-"""Datasets: scikit-learn's handwritten digits (the offline default) and ImageFolder via timm.
+"""Datasets and loaders: scikit-learn's handwritten digits (the offline default) and ImageFolder.
 
-Both return PIL images and int targets with a settable ``transform``, so timm's transforms and
-loaders apply to the digits exactly as to ImageNet.
+Both datasets yield ``(PIL RGB image, int target)`` and carry a settable ``transform``, so timm's
+transforms and loaders (``timm.data.create_transform`` / ``create_loader``) apply to the digits
+exactly as they apply to ImageNet.
 """
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .errors import DataError
 
-_SPLIT_ALIASES = {"val": "validation", "validation": "validation", "train": "train", "test": "validation"}
+_VAL_SPLITS = ("val", "validation")
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 digits as uint8 (N, 8, 8) images (grey 0..16 scaled to 0..255) and int targets."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    images.flags.writeable = False  # shared by every split through the cache
+    return images, digits.target.astype(np.int64)
 
 
 class DigitsDataset(torch.utils.data.Dataset):
-    """scikit-learn's 1,797 real 8x8 handwritten digits (10 classes), shipped with sklearn.
+    """Some of scikit-learn's 8x8 handwritten digits, as PIL RGB images and int targets.
 
-    The split is a seeded permutation: the first ``1 - val_fraction`` of it is ``train``, the
-    rest ``validation``; the same seed always gives the same disjoint split. Grey levels 0..16
-    become 0..255 RGB images; resizing to the model's input size is the transform's job.
+    Args:
+        indices: which of the 1,797 digits (positions in ``sklearn.datasets.load_digits()``).
+        transform: applied to each PIL image; timm's ``create_loader`` sets it.
     """
 
-    def __init__(self, split: str = "train", seed: int = 0, val_fraction: float = 0.2,
-                 transform: Optional[Callable] = None):
-        from sklearn.datasets import load_digits
-
-        if split not in _SPLIT_ALIASES:
-            raise DataError(f"unknown split '{split}' for the digits dataset: use 'train' or 'val'")
-        digits = load_digits()
-        order = np.random.RandomState(seed).permutation(len(digits.images))
-        n_train = int(round(len(order) * (1 - val_fraction)))
-        self.indices = order[:n_train] if _SPLIT_ALIASES[split] == "train" else order[n_train:]
-        self.images = (digits.images[self.indices] * (255.0 / 16.0)).round().astype(np.uint8)
-        self.targets = digits.target[self.indices].tolist()
+    def __init__(self, indices: Sequence[int], transform: Optional[Callable] = None):
+        images, targets = _digits()
         self.classes = [str(c) for c in range(10)]
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.images = images[self.indices]
+        self.targets: list[int] = targets[self.indices].tolist()
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int):
-        image = Image.fromarray(self.images[index], mode="L").convert("RGB")
+        # Grey replicated to 3 channels: the anchors are RGB ImageNet models.
+        image = Image.fromarray(self.images[index]).convert("RGB")
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index]
 
 
-def image_folder(data_dir: str | Path, split: str):
-    """``data_dir/<split>`` as a timm ImageDataset (class sub-folders, ImageNet layout)."""
-    root = Path(data_dir)
-    folder = root / split
-    if not folder.is_dir() and split in ("val", "validation"):
-        folder = root / ("validation" if split == "val" else "val")
-    if not folder.is_dir():
-        raise DataError(
-            f"data dir '{root / split}' does not exist: pass --data-dir pointing at a folder with "
-            f"train/ and val/ class folders (ImageFolder layout), or use --dataset digits"
-        )
+def load_digits_split(split: str, *, seed: int = 0, val_fraction: float = 0.2) -> DigitsDataset:
+    """The ``'train'`` or ``'validation'`` (alias ``'val'``) part of the digits.
+
+    The split is stratified (every class keeps its share in both parts) and fixed by ``seed``:
+    the same seed always gives the same two disjoint parts, which together hold all 1,797 digits
+    (1,437 train and 360 validation at the default ``val_fraction``).
+    """
+    from sklearn.model_selection import train_test_split
+
+    if split != "train" and split not in _VAL_SPLITS:
+        raise DataError(f"unknown split '{split}' for the digits dataset: use 'train' or 'validation'")
+    _, targets = _digits()
+    train, val = train_test_split(
+        np.arange(len(targets)), test_size=val_fraction, random_state=seed, stratify=targets)
+    return DigitsDataset(train if split == "train" else val)
+
+
+def _image_folder(data_dir: str | Path, split: str):
+    """``data_dir/<split>`` (class sub-folders of images) as a timm ``ImageDataset``."""
     from timm.data import ImageDataset
 
+    root = Path(data_dir)
+    names = _VAL_SPLITS if split in _VAL_SPLITS else (split,)
+    folder = next((root / n for n in names if (root / n).is_dir()), None)
+    if folder is None:
+        raise DataError(
+            f"data dir '{root / names[0]}' does not exist: pass --data-dir pointing at a folder with "
+            f"train/ and val/ (ImageFolder layout) or use --dataset digits"
+        )
     try:
         dataset = ImageDataset(str(folder))
-    except Exception as e:  # timm raises RuntimeError/ValueError on folders without images
-        raise DataError(f"no images found in '{folder}': {str(e).splitlines()[0]}") from None
-    if len(dataset) == 0:
-        raise DataError(f"no images found in '{folder}': expected class folders holding image files")
+    except RuntimeError as e:  # timm's reader refuses a folder without images
+        raise DataError(
+            f"no images found in '{folder}' ({str(e).splitlines()[0]}): put each class's images in "
+            f"its own sub-folder, e.g. {folder}/<class>/0001.jpg"
+        ) from None
+    if "" in dataset.reader.class_to_idx:
+        # timm files images lying directly in the split folder under a class named ''.
+        raise DataError(
+            f"'{folder}' holds images outside class folders: put each class's images in its own "
+            f"sub-folder, e.g. {folder}/<class>/0001.jpg"
+        )
     return dataset
 
 
 def create_dataset(name: str | None, data_dir: str | Path | None, split: str,
                    img_size: int | None = None, seed: int | None = None):
-    """``name='digits'``: the digits split; otherwise the ImageFolder ``data_dir/split``.
+    """``name='digits'``: that split of the digits; empty ``name``: the ImageFolder ``data_dir/split``.
 
-    ``img_size`` and ``seed`` never change the data: resizing is the transform's job, and the
-    digits split is fixed so that runs with different seeds validate on the same images.
+    ``img_size`` and ``seed`` never change the data. Resizing is the transform's job, and the
+    digits split is always that of seed 0, so that runs with different training seeds are
+    validated on the same images.
     """
     if name == "digits":
-        return DigitsDataset(split)
+        return load_digits_split(split)
     if name:
         raise DataError(f"unknown dataset '{name}': use --dataset digits, or --data-dir with an ImageFolder")
     if not data_dir:
         raise DataError("no data given: pass --data-dir /path/to/imagenet (train/ and val/ folders) or --dataset digits")
-    return image_folder(data_dir, split)
+    return _image_folder(data_dir, split)
 
 
 def num_classes_of(dataset) -> int:
-    """Number of classes of a digits or timm ImageDataset."""
+    """Number of classes of a digits split or a timm ``ImageDataset`` folder."""
     if hasattr(dataset, "classes"):
         return len(dataset.classes)
     reader = getattr(dataset, "reader", None)
     if reader is not None and hasattr(reader, "class_to_idx"):
         return len(reader.class_to_idx)
-    return len({int(t) for t in targets_of(dataset)})
+    raise DataError(f"cannot tell the class count of a {type(dataset).__name__}: pass --num-classes")
 
 
-def targets_of(dataset) -> list[int]:
-    """Every sample's label, without decoding images."""
-    if hasattr(dataset, "targets"):
-        return list(dataset.targets)
-    reader = getattr(dataset, "reader", None)
-    if reader is not None and hasattr(reader, "samples"):
-        return [int(t) for _, t in reader.samples]
-    raise DataError(f"cannot read the labels of a {type(dataset).__name__}")
+def _or_imagenet(values: Optional[Sequence[float]], default: tuple[float, ...]) -> tuple[float, ...]:
+    return default if values is None else tuple(float(v) for v in values)
+
+
+def _defaults_for(dataset, hflip: Optional[float], crop_pct: Optional[float]) -> tuple[float, Optional[float]]:
+    """Digits-aware defaults: a mirrored digit is another symbol (or none), and strokes touch the
+    8x8 border, so the digits get no flips and no centre crop. ``crop_pct=None`` lets timm pick."""
+    if isinstance(dataset, DigitsDataset):
+        return (0.0 if hflip is None else hflip), (1.0 if crop_pct is None else crop_pct)
+    return (0.5 if hflip is None else hflip), crop_pct
+
+
+def create_loader_for(
+    dataset,
+    *,
+    img_size: int,
+    batch_size: int,
+    is_training: bool,
+    distributed: bool = False,
+    workers: int = 2,
+    seed: Optional[int] = None,
+    no_aug: bool = False,
+    scale: Optional[tuple[float, float]] = None,
+    ratio: Optional[tuple[float, float]] = None,
+    hflip: Optional[float] = None,
+    vflip: float = 0.0,
+    color_jitter: float = 0.4,
+    aa: Optional[str] = None,
+    reprob: float = 0.0,
+    remode: str = "pixel",
+    recount: int = 1,
+    resplit: bool = False,
+    num_aug_splits: int = 0,
+    num_aug_repeats: int = 0,
+    interpolation: str = "bilinear",
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    crop_pct: Optional[float] = None,
+    collate_fn: Optional[Callable] = None,
+    device: torch.device = torch.device("cpu"),
+    pin_memory: bool = False,
+):
+    """A timm loader (``timm.data.create_loader``) for ``dataset``, with timm train.py's argument names.
+
+    Sets ``dataset.transform`` (timm's train or eval transform, resizing to ``img_size``).
+    ``mean``/``std`` default to ImageNet's; ``hflip`` to 0.5, or 0 for the digits; ``crop_pct``
+    to timm's, or 1.0 for the digits. On CUDA timm's prefetcher normalises (and random-erases)
+    batches on the GPU; on CPU the transform does it, so batches are normalised float tensors
+    either way.
+
+    ``distributed=True`` (the process group must be up) shards with timm's choice of sampler:
+    ``DistributedSampler`` (or ``RepeatAugSampler`` with ``num_aug_repeats``) for training, and
+    ``OrderedDistributedSampler`` for evaluation, which pads with repeats so every rank gets as
+    many samples: metrics then count a few images twice. Call ``loader.sampler.set_epoch(epoch)``
+    every training epoch, as timm's train.py does.
+
+    ``seed`` makes the shuffling and the worker seeds repeatable without touching the global RNG.
+    """
+    from timm.data import AugMixDataset, create_loader
+
+    hflip, crop_pct = _defaults_for(dataset, hflip, crop_pct)
+    if is_training and num_aug_splits > 1:
+        dataset = AugMixDataset(dataset, num_splits=num_aug_splits)  # as in timm's train.py
+    use_prefetcher = device.type == "cuda"
+    loader = create_loader(
+        dataset,
+        input_size=(3, img_size, img_size),
+        batch_size=batch_size,
+        is_training=is_training,
+        no_aug=no_aug,
+        re_prob=reprob,
+        re_mode=remode,
+        re_count=recount,
+        re_split=resplit,
+        scale=scale,
+        ratio=ratio,
+        hflip=hflip,
+        vflip=vflip,
+        color_jitter=color_jitter,
+        auto_augment=aa,
+        num_aug_repeats=num_aug_repeats,
+        num_aug_splits=num_aug_splits,
+        interpolation=interpolation,
+        mean=_or_imagenet(mean, IMAGENET_DEFAULT_MEAN),
+        std=_or_imagenet(std, IMAGENET_DEFAULT_STD),
+        num_workers=workers,
+        distributed=distributed,
+        crop_pct=crop_pct,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        device=device,
+        use_prefetcher=use_prefetcher,
+    )
+    if seed is not None:
+        base = loader.loader if use_prefetcher else loader  # timm's PrefetchLoader wraps the DataLoader
+        generator = torch.Generator().manual_seed(seed)
+        base.generator = generator  # draws the worker seeds
+        if isinstance(base.sampler, torch.utils.data.RandomSampler):
+            base.sampler.generator = generator  # draws the shuffling order
+        elif hasattr(base.sampler, "seed"):
+            base.sampler.seed = seed  # DistributedSampler shuffles with seed + epoch
+    return loader
+
+
+def sample_images(
+    dataset,
+    n: int,
+    img_size: int,
+    seed: int = 0,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    interpolation: str = "bilinear",
+    crop_pct: Optional[float] = None,
+) -> torch.Tensor:
+    """``n`` images of ``dataset`` as one ``(n, 3, img_size, img_size)`` batch, without augmentation.
+
+    The images are the first ``n`` of a permutation drawn from ``seed`` and go through timm's
+    eval transform (resize, centre crop, normalise), so every call gives the same batch: what
+    the least-squares init of the stitching layers needs. ``dataset`` is left as it was.
+    """
+    from timm.data import create_transform
+
+    if n > len(dataset):
+        raise DataError(
+            f"--ls-init-images {n} is larger than the training set ({len(dataset)} images): use at most {len(dataset)}")
+    if n < 1:
+        raise DataError(f"--ls-init-images {n} is not a positive number of images: use at least 1")
+    _, crop_pct = _defaults_for(dataset, None, crop_pct)
+    view = copy.copy(dataset)  # a shallow copy: own transform, shared images
+    view.transform = create_transform(
+        img_size, is_training=False, interpolation=interpolation, crop_pct=crop_pct,
+        mean=_or_imagenet(mean, IMAGENET_DEFAULT_MEAN), std=_or_imagenet(std, IMAGENET_DEFAULT_STD))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    return torch.stack([view[i][0] for i in order.tolist()])
