@@ -118,7 +118,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], metavar="PCT", help="random resized crop scale")
     g.add_argument("--ratio", type=float, nargs=2, default=[3.0 / 4.0, 4.0 / 3.0], metavar="RATIO",
                    help="random resized crop aspect ratio")
-    g.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
+    g.add_argument("--hflip", type=float, default=None, help="horizontal flip probability (default 0.5; 0 for digits)")
     g.add_argument("--vflip", type=float, default=0.0, help="vertical flip probability")
     g.add_argument("--color-jitter", type=float, default=0.4, metavar="PCT", help="color jitter (off with --aa)")
     g.add_argument("--aa", type=str, default=None, metavar="NAME", help="auto-augment policy, e.g. rand-m9-mstd0.5-inc1")
@@ -402,11 +402,18 @@ def patch_timm_posterize() -> bool:
     return True
 
 
-def data_config_for(net: SNNet, args: Namespace) -> dict:
+def data_config_for(net: SNNet, train_ds) -> dict:
+    """timm's data config of the first anchor (mean/std, interpolation, crop) at the SN-Net's input
+    size; for the digits no centre crop (strokes touch the border) and no flips."""
     from timm.data import resolve_data_config
+
+    from .data import DigitsDataset
 
     cfg = resolve_data_config({}, model=net.anchors[0])
     cfg["input_size"] = tuple(net.input_size)
+    digits = isinstance(train_ds, DigitsDataset)
+    cfg["crop_pct"] = 1.0 if digits else cfg["crop_pct"]
+    cfg["hflip"] = 0.0 if digits else 0.5
     return cfg
 
 
@@ -418,8 +425,8 @@ def build_loaders(train_ds, val_ds, args: Namespace, info: DistInfo, data_cfg: d
     if args.aa:
         patch_timm_posterize()
     train_ds.transform = create_transform(
-        img, is_training=True, no_aug=args.no_aug, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
-        vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
+        img, is_training=True, no_aug=args.no_aug, scale=args.scale, ratio=args.ratio,
+        hflip=data_cfg["hflip"] if args.hflip is None else args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
         interpolation=args.train_interpolation, mean=data_cfg["mean"], std=data_cfg["std"],
         use_prefetcher=True,  # uint8 out; normalisation and random erasing in BatchPrep
     )
@@ -444,25 +451,6 @@ def build_loaders(train_ds, val_ds, args: Namespace, info: DistInfo, data_cfg: d
                            args.remode, args.recount, re_splits)
     val_prep = BatchPrep(data_cfg["mean"], data_cfg["std"], info.device)
     return sampler, train_loader, train_prep, val_loader, val_prep
-
-
-def ls_init_images(train_ds, n: int, seed: int, data_cfg: dict) -> torch.Tensor:
-    """``n`` training images without augmentation (the validation transform), chosen by ``seed``."""
-    from timm.data import create_transform
-
-    if n > len(train_ds):
-        raise DataError(f"--ls-init-images {n} is more than the {len(train_ds)} training images: use at most {len(train_ds)}")
-    transform = create_transform(
-        data_cfg["input_size"], is_training=False, interpolation=data_cfg["interpolation"], mean=data_cfg["mean"],
-        std=data_cfg["std"], crop_pct=data_cfg["crop_pct"], crop_mode=data_cfg.get("crop_mode"),
-    )
-    saved = train_ds.transform
-    train_ds.transform = transform
-    try:
-        order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-        return torch.stack([train_ds[i][0] for i in order])
-    finally:
-        train_ds.transform = saved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -748,7 +736,8 @@ def train_one_epoch(t: Trainer) -> dict:
     t.data_sampler.set_epoch(t.epoch, skip_batches=t.step_in_epoch)
     steps = t.steps_per_epoch
     loss_sum, loss_n = 0.0, 0
-    kill_at = int(os.environ.get("SNNET_TEST_KILL_AT_STEP", "0"))
+    kill_at = int(os.environ.get("SNNET_TEST_KILL_AT_STEP", "0"))  # test hooks
+    nan_at = int(os.environ.get("SNNET_TEST_NAN_AT_STEP", "0"))
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     t_last, n_since = time.perf_counter(), 0
     it = iter(t.train_loader)
@@ -769,6 +758,8 @@ def train_one_epoch(t: Trainer) -> dict:
         with t.autocast():
             out = t.model(x)
             loss = t.criterion(x, out, y)
+        if nan_at and t.global_step + 1 == nan_at:
+            loss = loss * float("nan")
         local = loss.detach().float()
         stats = torch.stack([local, (~torch.isfinite(local)).float()])
         all_reduce_sum(stats)
@@ -909,11 +900,11 @@ def _methods(t: Trainer, args: Namespace) -> None:
 @exit_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_train_parser()
-    args, args_text = parse_args_with_config(parser, argv)
+    args, _ = parse_args_with_config(parser, argv)
     info = init_distributed(args.device)
     handlers: list[logging.Handler] = []
     try:
-        return _run(args, args_text, info, handlers)
+        return _run(args, info, handlers)
     finally:
         for h in handlers:
             _logger.removeHandler(h)
@@ -922,7 +913,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             dist.destroy_process_group()
 
 
-def _run(args: Namespace, args_text: str, info: DistInfo, handlers: list) -> int:
+def _run(args: Namespace, info: DistInfo, handlers: list) -> int:
     import timm
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -930,7 +921,8 @@ def _run(args: Namespace, args_text: str, info: DistInfo, handlers: list) -> int
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
     from timm.utils import ModelEmaV3, distribute_bn, update_summary
 
-    from .data import create_dataset, num_classes_of
+    from .config import save_args_yaml
+    from .data import create_dataset, num_classes_of, sample_images
 
     handlers += setup_logging(info)
     if not args.anchors:
@@ -961,9 +953,9 @@ def _run(args: Namespace, args_text: str, info: DistInfo, handlers: list) -> int
     net = build_model(args, num_classes)
     if args.split_bn:
         apply_split_bn(net)
-    data_cfg = data_config_for(net, args)
+    data_cfg = data_config_for(net, train_ds)
     if info.is_primary:
-        (out_dir / "args.yaml").write_text(args_text)
+        save_args_yaml(args, out_dir / "args.yaml")  # after resolve_args: the values the run uses
         _logger.info(f"Run folder {out_dir}; {info.world_size} process(es) on {info.device.type}, batch "
                      f"{args.batch_size} per process ({args.batch_size * info.world_size} global), lr {args.lr:.3g}")
         _logger.info(f"SN-Net over {net.config['anchors']}: {net.num_stitches} networks, "
@@ -974,11 +966,13 @@ def _run(args: Namespace, args_text: str, info: DistInfo, handlers: list) -> int
     t.saver_state = None
     if args.ls_init and not resume and net.layer_specs:
         if args.ls_init_images > len(train_ds):
-            raise DataError(f"--ls-init-images {args.ls_init_images} is more than the {len(train_ds)} training "
-                            f"images: use at most {len(train_ds)}")
+            raise DataError(f"--ls-init-images {args.ls_init_images} is larger than the training set "
+                            f"({len(train_ds)} images): use at most {len(train_ds)}")
         if info.is_primary:
             start = time.perf_counter()
-            images = ls_init_images(train_ds, args.ls_init_images, args.seed, data_cfg)
+            images = sample_images(train_ds, args.ls_init_images, data_cfg["input_size"][-1], args.seed,
+                                   mean=data_cfg["mean"], std=data_cfg["std"],
+                                   interpolation=data_cfg["interpolation"], crop_pct=data_cfg["crop_pct"])
             net.init_stitching_layers(images, batch_size=args.ls_init_batch_size, combine=args.ls_init_combine,
                                       progress=True)
             _logger.info(f"Least-squares init of {len(net.stitch_layers)} stitching layers on {len(images)} "
