@@ -407,8 +407,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run(args: Namespace, info) -> int:
+    import warnings
+
     from .checkpoint import extract_state_dict, load_checkpoint_file
-    from .flops import flops_table
+
+    with warnings.catch_warnings():  # fvcore calls the deprecated torch.jit.script when imported
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.script.*")
+        from .flops import flops_table
 
     primary = info.is_primary
     log = (lambda msg: print(msg, flush=True)) if primary else (lambda msg: None)
@@ -553,7 +558,7 @@ def _sweep(args: Namespace, net: SNNet, dataset, todo: list[int], info, partial,
     from .sweep import Normalize, eval_loader, eval_transform, make_chunks, sweep_pass
     from .training import data_config_for
 
-    data_cfg = data_config_for(net, args)
+    data_cfg = data_config_for(net, dataset)  # the trainer's validation transform (digits: no crop)
     dataset.transform = eval_transform(data_cfg)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(info.world_size)))
@@ -584,8 +589,7 @@ def _sweep(args: Namespace, net: SNNet, dataset, todo: list[int], info, partial,
             log(f"chunk {c + 1}/{len(chunks)}: {len(chunk)} networks on {len(dataset)} images in "
                 f"{time.perf_counter() - start:.1f} s")
         if stop_after and c + 1 >= stop_after and c + 1 < len(chunks):
-            sys.stdout.flush()
-            os._exit(17)
+            raise SystemExit(17)  # as if killed here: nothing else is written
 
 
 def _latency(args: Namespace, net: SNNet, info, ids: list[int], partial) -> dict[int, float]:
