@@ -62,9 +62,13 @@ def resolve_sample_weights(spec: Optional[Sequence[Any] | str], net) -> Optional
             return None
         if kind == "params":
             return [float(net.num_params(i)) for i in range(n)]
+        import warnings
+
         from .flops import stitches_flops
 
-        return [float(f) for f in stitches_flops(net)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fvcore's tracing warnings
+            return [float(f) for f in stitches_flops(net)]
     try:
         weights = [float(w) for w in spec]
     except (TypeError, ValueError):

@@ -372,11 +372,23 @@ class _Shard(torch.utils.data.Sampler):
         return len(self.indices)
 
 
+def _posterize(img, bits_to_keep, **_):
+    """timm's ``posterize`` op, except that 0 bits gives a black image as older Pillow did."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
 def patch_timm_posterize() -> bool:
-    """timm's RandAugment (``inc1`` at magnitude 10, reached with ``mstd``) posterizes to 0 bits,
-    which recent Pillow rejects (13.0 here; older Pillow returned a black image). Restore the old result so
-    that the paper's ``rand-m9-mstd0.5-inc1`` does not crash a run now and then. Returns whether
-    a patch was needed."""
+    """timm's RandAugment posterizes to 0 bits at magnitude 10 (``inc1``, reached with ``mstd``),
+    which recent Pillow refuses (13.0 here; older Pillow returned a black image), so the paper's
+    ``rand-m9-mstd0.5-inc1`` would crash a run now and then. Point timm's ops at :func:`_posterize`
+    (a module-level function, so transforms still pickle for spawned workers). Returns whether
+    the patch was needed."""
     from PIL import Image, ImageOps
     from timm.data import auto_augment as aa
 
@@ -385,20 +397,9 @@ def patch_timm_posterize() -> bool:
         return False
     except ValueError:
         pass
-    original = aa.posterize
-
-    def posterize(img, bits_to_keep, **kwargs):
-        if bits_to_keep <= 0:
-            return img.point(lambda _: 0)  # what 0 bits gave in older Pillow
-        return original(img, bits_to_keep, **kwargs)
-
-    if getattr(original, "_snnet_patched", False):
-        return True
-    posterize._snnet_patched = True  # type: ignore[attr-defined]
-    aa.posterize = posterize
     for name, fn in list(aa.NAME_TO_OP.items()):
-        if fn is original:
-            aa.NAME_TO_OP[name] = posterize
+        if fn is aa.posterize:
+            aa.NAME_TO_OP[name] = _posterize
     return True
 
 
@@ -476,7 +477,7 @@ def apply_split_bn(net: SNNet) -> None:
     convert_splitbn_model(net, 2)  # replaces BatchNorm layers in place below the top module
 
 
-def param_groups(net: SNNet, weight_decay: float, lr: float, stitch_lr_scale: float) -> list[dict]:
+def param_groups(net: SNNet, weight_decay: float, stitch_lr_scale: float) -> list[dict]:
     """Anchors' groups (timm's decay/no-decay split, ``no_weight_decay()`` respected) and the
     stitching layers' groups with ``lr_scale`` (timm's schedulers multiply each group's lr by it)."""
     from timm.optim import param_groups_weight_decay
@@ -504,15 +505,17 @@ def build_teacher(args: Namespace, num_classes: int, device: torch.device) -> Op
 
     kwargs = parse_kwargs(args.teacher_kwargs)
     pretrained = args.teacher_checkpoint is None
+    if not timm.is_model(args.teacher.split(".")[0]):
+        raise ConfigError(f"unknown teacher model '{args.teacher}': timm has no model of that name")
     try:
         teacher = timm.create_model(args.teacher, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    except RuntimeError as e:
-        if pretrained:
-            raise CheckpointError(
-                f"cannot get timm's pretrained weights of teacher {args.teacher} ({str(e).splitlines()[0]}): "
-                f"pass --teacher-checkpoint FILE"
-            ) from None
-        raise
+    except Exception as e:  # no network / no cached weights: hub errors of many kinds
+        if not pretrained:
+            raise
+        raise CheckpointError(
+            f"cannot get timm's pretrained weights of teacher {args.teacher} ({type(e).__name__}: "
+            f"{(str(e).strip().splitlines() or [''])[0][:200]}): pass --teacher-checkpoint FILE"
+        ) from None
     if args.teacher_checkpoint:
         load_model_weights(teacher, args.teacher_checkpoint)
     teacher.to(device).eval()
@@ -573,6 +576,56 @@ class Trainer:
         self.step_in_epoch = 0  # optimizer steps done in self.epoch
         self.global_step = 0
         self.aux_bn_keys: list[str] = []
+
+    # -- precision, backward, optimizer step -------------------------------------------------
+    def setup_precision(self) -> None:
+        args, info = self.args, self.info
+        self.amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
+        self.native_amp = args.amp and args.amp_impl == "native"
+        # GradScaler for float16 on CUDA only (bfloat16 and CPU autocast need none)
+        cuda_fp16 = self.native_amp and self.amp_dtype == torch.float16 and info.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if cuda_fp16 else None
+
+    def autocast(self):
+        if self.native_amp:
+            return torch.autocast(device_type=self.info.device.type, dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """backward, gradient averaging over processes, clipping, optimizer step, grads to None."""
+        from timm.utils import dispatch_clip_grad
+
+        opt = self.optimizer
+        if self.apex_amp is not None:
+            with self.apex_amp.scale_loss(loss, opt) as scaled:
+                scaled.backward()
+        elif self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        self.grad_sync()
+        if self.args.clip_grad is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(opt)
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            dispatch_clip_grad(params, value=self.args.clip_grad, mode=self.args.clip_mode)
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)  # unused parameters keep grad None: the optimizer skips them
+
+    def save_last(self) -> None:
+        """Step-level checkpoint: last.pth.tar inside an epoch (collective; rank 0 writes)."""
+        from .checkpoint import save_checkpoint
+
+        state = self.checkpoint_state(epoch_complete=False)
+        if state is not None:
+            state["saver"] = plain(self.saver.state_dict())
+            save_checkpoint(state, self.out_dir / "last.pth.tar")
+        if self.info.distributed:
+            dist.barrier()
 
     # -- state ------------------------------------------------------------------------------
     def model_state(self) -> tuple[dict, dict]:
@@ -847,56 +900,6 @@ def summarize(per_net: dict[int, dict[str, float]], prefix: str = "") -> Ordered
 # ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
-def _methods(t: Trainer, args: Namespace) -> None:
-    """Attach the AMP/backward/step and checkpoint helpers to the trainer."""
-    info = t.info
-    amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
-    if args.amp and args.amp_impl == "native":
-        t.autocast = lambda: torch.autocast(device_type=info.device.type, dtype=amp_dtype)
-    else:
-        t.autocast = contextlib.nullcontext
-    t.scaler = torch.amp.GradScaler("cuda") if (args.amp and args.amp_impl == "native" and amp_dtype == torch.float16
-                                                and info.device.type == "cuda") else None
-
-    def backward_and_step(loss: torch.Tensor) -> None:
-        from timm.utils import dispatch_clip_grad
-
-        opt = t.optimizer
-        if t.apex_amp is not None:
-            with t.apex_amp.scale_loss(loss, opt) as scaled:
-                scaled.backward()
-        elif t.scaler is not None:
-            t.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        t.grad_sync()
-        if args.clip_grad is not None:
-            if t.scaler is not None:
-                t.scaler.unscale_(opt)
-            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            dispatch_clip_grad(params, value=args.clip_grad, mode=args.clip_mode)
-        if t.scaler is not None:
-            t.scaler.step(opt)
-            t.scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    t.backward_and_step = backward_and_step
-
-    def save_last() -> None:
-        state = t.checkpoint_state(epoch_complete=False)
-        if state is not None:
-            from .checkpoint import save_checkpoint
-
-            state["saver"] = plain(t.saver.state_dict())
-            save_checkpoint(state, t.out_dir / "last.pth.tar")
-        if info.distributed:
-            dist.barrier()
-
-    t.save_last = save_last
-
-
 @exit_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_train_parser()
@@ -914,7 +917,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _run(args: Namespace, info: DistInfo, handlers: list) -> int:
-    import timm
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
@@ -953,6 +955,8 @@ def _run(args: Namespace, info: DistInfo, handlers: list) -> int:
     net = build_model(args, num_classes)
     if args.split_bn:
         apply_split_bn(net)
+    teacher = build_teacher(args, num_classes, info.device)  # before LS init: fail fast on missing weights
+    seed_everything(args.seed + info.rank)  # per-rank randomness from here on (drop-path, erasing, mixup)
     data_cfg = data_config_for(net, train_ds)
     if info.is_primary:
         save_args_yaml(args, out_dir / "args.yaml")  # after resolve_args: the values the run uses
@@ -990,16 +994,16 @@ def _run(args: Namespace, info: DistInfo, handlers: list) -> int:
         opt_kwargs["eps"] = args.opt_eps
     if args.opt_betas is not None:
         opt_kwargs["betas"] = tuple(args.opt_betas)
-    t.optimizer = create_optimizer_v2(param_groups(net, args.weight_decay, args.lr, args.stitch_lr_scale),
+    t.optimizer = create_optimizer_v2(param_groups(net, args.weight_decay, args.stitch_lr_scale),
                                       opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                       momentum=args.momentum, **opt_kwargs)
     t.apex_amp = None
-    if args.amp and args.amp_impl == "apex":
+    if args.amp and args.amp_impl == "apex":  # legacy: NVIDIA apex AMP O1
         from apex import amp as apex_amp  # checked in resolve_args
 
         net, t.optimizer = apex_amp.initialize(net, t.optimizer, opt_level="O1")
         t.apex_amp = apex_amp
-    _methods(t, args)
+    t.setup_precision()
     t.ema = None
     if args.model_ema:
         t.ema = ModelEmaV3(net, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
@@ -1043,7 +1047,6 @@ def _run(args: Namespace, info: DistInfo, handlers: list) -> int:
         base = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
     else:
         base = nn.CrossEntropyLoss()
-    teacher = build_teacher(args, num_classes, info.device)
     t.criterion = TrainLoss(base, teacher, args.distillation_type, args.distillation_alpha, args.distillation_tau)
 
     val_ids = (list(range(net.num_stitches)) if args.val_stitches == "all" else

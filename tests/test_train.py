@@ -148,7 +148,7 @@ def test_every_config_parses_and_builds(monkeypatch):
     deit = parse_args_with_config(build_train_parser(), ["-c", str(REPO / "configs" / "deit_ti_s_b.yaml")])[0]
     assert (deit.epochs, deit.lr, deit.warmup_epochs, deit.teacher, deit.distillation_type, deit.opt,
             deit.weight_decay, deit.ls_init, deit.ls_init_images) == (
-        50, 5e-5, 5, "regnety_160", "hard", "adamw", 0.05, True, 100)
+        50, 5e-5, 5, "regnety_160.deit_in1k", "hard", "adamw", 0.05, True, 100)
 
 
 def test_size_and_option_checks():
