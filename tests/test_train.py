@@ -28,11 +28,16 @@ PLAIN = ["--no-aug", "--smoothing", "0", "--reprob", "0"]
 
 
 def run_main(args: list[str]) -> int:
-    """train.py's main in this process; returns the exit code (SNNetErrors exit 2)."""
+    """train.py's main in this process, on one thread (tiny models on 2 shared cores run several
+    times faster so, and like each torchrun worker); returns the exit code (SNNetErrors exit 2)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         return main([str(a) for a in args])
     except SystemExit as e:
         return int(e.code or 0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def read_steps(run: Path) -> list[dict]:
