@@ -220,12 +220,13 @@ def eval_transform(data_cfg: Mapping[str, Any]):
 
 def eval_loader(dataset, batch_size: int, workers: int = 0, rank: int = 0, world: int = 1,
                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """This rank's shard of ``dataset`` in order, uint8 batches (``fast_collate``)."""
+    """This rank's shard of ``dataset`` in order, uint8 batches (``fast_collate``); the workers
+    persist from one pass (chunk) to the next, as in timm's ``create_loader``."""
     from timm.data.loader import fast_collate
 
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world), num_workers=workers,
-        collate_fn=fast_collate, pin_memory=pin_memory, drop_last=False,
+        collate_fn=fast_collate, pin_memory=pin_memory, drop_last=False, persistent_workers=workers > 0,
     )
 
 
