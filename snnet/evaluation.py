@@ -474,6 +474,8 @@ def run(args: Namespace, info) -> int:
 
     # -- sweep ---------------------------------------------------------------------------------
     flops_rows = flops_table(net, ids) if primary else None  # before moving: fvcore traces on CPU
+    if args.budget_flops_value is not None:  # fail before the data pass if nothing can fit
+        on_primary(lambda: _check_flops_budget(flops_rows, args.budget_flops_value), primary)
     net.to(info.device).eval()
     if args.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -508,6 +510,16 @@ def run(args: Namespace, info) -> int:
     if args.export is not None:
         _export(args, net.cpu(), chosen["cfg_id"] if args.export == "best" else args.export, log)
     return 0
+
+
+def _check_flops_budget(rows: Sequence[dict], budget: float) -> None:
+    from .errors import BudgetError
+    from .pareto import format_flops
+
+    cheapest = min(rows, key=lambda r: r["flops"])
+    if cheapest["flops"] > budget:
+        raise BudgetError(f"no network fits --budget-flops {format_flops(budget)}: the cheapest network "
+                          f"(cfg_id {cheapest['cfg_id']}, {cheapest['name']}) needs {format_flops(cheapest['flops'])}")
 
 
 def _select(args: Namespace, net: SNNet) -> list[int]:
