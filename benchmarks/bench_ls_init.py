@@ -27,7 +27,10 @@ def main() -> None:
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     net = create_snnet(args.anchors, img_size=args.img_size, num_classes=1000).eval()

@@ -7,10 +7,12 @@
 Part 1 times forward + backward + AdamW step of the SN-Net trained on one anchor (sampler drawing
 that anchor, ``net.select``, the optimizer holding every SN-Net parameter, grads set to None) and
 of a plain timm model with the same weights, on the same batch, interleaved, and prints the
-median ratio. Part 2 trains two copies of an SN-Net side by side in 2 gloo processes, one with
-``snnet.distributed.GradAllReduce`` (train.py's default) and one wrapped in
-``DistributedDataParallel(find_unused_parameters=True)``, on the same sampled networks, and
-prints the median step times and their ratio.
+median ratio. Part 2 trains copies of an SN-Net side by side in 2 gloo processes (default: one
+with ``snnet.distributed.GradAllReduce``, train.py's default, and one wrapped in
+``DistributedDataParallel(find_unused_parameters=True)``; ``--ddp-variants allreduce per-rank``
+compares per-rank sampling), interleaved, and prints the median step times, the gradient bytes
+all-reduced per step (DDP's counted by a comm hook around its default all-reduce) and whether
+the weights agree.
 """
 from __future__ import annotations
 
@@ -90,6 +92,57 @@ def bench_anchor(args) -> None:
     print(f"[anchor] ratio SN-Net / timm: {m_net / m_plain:.3f}x")
 
 
+VARIANTS = {
+    "allreduce": "own bucketed all-reduce (GradAllReduce), every rank the same network (train.py's default)",
+    "ddp": "DDP(find_unused_parameters=True), every rank the same network",
+    "per-rank": "own all-reduce over the union, each rank its own network (--sample-per-rank)",
+}
+
+
+def _counting_allreduce_hook(variant: "_Variant", bucket):
+    """DDP's default all-reduce (sum / world), recording the bytes of each bucket it reduces."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    buf = bucket.buffer()
+    variant.bucket_bytes += buf.numel() * buf.element_size()
+    if bucket.is_last():
+        variant.sent.append(variant.bucket_bytes)
+        variant.bucket_bytes = 0
+    return default_hooks.allreduce_hook(None, bucket)
+
+
+class _Variant:
+    """One SN-Net copy trained one way; all copies start from the same weights."""
+
+    def __init__(self, kind: str, net: nn.Module, world: int, rank: int):
+        self.kind, self.net = kind, net
+        self.model = net
+        if kind == "ddp":
+            self.model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
+            self.model.register_comm_hook(self, _counting_allreduce_hook)  # DDP's own all-reduce, bytes counted
+        self.reducer = None if kind == "ddp" else GradAllReduce(net.parameters(), world, union=kind == "per-rank")
+        self.opt = _optimizer(net.parameters())
+        self.sampler = NetworkSampler(net.num_stitches, seed=0, rank=rank, per_rank=kind == "per-rank")
+        self.times: list[float] = []
+        self.sent: list[int] = []
+        self.bucket_bytes = 0
+
+    def sync(self):
+        if self.reducer is None:
+            return
+        self.reducer()
+        # bytes all-reduced: the gradients that exist after the union step
+        self.sent.append(sum(p.grad.numel() * p.grad.element_size() for p in self.net.parameters() if p.grad is not None))
+
+    def step(self, x, y, record: bool):
+        self.net.select(self.sampler.draw())
+        dist.barrier()
+        start = time.perf_counter()
+        _step(self.model, self.opt, x, y, self.sync)
+        if record:
+            self.times.append(time.perf_counter() - start)
+
+
 def _ddp_worker(rank: int, world: int, port: int, args, queue) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -98,40 +151,24 @@ def _ddp_worker(rank: int, world: int, port: int, args, queue) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     kw = dict(img_size=args.ddp_img_size, num_classes=10, model_kwargs=dict(patch_size=args.ddp_patch))
-    net_a = create_snnet(args.ddp_anchors, **kw)
-    net_b = create_snnet(args.ddp_anchors, **kw)
-    net_b.load_state_dict(net_a.state_dict())
-    reducer = GradAllReduce(net_a.parameters(), world)
-    sent: list[int] = []
-
-    def sync_a():  # train.py's default: all-reduce the gradients that exist
-        sent.append(sum(p.grad.numel() * p.grad.element_size() for p in net_a.parameters() if p.grad is not None))
-        reducer()
-
-    ddp_b = nn.parallel.DistributedDataParallel(net_b, find_unused_parameters=True)
-    opt_a, opt_b = _optimizer(net_a.parameters()), _optimizer(net_b.parameters())
-    sampler = NetworkSampler(net_a.num_stitches, seed=0)
+    first = create_snnet(args.ddp_anchors, **kw)
+    nets = [first] + [create_snnet(args.ddp_anchors, **kw) for _ in args.ddp_variants[1:]]
+    for n in nets[1:]:
+        n.load_state_dict(first.state_dict())
+    variants = [_Variant(kind, n, world, rank) for kind, n in zip(args.ddp_variants, nets)]
     g = torch.Generator().manual_seed(rank)
-    t_a, t_b = [], []
     for i in range(args.ddp_warmup + args.ddp_steps):
-        cfg = sampler.draw()
         x = torch.randn(args.ddp_batch, 3, args.ddp_img_size, args.ddp_img_size, generator=g)
         y = torch.randint(0, 10, (args.ddp_batch,), generator=g)
-        net_a.select(cfg)
-        net_b.select(cfg)
-        runs = [(lambda: _step(net_a, opt_a, x, y, sync_a), t_a), (lambda: _step(ddp_b, opt_b, x, y), t_b)]
-        for fn, acc in runs if i % 2 == 0 else runs[::-1]:
-            dist.barrier()
-            start = time.perf_counter()
-            fn()
-            if i >= args.ddp_warmup:
-                acc.append(time.perf_counter() - start)
-    same = all(torch.allclose(p, q, rtol=1e-4, atol=1e-6) for p, q in zip(net_a.parameters(), net_b.parameters()))
-    total = sum(p.numel() * p.element_size() for p in net_a.parameters())
+        for v in variants if i % 2 == 0 else variants[::-1]:
+            v.step(x, y, record=i >= args.ddp_warmup)
+    same = None
+    if args.ddp_variants[:2] == ["allreduce", "ddp"]:
+        a, b = variants[0].net, variants[1].net
+        same = all(torch.allclose(p, q, rtol=1e-4, atol=1e-6) for p, q in zip(a.parameters(), b.parameters()))
     if rank == 0:
-        queue.put(dict(t_a=statistics.median(t_a), t_b=statistics.median(t_b), same=same, n=net_a.num_stitches,
-                       params=sum(p.numel() for p in net_a.parameters()), mb_a=statistics.mean(sent) / 2**20,
-                       mb_b=total / 2**20))
+        queue.put(dict(n=first.num_stitches, params=sum(p.numel() for p in first.parameters()), same=same,
+                       results=[(v.kind, statistics.median(v.times), statistics.mean(v.sent) / 2**20) for v in variants]))
     dist.destroy_process_group()
 
 
@@ -146,11 +183,12 @@ def bench_ddp(args) -> None:
     print(f"[ddp] 2 processes x 1 thread, gloo; SN-Net over {args.ddp_anchors} at {args.ddp_img_size}px patch "
           f"{args.ddp_patch}, batch {args.ddp_batch}/process, {r['n']} networks, {r['params'] / 1e6:.1f} M params; "
           f"{args.ddp_steps} steps each, interleaved")
-    print(f"[ddp] own bucketed all-reduce (GradAllReduce): {r['t_a'] * 1000:8.1f} ms/step (median), "
-          f"{r['mb_a']:7.1f} MB of gradients all-reduced per step (mean)")
-    print(f"[ddp] DDP(find_unused_parameters=True):        {r['t_b'] * 1000:8.1f} ms/step (median), "
-          f"{r['mb_b']:7.1f} MB (every bucket, unused parameters as zeros)")
-    print(f"[ddp] ratio DDP / all-reduce: {r['t_b'] / r['t_a']:.3f}x; same weights after training: {'yes' if r['same'] else 'NO'}")
+    base = r["results"][0][1]
+    for kind, t, mb in r["results"]:
+        print(f"[ddp] {VARIANTS[kind]}:\n      {t * 1000:8.1f} ms/step (median, {t / base:.3f}x), "
+              f"{mb:7.1f} MB of gradients all-reduced per step (mean)")
+    if r["same"] is not None:
+        print(f"[ddp] all-reduce and DDP end with the same weights: {'yes' if r['same'] else 'NO'}")
 
 
 def main() -> None:
@@ -160,10 +198,13 @@ def main() -> None:
     p.add_argument("--anchor-index", type=int, default=1, help="which anchor the SN-Net trains in part 1")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="torch threads for part 1 (default: torch's)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--ddp-anchors", nargs="+",
                    default=["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"])
+    p.add_argument("--ddp-variants", nargs="+", default=["allreduce", "ddp"], choices=sorted(VARIANTS),
+                   help="gradient-sync variants trained side by side (first is the reference)")
     p.add_argument("--ddp-img-size", type=int, default=32)
     p.add_argument("--ddp-patch", type=int, default=8)
     p.add_argument("--ddp-batch", type=int, default=8)
@@ -171,6 +212,8 @@ def main() -> None:
     p.add_argument("--ddp-steps", type=int, default=20)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.part in ("anchor", "all"):
         bench_anchor(args)
     if args.part in ("ddp", "all"):

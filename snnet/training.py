@@ -950,6 +950,7 @@ def _run(args: Namespace, info: DistInfo, handlers: list) -> int:
     train_ds = create_dataset(args.dataset, args.data_dir, args.train_split, args.img_size, args.seed)
     val_ds = create_dataset(args.dataset, args.data_dir, args.val_split, args.img_size, args.seed)
     num_classes = args.num_classes or num_classes_of(train_ds)
+    args.num_classes = num_classes  # recorded in args.yaml and the checkpoints (eval.py reads it)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     net = build_model(args, num_classes)
