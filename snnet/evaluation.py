@@ -29,7 +29,6 @@ import contextlib
 import csv
 import json
 import os
-import sys
 import time
 from argparse import Namespace
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from .cli import add_data_args, add_model_args, build_snnet
-from .config import parse_args_with_config, parse_kwargs, plain_args
+from .config import parse_args_with_config, parse_kwargs
 from .errors import CheckpointError, ConfigError, SNNetError, exit_on_user_error
 from .model import SNNet
 from .stitches import parse_stitch_ids
@@ -525,7 +524,17 @@ def _check_flops_budget(rows: Sequence[dict], budget: float) -> None:
 def _select(args: Namespace, net: SNNet) -> list[int]:
     if str(args.stitches).strip().lower() in ("all", ""):
         return list(range(net.num_stitches))
-    return parse_stitch_ids(str(args.stitches), net.num_stitches)
+    ids = parse_stitch_ids(str(args.stitches), net.num_stitches)
+    if not ids:
+        raise ConfigError(f"--stitches '{args.stitches}' selects no network: use e.g. 0,3,10-20 or 'all'")
+    return ids
+
+
+def _anchor_kwargs_plain(value: Any) -> Any:
+    """--anchor-kwargs as dicts, whether given as 'k=v' strings (command line) or mappings (YAML)."""
+    if value is None:
+        return None
+    return [parse_kwargs(a if isinstance(a, dict) else str(a).split()) for a in value]
 
 
 def _description(args: Namespace, net: SNNet, dataset) -> dict[str, Any]:
@@ -533,7 +542,7 @@ def _description(args: Namespace, net: SNNet, dataset) -> dict[str, Any]:
     desc: dict[str, Any] = {
         "snnet_config": net.config,
         "model_kwargs": parse_kwargs(args.model_kwargs),
-        "anchor_kwargs": args.anchor_kwargs,
+        "anchor_kwargs": _anchor_kwargs_plain(args.anchor_kwargs),
         "input_size": list(net.input_size),
         "num_classes": net.anchors[0].num_classes if hasattr(net.anchors[0], "num_classes") else None,
         "dataset": args.dataset or None,
