@@ -39,7 +39,7 @@ rm -rf "$OUT/snnet"
   --output "$OUT" --experiment snnet "${EXTRA[@]}"
 
 echo "== [3/3] sweeping every network"
-"$PY" eval.py -c configs/demo_digits.yaml --resume "$OUT/snnet/last.pth.tar" --output "$RESULTS"
+"$PY" eval.py -c configs/demo_digits.yaml --resume "$OUT/snnet/last.pth.tar" --output "$RESULTS" --overwrite
 
 echo
 echo "Done in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s."

@@ -131,6 +131,19 @@ def num_classes_of(dataset) -> int:
     raise DataError(f"cannot tell the class count of a {type(dataset).__name__}: pass --num-classes")
 
 
+
+def resolve_num_classes(requested: Optional[int], dataset) -> int:
+    """``--num-classes`` if given, else the dataset's; refuse a classifier too small for the labels."""
+    found = num_classes_of(dataset)
+    if requested is None:
+        return found
+    if requested < found:
+        raise DataError(
+            f"--num-classes {requested} is smaller than the dataset's {found} classes (labels 0..{found - 1}): "
+            f"pass --num-classes {found} or leave it out"
+        )
+    return requested
+
 def _or_imagenet(values: Optional[Sequence[float]], default: tuple[float, ...]) -> tuple[float, ...]:
     return default if values is None else tuple(float(v) for v in values)
 

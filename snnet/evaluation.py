@@ -450,11 +450,10 @@ def run(args: Namespace, info) -> int:
     dataset = None
     num_classes = args.num_classes
     if not export_only:
-        from .data import create_dataset, num_classes_of
+        from .data import create_dataset, resolve_num_classes
 
         dataset = create_dataset(args.dataset, args.data_dir, args.val_split, args.img_size, args.seed)
-        if num_classes is None:
-            num_classes = num_classes_of(dataset)
+        num_classes = resolve_num_classes(num_classes, dataset)
     net = build_model(args, num_classes, state)
     if ckpt is None:
         log("warning: no --resume checkpoint: the stitching layers are untrained "

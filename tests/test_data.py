@@ -138,3 +138,12 @@ def test_distributed_loaders_use_timms_samplers(tmp_path):
     assert type(train.sampler) is torch.utils.data.DistributedSampler and train.sampler.seed == 5
     assert type(val.sampler) is OrderedDistributedSampler
     assert next(iter(train))[0].shape == (8, 3, 16, 16)
+
+
+def test_num_classes_smaller_than_the_labels_is_refused():
+    from snnet.data import load_digits_split, resolve_num_classes
+
+    ds = load_digits_split("validation")
+    assert resolve_num_classes(None, ds) == 10 and resolve_num_classes(12, ds) == 12
+    with pytest.raises(DataError, match="--num-classes 5 is smaller than the dataset's 10 classes"):
+        resolve_num_classes(5, ds)
