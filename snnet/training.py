@@ -575,7 +575,6 @@ class Trainer:
         self.epoch = 0
         self.step_in_epoch = 0  # optimizer steps done in self.epoch
         self.global_step = 0
-        self.aux_bn_keys: list[str] = []
 
     # -- precision, backward, optimizer step -------------------------------------------------
     def setup_precision(self) -> None:
@@ -765,6 +764,11 @@ def _saver_class():
         def __init__(self, state_fn, **kwargs):
             super().__init__(model=None, optimizer=None, **kwargs)
             self.state_fn = state_fn
+
+        def _replace(self, src, dst):
+            # atomic on POSIX; timm unlinks dst first (for Windows), which would leave a moment
+            # without last.pth.tar for a killed run to resume from
+            os.replace(src, dst)
 
         def _save(self, save_path, epoch, metric=None):
             from .checkpoint import save_checkpoint
