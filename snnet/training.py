@@ -928,7 +928,7 @@ def _run(args: Namespace, info: DistInfo, handlers: list) -> int:
     from timm.utils import ModelEmaV3, distribute_bn, update_summary
 
     from .config import save_args_yaml
-    from .data import create_dataset, num_classes_of, sample_images
+    from .data import create_dataset, resolve_num_classes, sample_images
 
     handlers += setup_logging(info)
     if not args.anchors:
@@ -953,7 +953,7 @@ def _run(args: Namespace, info: DistInfo, handlers: list) -> int:
     seed_everything(args.seed + info.rank)
     train_ds = create_dataset(args.dataset, args.data_dir, args.train_split, args.img_size, args.seed)
     val_ds = create_dataset(args.dataset, args.data_dir, args.val_split, args.img_size, args.seed)
-    num_classes = args.num_classes or num_classes_of(train_ds)
+    num_classes = resolve_num_classes(args.num_classes, train_ds)
     args.num_classes = num_classes  # recorded in args.yaml and the checkpoints (eval.py reads it)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
