@@ -1,7 +1,7 @@
 """Evaluating every network of an SN-Net: one pass over the data vs one pass per network.
 
-    python benchmarks/bench_sweep.py                     # DeiT-style Ti/S/B (71 networks), 256 JPEGs
-    python benchmarks/bench_sweep.py --dims 48 96 192    # heavier anchors: compute dominates more
+    python benchmarks/bench_sweep.py                     # DeiT-style Ti/S/B (71 networks), 256 JPEGs, 2 cores
+    python benchmarks/bench_sweep.py --dims 24 48 96     # heavier anchors: compute weighs more than decoding
 
 Writes a JPEG ImageFolder of 224x224 images (the scikit-learn digits, upscaled, 10 classes),
 then, side by side on the same loader (timm eval transform, ``--workers`` processes):
@@ -50,10 +50,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--dims", type=int, nargs=3, default=[24, 48, 96], help="embed dims of the Ti/S/B-shaped anchors")
+    parser.add_argument("--workers", type=int, default=1, help="loader processes (decoding)")
+    parser.add_argument("--dims", type=int, nargs=3, default=[16, 32, 64], help="embed dims of the Ti/S/B-shaped anchors")
     parser.add_argument("--patch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the main process (1 + 1 worker: one core each on a 2-core machine; "
+                             "OpenMP threads that share cores with loader workers stall)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating rounds; the fastest of each is kept")
     parser.add_argument("--data-dir", default=None, help="reuse a folder written by an earlier run")
     args = parser.parse_args()
