@@ -39,7 +39,7 @@ import torch.distributed as dist
 
 from .cli import add_data_args, add_model_args, build_snnet
 from .config import parse_args_with_config, parse_kwargs
-from .errors import CheckpointError, ConfigError, SNNetError, exit_on_user_error
+from .errors import CheckpointError, ConfigError, DataError, SNNetError, exit_on_user_error
 from .model import SNNet
 from .stitches import parse_stitch_ids
 
@@ -455,6 +455,10 @@ def run(args: Namespace, info) -> int:
         dataset = create_dataset(args.dataset, args.data_dir, args.val_split, args.img_size, args.seed)
         num_classes = resolve_num_classes(num_classes, dataset)
     net = build_model(args, num_classes, state)
+    have = getattr(net.anchors[0], "num_classes", None)
+    if dataset is not None and have is not None and have < num_classes:  # a checkpoint with a smaller head
+        raise DataError(f"the checkpoint's classifiers have {have} classes but the data has {num_classes} "
+                        f"(labels 0..{num_classes - 1}): evaluate on the data it was trained for")
     if ckpt is None:
         log("warning: no --resume checkpoint: the stitching layers are untrained "
             + ("(anchors: --pretrained / --anchor-checkpoints)" if args.pretrained or args.anchor_checkpoints

@@ -193,3 +193,15 @@ def test_flops_only_on_deit_ti_s_b_config_gives_the_papers_anchor_flops(tmp_path
     assert [(r["cfg_id"], r["flops"], r["params"]) for r in anchors] == \
         [(p["cfg_id"], p["flops"], p["params"]) for p in PUBLISHED[:3]]
     assert [r["flops"] for r in anchors] == [1258411200, 4608338304, 17582740224]
+
+
+def test_checkpoint_head_smaller_than_the_data_fails_clearly(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = create_snnet(num_classes=5, **TINY_MODEL)
+    path = tmp_path / "five.pth.tar"
+    save_checkpoint({"args": {"model_kwargs": ["patch_size=4", "depth=4"], "img_size": 32,
+                              "anchor_kwargs": ["embed_dim=32 num_heads=2", "embed_dim=64 num_heads=4"]},
+                     "snnet_config": net.config, "state_dict": net.state_dict()}, path)
+    assert run_main(["--resume", path, "--dataset", "digits", "--workers", "0", "--output", tmp_path / "e"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "classifiers have 5 classes but the data has 10" in err[0], err
