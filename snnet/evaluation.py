@@ -647,6 +647,10 @@ def _export(args: Namespace, net: SNNet, cfg_id: int, log) -> None:
 
     report = export_network(net.cpu().float(), cfg_id, args.export_path, args.export_batch_size, args.onnx_opset)
     kind = {"torchscript": "TorchScript", "exported_program": "torch.export program", "onnx": "ONNX"}[report.format]
+    load = {"torchscript": f"torch.jit.load('{report.path}')",
+            "exported_program": f"torch.export.load('{report.path}').module()",
+            "onnx": f"onnxruntime.InferenceSession('{report.path}')"}[report.format]
     log(f"Exported cfg_id {cfg_id} ({report.name}) as {kind} to {report.path}: {report.params:,} parameters "
         f"(= the network's), max |output - SN-Net output| = {report.max_abs_diff:.2e}"
-        + ("" if report.dynamic_batch else f"; batch size fixed at {max(2, args.export_batch_size)}"))
+        + ("" if report.dynamic_batch else f"; batch size fixed at {max(2, args.export_batch_size)}")
+        + f"\nLoad it without snnet: {load}; input (N, {', '.join(map(str, net.input_size))}) normalised images")
