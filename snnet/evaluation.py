@@ -416,6 +416,8 @@ def run(args: Namespace, info) -> int:
 
     primary = info.is_primary
     log = (lambda msg: print(msg, flush=True)) if primary else (lambda msg: None)
+    if args.amp and args.amp_dtype == "float16" and info.device.type == "cpu" and not args.flops_only:
+        log("warning: --amp with float16 on CPU is slow and coarse; --amp-dtype bfloat16 is the usual CPU choice")
     out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(args)
 
     ckpt = None
