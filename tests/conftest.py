@@ -44,3 +44,12 @@ def deit_ti_s_b():
     from snnet import create_snnet
 
     return create_snnet(["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"], num_classes=1000)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on 2 shared cores run several times faster on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

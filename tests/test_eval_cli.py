@@ -24,13 +24,7 @@ TINY_MODEL = dict(anchors=["deit_tiny_patch16_224", "deit_small_patch16_224"], i
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on 2 shared cores run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_main(args) -> int:

@@ -36,13 +36,7 @@ LOADER = textwrap.dedent("""
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on 2 shared cores run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net(family):
