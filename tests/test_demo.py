@@ -58,3 +58,14 @@ def test_readme_configs_exist_and_flags_are_real():
         for w in words:
             if w.startswith("--") and "=" not in w and not w.startswith(("--nproc", "--nnodes", "--node_rank", "--rdzv", "--max-restarts")):
                 assert w in flags, f"{w} in README command: {command}"
+
+
+def test_readme_demo_table_is_the_committed_frontier():
+    """The README's frontier table is copied by hand from results/demo/pareto.csv: keep them in step."""
+    section = README.split("## The demo on digits", 1)[1]
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+             if re.match(r"\|\s*\d+\s*\|", line)]
+    frontier = list(csv.DictReader((ROOT / "results" / "demo" / "pareto.csv").open()))
+    assert [(int(r[0]), r[1].split(" (")[0], r[3].replace(",", ""), float(r[4])) for r in table] == [
+        (int(r["cfg_id"]), r["name"], r["params"], round(float(r["top1"]), 2)) for r in frontier]
+    assert (ROOT / "results" / "demo" / "pareto.png").stat().st_size > 0
