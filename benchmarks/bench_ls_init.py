@@ -11,13 +11,12 @@ is what the least-squares part costs on top.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import torch
 
 from snnet import create_snnet
+from timing import interleaved_medians
 
 
 def main() -> None:
@@ -46,14 +45,7 @@ def main() -> None:
                 anchor(batch)
 
     plain_forward()  # warm-up
-    t_ls, t_fw = [], []
-    for i in range(args.repeats):
-        runs = [(ls_init, t_ls), (plain_forward, t_fw)]
-        for fn, acc in runs if i % 2 == 0 else runs[::-1]:
-            start = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - start)
-    ls, fw = statistics.median(t_ls), statistics.median(t_fw)
+    ls, fw = interleaved_medians([ls_init, plain_forward], args.repeats)
     print(f"anchors {args.anchors} at {args.img_size}px, {args.images} images in batches of {args.batch_size}, "
           f"{torch.get_num_threads()} threads, {len(net.stitch_layers)} stitching layers / {net.num_stitches} networks, "
           f"{args.repeats} interleaved repeats")

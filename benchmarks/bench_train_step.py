@@ -31,6 +31,7 @@ from torch import nn
 from snnet import create_snnet
 from snnet.distributed import GradAllReduce
 from snnet.sampling import NetworkSampler
+from timing import interleaved_medians
 
 
 def _optimizer(params):
@@ -76,14 +77,7 @@ def bench_anchor(args) -> None:
     for _ in range(args.warmup):
         snnet_step()
         plain_step()
-    t_net, t_plain = [], []
-    for i in range(args.repeats):
-        order = [(snnet_step, t_net), (plain_step, t_plain)]
-        for fn, acc in order if i % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - start)
-    m_net, m_plain = statistics.median(t_net), statistics.median(t_plain)
+    m_net, m_plain = interleaved_medians([snnet_step, plain_step], args.repeats)
     print(f"[anchor] {args.anchors[anchor]} at {args.img_size}px, batch {args.batch_size}, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved repeats; SN-Net holds {sum(p.numel() for p in net.parameters()) / 1e6:.1f} M params "
           f"({net.num_stitches} networks)")

@@ -1,5 +1,6 @@
 """Shared tiny anchor settings: small enough for 2 CPU cores, real timm architectures."""
 import warnings
+from typing import Callable, Sequence
 
 import pytest
 import torch
@@ -31,6 +32,34 @@ TINY_PAIRS = {
     ),
     "levit": dict(anchors=["levit_128s", "levit_192"], img_size=64),
 }
+
+
+def _flag_values(kwargs: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in kwargs.items())
+
+
+# TINY_PAIRS["deit"] as train.py / eval.py flags, on the digits, loading in the main process.
+_DEIT = TINY_PAIRS["deit"]
+TINY_DEIT_ARGS = [
+    "--dataset", "digits", "--img-size", str(_DEIT["img_size"]),
+    "--anchors", *_DEIT["anchors"],
+    "--model-kwargs", *_flag_values(_DEIT["model_kwargs"]).split(),
+    "--anchor-kwargs", *map(_flag_values, _DEIT["anchor_kwargs"]),
+    "--workers", "0",
+]
+
+
+def run_entry(main: Callable[[list[str]], int], args: Sequence) -> int:
+    """An entry point's ``main`` in this process, on one thread (tiny models on 2 shared cores run
+    several times faster so, and like each torchrun worker); returns its exit code (errors exit 2)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import TINY_PAIRS, run_entry
 from snnet import create_snnet
 from snnet.checkpoint import save_checkpoint
 from snnet.evaluation import main, read_results
@@ -18,20 +19,15 @@ from snnet.pareto import pareto_frontier
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = [json.loads(l) for l in (REPO / "tests" / "data" / "snnet_deit_published.jsonl").read_text().splitlines()]
-TINY_MODEL = dict(anchors=["deit_tiny_patch16_224", "deit_small_patch16_224"], img_size=32,
-                  model_kwargs=dict(patch_size=4, depth=4),
-                  anchor_kwargs=[dict(embed_dim=32, num_heads=2), dict(embed_dim=64, num_heads=4)])
+TINY_MODEL = TINY_PAIRS["deit"]
 
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run_main(args) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
+def run_main(args: list) -> int:
+    return run_entry(main, args)
 
 
 def tiny_net(seed):

@@ -22,28 +22,19 @@ from snnet.sweep import (
     one_at_a_time, sweep_pass,
 )
 
-from conftest import TINY_PAIRS
+from conftest import TINY_DEIT_ARGS, TINY_PAIRS, run_entry
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-TINY = [
-    "--dataset", "digits", "--img-size", "32",
-    "--anchors", "deit_tiny_patch16_224", "deit_small_patch16_224",
-    "--model-kwargs", "patch_size=4", "depth=4",
-    "--anchor-kwargs", "embed_dim=32 num_heads=2", "embed_dim=64 num_heads=4",
-    "--workers", "0", "--log-interval", "0",
-]
+TINY = TINY_DEIT_ARGS + ["--log-interval", "0"]
 
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run_main(args) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
+def run_main(args: list) -> int:
+    return run_entry(main, args)
 
 
 def tiny_net(family="deit", num_classes=10):

@@ -10,34 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TINY_DEIT_ARGS, run_entry
 from snnet.training import main
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 # Two DeiT-shaped anchors of distinct widths, 32x32 digits, patch 4 (64 tokens), depth 4.
-TINY = [
-    "--dataset", "digits", "--img-size", "32",
-    "--anchors", "deit_tiny_patch16_224", "deit_small_patch16_224",
-    "--model-kwargs", "patch_size=4", "depth=4",
-    "--anchor-kwargs", "embed_dim=32 num_heads=2", "embed_dim=64 num_heads=4",
-    "--workers", "0", "--log-interval", "5", "--max-val-batches", "2", "--warmup-epochs", "0",
-]
+TINY = TINY_DEIT_ARGS + ["--log-interval", "5", "--max-val-batches", "2", "--warmup-epochs", "0"]
 # Nothing random that differs between process counts: no augmentation, no drop-path.
 PLAIN = ["--no-aug", "--smoothing", "0", "--reprob", "0"]
 
 
-def run_main(args: list[str]) -> int:
-    """train.py's main in this process, on one thread (tiny models on 2 shared cores run several
-    times faster so, and like each torchrun worker); returns the exit code (SNNetErrors exit 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    finally:
-        torch.set_num_threads(threads)
+def run_main(args: list) -> int:
+    return run_entry(main, args)
 
 
 def read_steps(run: Path) -> list[dict]:

@@ -1,0 +1,32 @@
+"""The benchmark scripts run (tiny sizes) and their built-in cross-checks hold: the speed claims in
+results/ are only as good as scripts that still work."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+CASES = {
+    "bench_flops_table.py": (["--anchors", "levit_128s", "levit_192"], ["identical counts: yes"]),
+    "bench_ls_init.py": (["--img-size", "32", "--images", "20", "--batch-size", "10", "--repeats", "1"],
+                         ["ratio LS init / forward:"]),
+    "bench_train_step.py": (["--img-size", "32", "--warmup", "1", "--repeats", "2", "--ddp-warmup", "1", "--ddp-steps", "2"],
+                            ["ratio SN-Net / timm:", "all-reduce and DDP end with the same weights: yes"]),
+    "bench_sweep.py": (["--images", "16", "--batch-size", "8", "--repeats", "1", "--workers", "0"],
+                       ["identical counts: yes"]),
+}
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_benchmark_runs_and_its_checks_hold(script):
+    args, expected = CASES[script]
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for text in expected:
+        assert text in proc.stdout, proc.stdout[-2000:]
