@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import ConfigError
+
 
 @dataclass
 class DistInfo:
@@ -54,6 +56,12 @@ def init_distributed(device: Optional[str] = None) -> DistInfo:
     dev = torch.device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
+        visible = torch.cuda.device_count()
+        if dev.index >= visible:
+            raise ConfigError(
+                f"process {local_rank} of this node needs GPU {dev.index} but {visible} are visible: start at most "
+                f"{visible} processes per node (./distributed_train.sh {visible} ...) or pass --device cpu"
+            )
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)

@@ -119,3 +119,15 @@ def test_worker_killed_mid_epoch_is_restarted_and_resumes_exactly(tmp_path):
     for k, v in clean["state_dict"].items():
         assert torch.equal(v, killed["state_dict"][k]), k
     assert (Path(tmp_path) / "killed" / "checkpoint-1.pth.tar").is_file()
+
+
+def test_more_processes_than_gpus_fail_with_one_clear_line(monkeypatch):
+    """A 2-process run on a 1-GPU node: the second process refuses before touching CUDA."""
+    from snnet.distributed import init_distributed
+    from snnet.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set_device reached"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError, match=r"needs GPU 1 but 1 are visible.*distributed_train.sh 1"):
+        init_distributed("cuda")
