@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 CASES = {
     "bench_flops_table.py": (["--anchors", "levit_128s", "levit_192"], ["identical counts: yes"]),
+    "bench_ls_combine.py": (["-c", "configs/demo_digits.yaml", "--ls-init-images", "20"],
+                            ["| mean | |", "of 20 stitched networks"]),
     "bench_ls_init.py": (["--img-size", "32", "--images", "20", "--batch-size", "10", "--repeats", "1"],
                          ["ratio LS init / forward:"]),
     "bench_train_step.py": (["--img-size", "32", "--warmup", "1", "--repeats", "2", "--ddp-warmup", "1", "--ddp-steps", "2"],
