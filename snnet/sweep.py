@@ -227,6 +227,9 @@ def eval_loader(dataset, batch_size: int, workers: int = 0, rank: int = 0, world
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world), num_workers=workers,
         collate_fn=fast_collate, pin_memory=pin_memory, drop_last=False, persistent_workers=workers > 0,
+        # Its own generator: a DataLoader without one draws each pass's base seed from the global
+        # RNG, so validating inside training would shift the training's random draws.
+        generator=torch.Generator().manual_seed(0),
     )
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -66,6 +67,7 @@ from .sampling import (
     seed_everything,
 )
 from .stitches import parse_stitch_ids
+from .sweep import Normalize, eval_loader, eval_transform, metrics_of, sweep_pass
 
 _logger = logging.getLogger("train")
 
@@ -359,19 +361,6 @@ class BatchPrep:
         return x, y
 
 
-class _Shard(torch.utils.data.Sampler):
-    """Rank r validates indices r, r + world, ... (no padding, so summed counts are exact)."""
-
-    def __init__(self, n: int, rank: int, world: int):
-        self.indices = list(range(rank, n, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-
 def _posterize(img, bits_to_keep, **_):
     """timm's ``posterize`` op, except that 0 bits gives a black image as older Pillow did."""
     from PIL import ImageOps
@@ -438,19 +427,13 @@ def build_loaders(train_ds, val_ds, args: Namespace, info: DistInfo, data_cfg: d
         generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG untouched by the loader
         persistent_workers=args.workers > 0,
     )
-    val_ds.transform = create_transform(
-        img, is_training=False, interpolation=data_cfg["interpolation"], mean=data_cfg["mean"],
-        std=data_cfg["std"], crop_pct=data_cfg["crop_pct"], crop_mode=data_cfg.get("crop_mode"), use_prefetcher=True,
-    )
-    val_loader = torch.utils.data.DataLoader(
-        val_ds, batch_size=args.validation_batch_size, sampler=_Shard(len(val_ds), info.rank, info.world_size),
-        num_workers=args.workers, collate_fn=fast_collate, pin_memory=args.pin_mem, drop_last=False,
-        generator=torch.Generator().manual_seed(args.seed), persistent_workers=args.workers > 0,
-    )
+    # Validation reads the data as eval.py does: each rank its unpadded shard, in order.
+    val_ds.transform = eval_transform(data_cfg)
+    val_loader = eval_loader(val_ds, args.validation_batch_size, args.workers, info.rank, info.world_size, args.pin_mem)
     re_splits = 2 if args.resplit else 0
     train_prep = BatchPrep(data_cfg["mean"], data_cfg["std"], info.device, 0.0 if args.no_aug else args.reprob,
                            args.remode, args.recount, re_splits)
-    val_prep = BatchPrep(data_cfg["mean"], data_cfg["std"], info.device)
+    val_prep = Normalize(data_cfg["mean"], data_cfg["std"], info.device, args.channels_last)
     return sampler, train_loader, train_prep, val_loader, val_prep
 
 
@@ -859,37 +842,15 @@ def train_one_epoch(t: Trainer) -> dict:
 
 
 @torch.no_grad()
-def validate(net: SNNet, loader, prep: BatchPrep, cfg_ids: list[int], args: Namespace, autocast,
+def validate(net: SNNet, loader, prep: Normalize, cfg_ids: list[int], autocast,
              max_batches: Optional[int] = None) -> dict[int, dict[str, float]]:
-    """Top-1/top-5/loss of each network in ``cfg_ids`` from one pass over the (sharded) data,
-    summed over processes."""
-    was = net.training
-    net.eval()
-    sums = torch.zeros(len(cfg_ids), 4, dtype=torch.float64)  # correct1, correct5, loss_sum, count
-    try:
-        for b, (x, y) in enumerate(loader):
-            if max_batches is not None and b >= max_batches:
-                break
-            x, y = prep(x, y)
-            if args.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            for i, cfg in enumerate(cfg_ids):
-                net.select(cfg)
-                with autocast():
-                    out = net(x)
-                out = out.float()
-                k = min(5, out.shape[1])
-                top = out.topk(k, dim=1).indices
-                hit = top.eq(y.view(-1, 1))
-                sums[i, 0] += hit[:, :1].sum().item()
-                sums[i, 1] += hit.sum().item()
-                sums[i, 2] += F.cross_entropy(out, y, reduction="sum").item()
-                sums[i, 3] += y.numel()
-    finally:
-        net.train(was)
-    all_reduce_sum(sums)
-    return {cfg: {"top1": 100.0 * s[0].item() / max(s[3].item(), 1), "top5": 100.0 * s[1].item() / max(s[3].item(), 1),
-                  "loss": s[2].item() / max(s[3].item(), 1)} for cfg, s in zip(cfg_ids, sums)}
+    """Top-1/top-5/loss of each network in ``cfg_ids``, in that order, from one pass over the
+    (sharded) data that shares the networks' common prefixes (eval.py's sweep), summed over
+    processes."""
+    batches = loader if max_batches is None else itertools.islice(loader, max_batches)
+    sums = sweep_pass(net, batches, cfg_ids, prep, autocast, device=prep.device).all_reduce()
+    by_id = {r["cfg_id"]: metrics_of(r) for r in sums.records()}
+    return {c: by_id[c] for c in cfg_ids}
 
 
 def summarize(per_net: dict[int, dict[str, float]], prefix: str = "") -> OrderedDict:
@@ -1080,13 +1041,13 @@ def _run(args: Namespace, info: DistInfo, handlers: list) -> int:
             train_metrics = train_one_epoch(t)
             if info.distributed and args.dist_bn:
                 distribute_bn(net, info.world_size, args.dist_bn == "reduce")
-            per_net = validate(net, val_loader, val_prep, val_ids, args, t.autocast, args.max_val_batches)
+            per_net = validate(net, val_loader, val_prep, val_ids, t.autocast, args.max_val_batches)
             eval_metrics = summarize(per_net)
             metric = eval_metrics[args.eval_metric]
             if t.ema is not None and not args.model_ema_force_cpu:
                 if info.distributed and args.dist_bn:
                     distribute_bn(t.ema, info.world_size, args.dist_bn == "reduce")
-                ema_net = validate(t.ema.module, val_loader, val_prep, val_ids, args, t.autocast, args.max_val_batches)
+                ema_net = validate(t.ema.module, val_loader, val_prep, val_ids, t.autocast, args.max_val_batches)
                 eval_metrics.update(summarize(ema_net, "ema_"))
                 metric = eval_metrics["ema_" + args.eval_metric]
             lr = t.optimizer.param_groups[0]["lr"]
