@@ -337,8 +337,9 @@ class StepLog:
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
-class BatchPrep:
-    """uint8 batch -> normalized float batch on the device, then timm's batch random erasing.
+class BatchPrep(Normalize):
+    """The validation's normalisation (uint8 batch -> normalized float batch on the device), then
+    timm's batch random erasing.
 
     Runs in step order in the training process (not one batch ahead like timm's PrefetchLoader)
     so that its RNG draws are restored exactly on resume."""
@@ -346,16 +347,12 @@ class BatchPrep:
     def __init__(self, mean, std, device: torch.device, re_prob=0.0, re_mode="pixel", re_count=1, re_num_splits=0):
         from timm.data.random_erasing import RandomErasing
 
-        shape = (1, len(mean), 1, 1)
-        self.mean = torch.tensor([m * 255 for m in mean], device=device).view(shape)
-        self.std = torch.tensor([s * 255 for s in std], device=device).view(shape)
-        self.device = device
+        super().__init__(mean, std, device)
         self.erase = RandomErasing(re_prob, mode=re_mode, max_count=re_count, num_splits=re_num_splits,
                                    device=device) if re_prob > 0 else None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
-        y = y.to(self.device, non_blocking=True)
+        x, y = super().__call__(x, y)
         if self.erase is not None:
             x = self.erase(x)
         return x, y
