@@ -2,17 +2,19 @@
 
     python benchmarks/bench_train_step.py                 # both parts
     python benchmarks/bench_train_step.py --part anchor   # SN-Net set to an anchor vs plain timm
-    python benchmarks/bench_train_step.py --part ddp      # 2 CPU processes (gloo): own all-reduce vs DDP
+    python benchmarks/bench_train_step.py --part ddp      # 2 CPU processes (gloo): overlapped vs after-backward all-reduce vs DDP
 
 Part 1 times forward + backward + AdamW step of the SN-Net trained on one anchor (sampler drawing
 that anchor, ``net.select``, the optimizer holding every SN-Net parameter, grads set to None) and
 of a plain timm model with the same weights, on the same batch, interleaved, and prints the
 median ratio. Part 2 trains copies of an SN-Net side by side in 2 gloo processes (default: one
-with ``snnet.distributed.GradAllReduce``, train.py's default, and one wrapped in
+with ``snnet.distributed.GradAllReduce`` overlapping the all-reduce with backward, train.py's
+default; one with the same all-reduce after backward; one wrapped in
 ``DistributedDataParallel(find_unused_parameters=True)``; ``--ddp-variants allreduce per-rank``
-compares per-rank sampling), interleaved, and prints the median step times, the gradient bytes
-all-reduced per step (DDP's counted by a comm hook around its default all-reduce) and whether
-the weights agree.
+compares per-rank sampling), interleaved, and prints the median step times, the time the step
+still waits for the all-reduce after backward (so how much of it the overlap hides), the gradient
+bytes all-reduced per step (DDP's counted by a comm hook around its default all-reduce) and
+whether the weights agree.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from torch import nn
 from snnet import create_snnet
 from snnet.distributed import GradAllReduce
 from snnet.sampling import NetworkSampler
+from snnet.stitches import parse_stitch_ids
 from timing import interleaved_medians
 
 
@@ -87,7 +90,9 @@ def bench_anchor(args) -> None:
 
 
 VARIANTS = {
-    "allreduce": "own bucketed all-reduce (GradAllReduce), every rank the same network (train.py's default)",
+    "overlap": "own bucketed all-reduce overlapped with backward (GradAllReduce), every rank the same network "
+               "(train.py's default)",
+    "allreduce": "own bucketed all-reduce after backward (GradAllReduce(overlap=False)), every rank the same network",
     "ddp": "DDP(find_unused_parameters=True), every rank the same network",
     "per-rank": "own all-reduce over the union, each rank its own network (--sample-per-rank)",
 }
@@ -108,33 +113,45 @@ def _counting_allreduce_hook(variant: "_Variant", bucket):
 class _Variant:
     """One SN-Net copy trained one way; all copies start from the same weights."""
 
-    def __init__(self, kind: str, net: nn.Module, world: int, rank: int):
+    def __init__(self, kind: str, net: nn.Module, world: int, rank: int, networks: list[int]):
         self.kind, self.net = kind, net
         self.model = net
         if kind == "ddp":
             self.model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
             self.model.register_comm_hook(self, _counting_allreduce_hook)  # DDP's own all-reduce, bytes counted
-        self.reducer = None if kind == "ddp" else GradAllReduce(net.parameters(), world, union=kind == "per-rank")
+        self.reducer = None if kind == "ddp" else GradAllReduce(net.parameters(), world, union=kind == "per-rank",
+                                                                overlap=kind == "overlap")
         self.opt = _optimizer(net.parameters())
-        self.sampler = NetworkSampler(net.num_stitches, seed=0, rank=rank, per_rank=kind == "per-rank")
+        weights = None
+        if networks:  # a few networks, each trained many times: the steady state of a long run
+            weights = [1.0 if i in networks else 0.0 for i in range(net.num_stitches)]
+        self.sampler = NetworkSampler(net.num_stitches, seed=0, rank=rank, per_rank=kind == "per-rank", weights=weights)
         self.times: list[float] = []
+        self.waits: list[float] = []  # time in the sync call after backward: the all-reduce not hidden
         self.sent: list[int] = []
         self.bucket_bytes = 0
 
     def sync(self):
         if self.reducer is None:
             return
+        start = time.perf_counter()
         self.reducer()
+        self.waits.append(time.perf_counter() - start)
         # bytes all-reduced: the gradients that exist after the union step
         self.sent.append(sum(p.grad.numel() * p.grad.element_size() for p in self.net.parameters() if p.grad is not None))
 
     def step(self, x, y, record: bool):
-        self.net.select(self.sampler.draw())
+        cfg_id = self.sampler.draw()
+        self.net.select(cfg_id)
+        if self.reducer is not None:
+            self.reducer.begin(cfg_id)
         dist.barrier()
         start = time.perf_counter()
         _step(self.model, self.opt, x, y, self.sync)
         if record:
             self.times.append(time.perf_counter() - start)
+        elif self.waits:
+            self.waits.pop()  # warm-up
 
 
 def _ddp_worker(rank: int, world: int, port: int, args, queue) -> None:
@@ -149,20 +166,27 @@ def _ddp_worker(rank: int, world: int, port: int, args, queue) -> None:
     nets = [first] + [create_snnet(args.ddp_anchors, **kw) for _ in args.ddp_variants[1:]]
     for n in nets[1:]:
         n.load_state_dict(first.state_dict())
-    variants = [_Variant(kind, n, world, rank) for kind, n in zip(args.ddp_variants, nets)]
+    networks = parse_stitch_ids(args.ddp_networks, first.num_stitches) if args.ddp_networks else []
+    variants = [_Variant(kind, n, world, rank, networks) for kind, n in zip(args.ddp_variants, nets)]
     g = torch.Generator().manual_seed(rank)
     for i in range(args.ddp_warmup + args.ddp_steps):
         x = torch.randn(args.ddp_batch, 3, args.ddp_img_size, args.ddp_img_size, generator=g)
         y = torch.randint(0, 10, (args.ddp_batch,), generator=g)
         for v in variants if i % 2 == 0 else variants[::-1]:
             v.step(x, y, record=i >= args.ddp_warmup)
-    same = None
-    if args.ddp_variants[:2] == ["allreduce", "ddp"]:
-        a, b = variants[0].net, variants[1].net
-        same = all(torch.allclose(p, q, rtol=1e-4, atol=1e-6) for p, q in zip(a.parameters(), b.parameters()))
+    by_kind = {v.kind: v.net for v in variants}
+    checks = {}
+    if "overlap" in by_kind and "allreduce" in by_kind:  # the same sums, so bit-equal weights
+        checks["overlapped and after-backward all-reduce end with identical weights"] = all(
+            torch.equal(p, q) for p, q in zip(by_kind["overlap"].parameters(), by_kind["allreduce"].parameters()))
+    if "allreduce" in by_kind and "ddp" in by_kind:  # DDP sums in its own buckets: float rounding
+        checks["all-reduce and DDP end with the same weights"] = all(
+            torch.allclose(p, q, rtol=1e-4, atol=1e-6)
+            for p, q in zip(by_kind["allreduce"].parameters(), by_kind["ddp"].parameters()))
     if rank == 0:
-        queue.put(dict(n=first.num_stitches, params=sum(p.numel() for p in first.parameters()), same=same,
-                       results=[(v.kind, statistics.median(v.times), statistics.mean(v.sent) / 2**20) for v in variants]))
+        queue.put(dict(n=first.num_stitches, params=sum(p.numel() for p in first.parameters()), checks=checks,
+                       results=[(v.kind, statistics.median(v.times), statistics.median(v.waits) if v.waits else None,
+                                 statistics.mean(v.sent) / 2**20) for v in variants]))
     dist.destroy_process_group()
 
 
@@ -178,11 +202,17 @@ def bench_ddp(args) -> None:
           f"{args.ddp_patch}, batch {args.ddp_batch}/process, {r['n']} networks, {r['params'] / 1e6:.1f} M params; "
           f"{args.ddp_steps} steps each, interleaved")
     base = r["results"][0][1]
-    for kind, t, mb in r["results"]:
-        print(f"[ddp] {VARIANTS[kind]}:\n      {t * 1000:8.1f} ms/step (median, {t / base:.3f}x), "
+    waits = {}
+    for kind, t, wait, mb in r["results"]:
+        waits[kind] = wait
+        waited = "" if wait is None else f", {wait * 1000:.1f} ms waiting for the all-reduce after backward"
+        print(f"[ddp] {VARIANTS[kind]}:\n      {t * 1000:8.1f} ms/step (median, {t / base:.3f}x){waited}, "
               f"{mb:7.1f} MB of gradients all-reduced per step (mean)")
-    if r["same"] is not None:
-        print(f"[ddp] all-reduce and DDP end with the same weights: {'yes' if r['same'] else 'NO'}")
+    if waits.get("overlap") is not None and waits.get("allreduce"):
+        print(f"[ddp] all-reduce time hidden behind backward: {1 - waits['overlap'] / waits['allreduce']:.0%} "
+              f"(wait after backward {waits['overlap'] * 1000:.1f} ms overlapped vs {waits['allreduce'] * 1000:.1f} ms)")
+    for what, ok in r["checks"].items():
+        print(f"[ddp] {what}: {'yes' if ok else 'NO'}")
 
 
 def main() -> None:
@@ -197,12 +227,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--ddp-anchors", nargs="+",
                    default=["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"])
-    p.add_argument("--ddp-variants", nargs="+", default=["allreduce", "ddp"], choices=sorted(VARIANTS),
+    p.add_argument("--ddp-variants", nargs="+", default=["overlap", "allreduce", "ddp"], choices=sorted(VARIANTS),
                    help="gradient-sync variants trained side by side (first is the reference)")
+    p.add_argument("--ddp-networks", default="0,1,2,10,40,60",
+                   help="cfg_ids the processes train (uniformly); each network's first step plans its gradient "
+                        "buckets without overlap, so the steady state needs networks that recur ('' = all)")
     p.add_argument("--ddp-img-size", type=int, default=32)
     p.add_argument("--ddp-patch", type=int, default=8)
     p.add_argument("--ddp-batch", type=int, default=8)
-    p.add_argument("--ddp-warmup", type=int, default=3)
+    p.add_argument("--ddp-warmup", type=int, default=10)
     p.add_argument("--ddp-steps", type=int, default=20)
     args = p.parse_args()
     warnings.filterwarnings("ignore")

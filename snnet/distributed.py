@@ -3,8 +3,9 @@
 Every step trains one network of the SN-Net, so most parameters get no gradient in a given
 step. Two ways to average gradients over processes are offered (``--grad-sync``):
 
-* ``allreduce`` (default): no DDP wrapper; after ``backward`` the gradients that exist are
-  flattened into buckets and all-reduced (asynchronously, then averaged). Parameters without a
+* ``allreduce`` (default): no DDP wrapper; the gradients that exist are flattened into buckets
+  and all-reduced asynchronously while backward still runs (:class:`GradAllReduce`), then
+  averaged. Parameters without a
   gradient on every rank keep ``grad=None``, so the optimizer skips them exactly as in a
   single-process run (no weight decay, no momentum drift on unused anchors). With
   ``--sample-per-rank`` ranks train different networks; a small all-reduce of "has a gradient"
@@ -19,9 +20,10 @@ momentum would keep moving them: not the single-process semantics.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Hashable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
@@ -94,18 +96,81 @@ def _buckets(tensors: list[torch.Tensor], cap_bytes: int) -> list[list[torch.Ten
 
 
 class GradAllReduce:
-    """Average the gradients that exist over all ranks, leaving unused parameters' ``grad`` None."""
+    """Average the gradients that exist over all ranks, leaving unused parameters' ``grad`` None.
 
-    def __init__(self, params: Iterable[nn.Parameter], world_size: int, union: bool = False, bucket_mb: float = 25.0):
+    Use: ``sync.begin(cfg_id)`` before ``backward``, ``sync()`` after it. With ``overlap`` (the
+    default when every rank trains the same network) the gradients are all-reduced while backward
+    still runs: a post-accumulate-grad hook on every parameter counts the gradients of each bucket,
+    and a bucket is launched (asynchronously) as soon as all of its gradients exist, strictly in
+    bucket order so that every rank issues the same collectives in the same order. The buckets of a
+    network are planned the first time it trains, from the order its gradients became ready (rank
+    0's order, broadcast once per network); that first step all-reduces after backward, as without
+    overlap. ``sync()`` then waits, averages and copies back. The sums are elementwise, so bucket
+    composition does not change the result.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], world_size: int, union: bool = False, bucket_mb: float = 25.0,
+                 overlap: bool = True):
         self.params = [p for p in params if p.requires_grad]
         self.world_size = world_size
         self.union = union
         self.cap = int(bucket_mb * 2**20)
+        self.overlap = overlap and world_size > 1 and not union
+        self.plans: dict[Hashable, _BucketPlan] = {}
+        self.launched_in_backward = 0  # buckets launched by the hooks (how much was overlapped)
+        self._step: Optional[_OverlapStep] = None
+        if self.overlap:
+            for i, p in enumerate(self.params):
+                p.register_post_accumulate_grad_hook(functools.partial(self._grad_ready, i))
+
+    def begin(self, network: Hashable) -> None:
+        """Announce the network whose backward comes next (its bucket plan, if known)."""
+        if self.overlap:
+            self._step = _OverlapStep(network, self.plans.get(network))
+
+    def _grad_ready(self, index: int, _param: nn.Parameter) -> None:
+        step = self._step
+        if step is None:
+            return
+        if step.plan is None:
+            step.ready_order.append(index)
+            return
+        bucket = step.plan.bucket_of.get(index)
+        if bucket is None:  # not in this network's plan: reduced after backward
+            step.unplanned.append(index)
+            return
+        step.remaining[bucket] -= 1
+        # launch in bucket order: every rank must issue the same collectives in the same order
+        while step.next_bucket < len(step.remaining) and step.remaining[step.next_bucket] == 0:
+            step.works.append(self._launch(step.plan.buckets[step.next_bucket]))
+            step.next_bucket += 1
+            self.launched_in_backward += 1
+
+    def _launch(self, bucket: list[int]) -> Optional[tuple[list[torch.Tensor], torch.Tensor, Any]]:
+        grads = [g for g in (self.params[i].grad for i in bucket) if g is not None]
+        if not grads:
+            return None
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        return grads, flat, dist.all_reduce(flat, async_op=True)
 
     @torch.no_grad()
     def __call__(self) -> None:
         if self.world_size <= 1:
             return
+        step, self._step = self._step, None
+        if step is None:  # no overlap: every bucket after backward
+            self._reduce_after_backward()
+            return
+        if step.plan is None:  # first step of this network: plan its buckets from the order grads arrived
+            order = [step.ready_order]
+            dist.broadcast_object_list(order, src=0)
+            self.plans[step.network] = step.plan = _BucketPlan.build(order[0], self.params, self.cap)
+            step.next_bucket = 0
+        for bucket in step.plan.buckets[step.next_bucket:] + ([step.unplanned] if step.unplanned else []):
+            step.works.append(self._launch(bucket))
+        _finish(step.works, self.world_size)
+
+    def _reduce_after_backward(self) -> None:
         if self.union:
             dev = self.params[0].device
             flags = torch.tensor([p.grad is not None for p in self.params], dtype=torch.int32, device=dev)
@@ -114,18 +179,48 @@ class GradAllReduce:
                 if f and p.grad is None:
                     p.grad = torch.zeros_like(p)
         grads = [p.grad for p in self.params if p.grad is not None]
-        pending = []
+        works = []
         for bucket in _buckets(grads, self.cap):
             flat = torch.cat([g.reshape(-1) for g in bucket])
-            pending.append((bucket, flat, dist.all_reduce(flat, async_op=True)))
-        for bucket, flat, work in pending:
-            work.wait()
-            flat.div_(self.world_size)
-            offset = 0
-            for g in bucket:
-                n = g.numel()
-                g.copy_(flat[offset:offset + n].view_as(g))
-                offset += n
+            works.append((bucket, flat, dist.all_reduce(flat, async_op=True)))
+        _finish(works, self.world_size)
+
+
+def _finish(works: list, world_size: int) -> None:
+    """Wait for the all-reduces, average, and copy each bucket back into its gradients."""
+    for grads, flat, work in filter(None, works):
+        work.wait()
+        flat.div_(world_size)
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+
+
+class _BucketPlan:
+    """A network's gradient buckets (parameter indices), in launch order."""
+
+    def __init__(self, buckets: list[list[int]]):
+        self.buckets = buckets
+        self.bucket_of = {i: b for b, bucket in enumerate(buckets) for i in bucket}
+
+    @classmethod
+    def build(cls, ready_order: list[int], params: list[nn.Parameter], cap_bytes: int) -> "_BucketPlan":
+        index = {id(p): i for i, p in enumerate(params)}
+        return cls([[index[id(p)] for p in b] for b in _buckets([params[i] for i in ready_order], cap_bytes)])
+
+
+class _OverlapStep:
+    """Book-keeping of one backward: which buckets are still waiting for gradients."""
+
+    def __init__(self, network: Hashable, plan: Optional[_BucketPlan]):
+        self.network, self.plan = network, plan
+        self.ready_order: list[int] = []  # recorded while the network has no plan yet
+        self.remaining = [len(b) for b in plan.buckets] if plan is not None else []
+        self.next_bucket = 0
+        self.unplanned: list[int] = []
+        self.works: list = []
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
