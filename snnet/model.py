@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -68,6 +69,16 @@ class SNNet(nn.Module):
             raise ConfigError(f"stitch id {cfg_id} is out of range: this SN-Net has cfg_ids 0..{len(self.stitches) - 1}")
         self.cfg_id = int(cfg_id)
         return self
+
+    @contextmanager
+    def selecting(self, cfg_id: int) -> Iterator["SNNet"]:
+        """Run network ``cfg_id`` inside the block; the previously selected one afterwards."""
+        previous = self.cfg_id
+        self.select(cfg_id)
+        try:
+            yield self
+        finally:
+            self.cfg_id = previous
 
     @property
     def selected(self) -> Stitch:
