@@ -168,6 +168,8 @@ def check_sampled_training(args, device, rows: list[str]) -> None:
             if not s.is_anchor:
                 first_of_pair.setdefault((s.front, s.back), s.cfg_id)
         warm_ids = list(range(len(ANCHORS))) + list(first_of_pair.values())
+        if kind == "compiled":  # CUDA graphs (reduce-overhead) record each network's path once
+            warm_ids += list(range(n)) * args.warmup_every_network
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         synchronize(device)
@@ -274,6 +276,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="back-to-back steps per timed run")
     p.add_argument("--rounds", type=int, default=5, help="alternating timed runs; the median is kept")
     p.add_argument("--sampled-steps", type=int, default=30)
+    p.add_argument("--warmup-every-network", type=int, default=0, metavar="N",
+                   help="compiled: train every network N times before timing (CUDA-graph paths recorded)")
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--eval-batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=12)
