@@ -57,7 +57,7 @@ def test_deit_ti_s_b_order_and_names(deit_ti_s_b):
 def test_hierarchical_stitches_stay_inside_middle_stages():
     net = create_snnet(num_classes=5, **TINY_PAIRS["swin"])
     stitched = [s for s in net.stitches if not s.is_anchor]
-    front, back = net.adapters
+    front, back = net.anchor_adapters
     for s in stitched:
         assert front.block_stages[s.front_block] == back.block_stages[s.back_block] == s.stage
         assert s.stage != front.num_stages - 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -14,13 +15,10 @@ import torch
 from PIL import Image
 
 from snnet import create_snnet
-from snnet.data import create_dataset
+from snnet.data import Normalize, ShardSampler, create_dataset, data_config_for, eval_loader, eval_transform
 from snnet.evaluation import main
-from snnet.sweep import (
-    Normalize, PartialResults, ShardSampler, SweepPlan, eval_loader, eval_transform, exit_block, forward_networks,
-    make_chunks,
-    one_at_a_time, sweep_pass,
-)
+from snnet.results import PartialResults
+from snnet.sweep import SweepPlan, exit_block, forward_networks, make_chunks, one_at_a_time, sweep_pass
 
 from conftest import TINY_DEIT_ARGS, TINY_PAIRS, run_entry
 
@@ -62,8 +60,6 @@ def test_shared_prefix_logits_equal_select_forward(family):
 
 
 def digits_loader(net, batch_size, n=150):
-    from snnet.training import data_config_for
-
     ds = create_dataset("digits", None, "validation")
     cfg = data_config_for(net, ds)  # the trainer's validation data config
     ds.transform = eval_transform(cfg)
@@ -157,12 +153,14 @@ def test_written_pareto_sets_equal_brute_force_of_written_table(tmp_path):
 def test_interrupted_sweep_resumes_to_the_full_sweep(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     assert run_main(TINY + ["--output", full, "-b", "128"]) == 0
-    # a crash right after the first chunk of 5 networks was saved (test hook)
-    os.environ["SNNET_TEST_EXIT_AFTER_CHUNKS"] = "1"
-    try:
-        assert run_main(TINY + ["--output", part, "-b", "128", "--sweep-chunk", "5"]) == 17
-    finally:
-        del os.environ["SNNET_TEST_EXIT_AFTER_CHUNKS"]
+    # a crash right after the first chunk of 5 networks was saved (of 3 chunks)
+
+    def crash_after_first_chunk(done: int, chunks: int) -> None:
+        if done == 1 and chunks > 1:
+            raise SystemExit(17)  # as if killed here: nothing else is written
+
+    crashing_main = functools.partial(main, on_chunk_saved=[crash_after_first_chunk])
+    assert run_entry(crashing_main, TINY + ["--output", part, "-b", "128", "--sweep-chunk", "5"]) == 17
     records = [json.loads(l) for l in (part / "sweep_partial.jsonl").read_text().splitlines()]
     assert [r["type"] for r in records] == ["header"] + ["accuracy"] * 5
     assert not (part / "stitches.csv").exists()
