@@ -18,9 +18,8 @@ import torch
 
 from snnet.cli import build_snnet, build_train_parser
 from snnet.config import parse_args_with_config
-from snnet.data import (
-    Normalize, create_dataset, data_config_for, eval_loader, eval_transform, resolve_num_classes, sample_images,
-)
+from snnet.data import create_dataset, resolve_num_classes, sample_images
+from snnet.loaders import Normalize, data_config_for, eval_loader, eval_transform
 from snnet.sweep import metrics_of, sweep_pass
 
 COMBINES = ("mean", "joint")

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from snnet import create_snnet
-from snnet.data import Normalize, create_dataset, data_config_for, eval_loader, eval_transform
+from snnet.data import create_dataset
+from snnet.loaders import Normalize, data_config_for, eval_loader, eval_transform
 from snnet.sweep import SweepPlan, forward_networks, one_at_a_time, sweep_pass
 
 

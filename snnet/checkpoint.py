@@ -19,7 +19,6 @@ from typing import IO, Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from .config import plain
 from .errors import CheckpointError
 
 # What torch.load(weights_only=True) rebuilds. Exact types: a subclass (a namedtuple, a
@@ -216,66 +215,3 @@ def load_model_weights(model: nn.Module, path: str | Path, use_ema: bool = False
         )
     missing, unexpected = model.load_state_dict(state, strict=strict)
     return list(missing), list(unexpected)
-
-
-# ---------------------------------------------------------------------------------------------
-# train.py's checkpoints
-# ---------------------------------------------------------------------------------------------
-def check_resume_compatible(ckpt: dict, path: str, config: Mapping[str, Any]) -> None:
-    """Refuse to resume a checkpoint of other anchors or other stitching options than ``config``."""
-    theirs = ckpt.get("snnet_config")
-    if not isinstance(theirs, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"checkpoint {path} is not an SN-Net training checkpoint of train.py: start without --resume")
-    ours = plain(config)
-    if list(theirs.get("anchors", [])) != list(ours["anchors"]):
-        raise CheckpointError(
-            f"checkpoint {path} was trained with anchors {list(theirs.get('anchors', []))} but --anchors are "
-            f"{ours['anchors']}: resume with the same --anchors or use another --experiment"
-        )
-    for key, value in ours.items():
-        if key in theirs and plain(theirs[key]) != value:
-            raise CheckpointError(
-                f"checkpoint {path} was trained with {key}={theirs[key]} but this run has {key}={value}: "
-                f"use the checkpoint's stitching options or another --experiment"
-            )
-
-
-def cpu_copy(obj: Any) -> Any:
-    """Tensors in ``obj`` (nested dicts, lists, tuples) moved to the CPU, for gathering and saving."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(cpu_copy(v) for v in obj)
-    return obj
-
-
-def plain_scheduler_state(scheduler) -> dict:
-    """A timm scheduler's state as tensors and plain data."""
-    return {k: plain(v) if not isinstance(v, torch.Tensor) else v for k, v in scheduler.state_dict().items()}
-
-
-def checkpoint_saver_class():
-    """timm's ``CheckpointSaver`` writing through :func:`save_checkpoint` (imported lazily: timm.utils is slow)."""
-    from timm.utils import CheckpointSaver
-
-    class SNNetCheckpointSaver(CheckpointSaver):
-        """timm's top-k bookkeeping; files written by :func:`snnet.checkpoint.save_checkpoint`
-        with plain data only (timm's ``_save`` pickles the argparse Namespace)."""
-
-        def __init__(self, state_fn, **kwargs):
-            super().__init__(model=None, optimizer=None, **kwargs)
-            self.state_fn = state_fn
-
-        def _replace(self, src, dst):
-            # atomic on POSIX; timm unlinks dst first (for Windows), which would leave a moment
-            # without last.pth.tar for a killed run to resume from
-            os.replace(src, dst)
-
-        def _save(self, save_path, epoch, metric=None):
-            state = self.state_fn(metric)
-            state["saver"] = plain(self.state_dict(epoch, metric))
-            save_checkpoint(state, save_path)
-
-    return SNNetCheckpointSaver

@@ -10,7 +10,9 @@ from .errors import ConfigError
 from .model import SNNet, create_snnet
 
 
+# The option tables below stay one option per line (``# fmt: off``): they read as tables.
 def add_model_args(parser: argparse.ArgumentParser) -> None:
+    # fmt: off
     group = parser.add_argument_group("SN-Net model")
     group.add_argument("--anchors", nargs="+", default=None, metavar="NAME",
                        help="timm model names of the anchors, ordered small to large")
@@ -34,6 +36,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
+    # fmt: off
     group = parser.add_argument_group("data")
     group.add_argument("--data-dir", default=None, metavar="DIR",
                        help="ImageFolder root with train/ and val/ (timm layout)")
@@ -74,6 +77,7 @@ def build_snnet(args: argparse.Namespace, num_classes: Optional[int] = None, pre
 
 def build_train_parser() -> argparse.ArgumentParser:
     """train.py's parser; ``-c FILE.yaml`` sets its defaults (see :mod:`snnet.config`)."""
+    # fmt: off
     parser = argparse.ArgumentParser(
         description="Train an SN-Net (or, with one anchor, a plain timm model) the way timm's train.py trains.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -219,11 +223,13 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="stop after N epochs in total but keep the --epochs schedule (time-limited jobs: rerun the "
                         "same command to continue)")
     g.add_argument("--log-interval", type=int, default=50, metavar="N", help="steps between log lines")
+    # fmt: on
     return parser
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
     """eval.py's parser; ``-c FILE.yaml`` sets its defaults, train.py configs included."""
+    # fmt: off
     parser = argparse.ArgumentParser(
         description="Evaluate every network of an SN-Net from one pass over the data; Pareto frontier, "
                     "budget picking and export of one network.",
@@ -277,4 +283,5 @@ def build_eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", action="store_true", default=False, help="mixed precision (torch.autocast)")
     g.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"])
     g.add_argument("--channels-last", action="store_true", default=False)
+    # fmt: on
     return parser

@@ -24,7 +24,6 @@ only the trainer uses are ignored, unknown keys are errors). What happens:
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from argparse import Namespace
@@ -38,6 +37,7 @@ from .cli import build_eval_parser, build_snnet, build_train_parser
 from .config import parse_args_with_config, parse_kwargs, plain
 from .distributed import is_distributed, on_primary
 from .errors import CheckpointError, ConfigError, DataError, exit_on_user_error
+from .latency import autocast_for, cached_latencies
 from .model import SNNet
 from .stitches import parse_stitch_ids
 
@@ -250,7 +250,7 @@ def run_flops_only(args: Namespace, info, out_dir: Path, log: Callable[[str], No
     if info.is_primary:
         out_dir.mkdir(parents=True, exist_ok=True)
         rows = _flops_table(net, ids)
-        latency = _latency(args, net.to(info.device), info, ids, None) if args.measure_latency else None
+        latency = cached_latencies(args, net.to(info.device), info, ids, None) if args.measure_latency else None
         rows = result_rows(rows, None, latency)
         write_csv(rows, out_dir / "stitches.csv")
         log(format_table(rows, [k for k in ("cfg_id", "name", "flops", "params", "latency_ms") if k in rows[0]]))
@@ -301,7 +301,7 @@ def run_sweep(args: Namespace, net: SNNet, dataset, info, out_dir: Path, log: Ca
     """Every selected network from one pass over the data per chunk (resuming DIR's partial
     results), the tables and frontier, the budget pick and its export."""
     from .pareto import check_flops_budget, describe_pick, pick
-    from .results import result_rows, write_outputs
+    from .results import PartialResults, evaluation_description, result_rows, write_outputs
 
     primary = info.is_primary
     ids = _select(args, net)
@@ -314,7 +314,7 @@ def run_sweep(args: Namespace, net: SNNet, dataset, info, out_dir: Path, log: Ca
     held: dict[str, Any] = {}
 
     def open_partial() -> list[int]:
-        held["partial"] = _open_partial(args, net, dataset, out_dir)
+        held["partial"] = PartialResults(out_dir, evaluation_description(args, net, dataset), overwrite=args.overwrite)
         return [i for i in ids if i not in held["partial"].accuracy]
 
     todo = on_primary(open_partial, primary)  # rank 0 reads DIR; every rank gets the networks to do
@@ -326,7 +326,7 @@ def run_sweep(args: Namespace, net: SNNet, dataset, info, out_dir: Path, log: Ca
             + f"; {len(dataset)} images ({args.val_split}), {info.world_size} process(es) on {info.device.type}")
     if todo:
         _sweep(args, net, dataset, todo, info, partial, log, on_chunk_saved)
-    latency = _latency(args, net, info, ids, partial) if args.measure_latency else None
+    latency = cached_latencies(args, net, info, ids, partial) if args.measure_latency else None
     if info.distributed:
         dist.barrier()
     if not primary:
@@ -353,54 +353,9 @@ def _select(args: Namespace, net: SNNet) -> list[int]:
     return ids
 
 
-def _anchor_kwargs_plain(value: Any) -> Any:
-    """--anchor-kwargs as dicts, whether given as 'k=v' strings (command line) or mappings (YAML)."""
-    if value is None:
-        return None
-    return [parse_kwargs(a if isinstance(a, dict) else str(a).split()) for a in value]
-
-
-def _description(args: Namespace, net: SNNet, dataset) -> dict[str, Any]:
-    """What the partial results depend on; a rerun with anything else refuses to mix them."""
-    desc: dict[str, Any] = {
-        "snnet_config": net.config,
-        "model_kwargs": parse_kwargs(args.model_kwargs),
-        "anchor_kwargs": _anchor_kwargs_plain(args.anchor_kwargs),
-        "input_size": list(net.input_size),
-        "num_classes": net.anchors[0].num_classes if hasattr(net.anchors[0], "num_classes") else None,
-        "dataset": args.dataset or None,
-        "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
-        "split": args.val_split,
-        "samples": len(dataset),
-        "amp": args.amp_dtype if args.amp else False,
-        "use_ema": args.use_ema,
-    }
-    if args.checkpoint:
-        p = Path(args.checkpoint).resolve()
-        st = p.stat()
-        desc.update(checkpoint=str(p), checkpoint_bytes=st.st_size, checkpoint_mtime_ns=st.st_mtime_ns)
-    else:
-        desc.update(checkpoint=None, pretrained=args.pretrained, anchor_checkpoints=args.anchor_checkpoints,
-                    seed=args.seed)
-    return plain(desc)
-
-
-def _open_partial(args: Namespace, net: SNNet, dataset, out_dir: Path):
-    from .results import PartialResults
-
-    return PartialResults(out_dir, _description(args, net, dataset), overwrite=args.overwrite)
-
-
-def _autocast(args: Namespace, device: torch.device):
-    if not args.amp:
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _sweep(args: Namespace, net: SNNet, dataset, todo: list[int], info, partial, log,
            on_chunk_saved: Sequence[ChunkCallback] = ()) -> None:
-    from .data import Normalize, data_config_for, eval_loader, eval_transform
+    from .loaders import Normalize, data_config_for, eval_loader, eval_transform
     from .sweep import make_chunks, sweep_pass
 
     data_cfg = data_config_for(net, dataset)  # the trainer's validation transform (digits: no crop)
@@ -411,19 +366,13 @@ def _sweep(args: Namespace, net: SNNet, dataset, todo: list[int], info, partial,
     loader = eval_loader(dataset, args.batch_size, workers, info.rank, info.world_size,
                          pin_memory=info.device.type == "cuda")
     prep = Normalize(data_cfg["mean"], data_cfg["std"], info.device, args.channels_last)
-    autocast = _autocast(args, info.device)
+    autocast = autocast_for(args, info.device)
     chunks = make_chunks(net, todo, args.sweep_chunk)
     n_batches = len(loader)
     for c, chunk in enumerate(chunks):
         start = time.perf_counter()
-        seen = [0]
-
-        def progress(b: int, n: int) -> None:
-            seen[0] += n
-            if args.log_interval and (b % args.log_interval == 0 or b == n_batches):
-                rate = seen[0] * info.world_size / max(time.perf_counter() - start, 1e-9)
-                log(f"  chunk {c + 1}/{len(chunks)} ({len(chunk)} networks): batch {b}/{n_batches}, {rate:.1f} img/s")
-
+        what = f"chunk {c + 1}/{len(chunks)} ({len(chunk)} networks)"
+        progress = _progress_log(log, what, args.log_interval, n_batches, info.world_size, start)
         sums = sweep_pass(net, loader, chunk, prep, autocast, info.device, progress).all_reduce()
         records = sums.records()
         if any(r["count"] != len(dataset) for r in records):
@@ -436,30 +385,17 @@ def _sweep(args: Namespace, net: SNNet, dataset, todo: list[int], info, partial,
             callback(c + 1, len(chunks))
 
 
-def _latency(args: Namespace, net: SNNet, info, ids: list[int], partial) -> dict[int, float]:
-    """Median forward time per network on rank 0's device (cached in the partial results)."""
-    from .latency import measure_latency
+def _progress_log(log, what: str, interval: int, n_batches: int, world: int, start: float) -> Callable[[int, int], None]:
+    """A progress callback of :func:`snnet.sweep.sweep_pass`: a line every ``interval`` batches."""
+    seen = [0]
 
-    out: dict[int, float] = {}
-    if info.is_primary:
-        device = next(net.parameters()).device
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        setting = {"batch_size": args.latency_batch_size, "device": name, "amp": args.amp_dtype if args.amp else False,
-                   "channels_last": args.channels_last, "threads": torch.get_num_threads() if device.type == "cpu" else None}
-        autocast = _autocast(args, device)
-        measured = 0
-        for i in ids:
-            cached = partial.latency_for(i, setting) if partial is not None else None
-            if cached is None:
-                cached = measure_latency(net, i, args.latency_batch_size, device, args.latency_warmup,
-                                         args.latency_repeats, autocast, args.channels_last)
-                measured += 1
-                if partial is not None:
-                    partial.add_latency(i, cached, setting)
-            out[i] = cached
-        print(f"Latency: {measured} networks timed at batch {args.latency_batch_size} on {name}"
-              + (f" ({len(ids) - measured} from the partial results)" if measured < len(ids) else ""), flush=True)
-    return out
+    def progress(b: int, n: int) -> None:
+        seen[0] += n
+        if interval and (b % interval == 0 or b == n_batches):
+            rate = seen[0] * world / max(time.perf_counter() - start, 1e-9)
+            log(f"  {what}: batch {b}/{n_batches}, {rate:.1f} img/s")
+
+    return progress
 
 
 def _export(args: Namespace, net: SNNet, cfg_id: int, log) -> None:

@@ -178,7 +178,7 @@ def _export_program(module: nn.Module, x: torch.Tensor):
         return export(module, (x,), dynamic_shapes=({0: Dim("batch", min=1, max=65536)},)), True
     except Exception as e:  # some models specialise on the batch size; a static program still ships
         warnings.warn(f"torch.export with a dynamic batch failed ({str(e).splitlines()[0][:200]}); "
-                      f"exporting for batch {x.shape[0]} only")
+                      f"exporting for batch {x.shape[0]} only", stacklevel=2)
         return export(module, (x,)), False
 
 

@@ -11,11 +11,16 @@ import csv
 import hashlib
 import json
 import os
+from argparse import Namespace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
+from .config import parse_kwargs, plain
 from .errors import ConfigError
 from .sweep import metrics_of
+
+if TYPE_CHECKING:
+    from .model import SNNet
 
 PARTIAL_NAME = "sweep_partial.jsonl"
 PARTIAL_VERSION = 1
@@ -105,6 +110,39 @@ class PartialResults:
         if r is None or any(r.get(k) != v for k, v in setting.items()):
             return None
         return float(r["latency_ms"])
+
+
+def _anchor_kwargs_plain(value: Any) -> Any:
+    """--anchor-kwargs as dicts, whether given as 'k=v' strings (command line) or mappings (YAML)."""
+    if value is None:
+        return None
+    return [parse_kwargs(a if isinstance(a, dict) else str(a).split()) for a in value]
+
+
+def evaluation_description(args: Namespace, net: SNNet, dataset) -> dict[str, Any]:
+    """What eval.py's partial results depend on (its arguments, the model, the data); a rerun
+    with anything else refuses to mix them."""
+    desc: dict[str, Any] = {
+        "snnet_config": net.config,
+        "model_kwargs": parse_kwargs(args.model_kwargs),
+        "anchor_kwargs": _anchor_kwargs_plain(args.anchor_kwargs),
+        "input_size": list(net.input_size),
+        "num_classes": net.anchors[0].num_classes if hasattr(net.anchors[0], "num_classes") else None,
+        "dataset": args.dataset or None,
+        "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        "split": args.val_split,
+        "samples": len(dataset),
+        "amp": args.amp_dtype if args.amp else False,
+        "use_ema": args.use_ema,
+    }
+    if args.checkpoint:
+        p = Path(args.checkpoint).resolve()
+        st = p.stat()
+        desc.update(checkpoint=str(p), checkpoint_bytes=st.st_size, checkpoint_mtime_ns=st.st_mtime_ns)
+    else:
+        desc.update(checkpoint=None, pretrained=args.pretrained, anchor_checkpoints=args.anchor_checkpoints,
+                    seed=args.seed)
+    return plain(desc)
 
 
 # ---------------------------------------------------------------------------------------------

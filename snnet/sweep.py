@@ -148,8 +148,8 @@ class MetricSums:
     def records(self) -> list[dict[str, Any]]:
         counts, loss = self.counts.cpu().tolist(), self.loss.cpu().tolist()
         return [
-            {"cfg_id": c, "correct1": int(n[0]), "correct5": int(n[1]), "count": int(n[2]), "loss_sum": float(l)}
-            for c, n, l in zip(self.cfg_ids, counts, loss)
+            {"cfg_id": c, "correct1": int(n[0]), "correct5": int(n[1]), "count": int(n[2]), "loss_sum": float(s)}
+            for c, n, s in zip(self.cfg_ids, counts, loss)
         ]
 
 

@@ -40,26 +40,32 @@ import time
 from argparse import Namespace
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import check_resume_compatible, checkpoint_saver_class, cpu_copy, plain_scheduler_state
 from .config import plain
-from .data import Normalize, build_loaders, data_config_for
 from .distributed import DistInfo, GradAllReduce, all_reduce_sum, broadcast_state
-from .errors import CheckpointError, DataError, DivergenceError
+from .errors import DataError, DivergenceError
+from .loaders import Normalize, build_loaders, data_config_for
 from .model import SNNet
-from .recipe import apply_split_bn, build_loss, build_model, build_optimizer, build_scheduler, build_teacher, default_val_ids
-from .sampling import NetworkSampler, capture_rng_state, resolve_sample_weights, restore_rng_state, seed_everything
+from .recipe import (
+    apply_split_bn,
+    build_loss,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    build_teacher,
+    default_val_ids,
+)
+from .sampling import NetworkSampler, resolve_sample_weights, seed_everything
 from .stitches import parse_stitch_ids
 from .sweep import metrics_of, sweep_pass
+from .train_checkpoint import checkpoint_saver_class, restore_training_state, training_state
 
 _logger = logging.getLogger("train")
-
-CHECKPOINT_VERSION = 1
 
 # (trainer, global step being trained, loss) -> a replacement loss or None; may raise.
 StepCallback = Callable[["Trainer", int, torch.Tensor], Optional[torch.Tensor]]
@@ -374,100 +380,12 @@ class Trainer:
             dist.barrier()
 
     # -- state ------------------------------------------------------------------------------
-    def model_state(self) -> tuple[dict, dict]:
-        sd = self.net.state_dict()
-        aux = {k: v for k, v in sd.items() if ".aux_bn." in k}
-        return OrderedDict((k, v) for k, v in sd.items() if ".aux_bn." not in k), aux
-
-    def gather(self, obj: Any) -> list[Any]:
-        if not self.info.distributed:
-            return [obj]
-        out: list[Any] = [None] * self.info.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
     def checkpoint_state(self, epoch_complete: bool, metric: Optional[float] = None) -> Optional[dict]:
-        """Collective (all ranks call it); the state dict on rank 0, None elsewhere."""
-        rng = self.gather(cpu_copy(capture_rng_state()))
-        samplers = self.gather(cpu_copy(self.net_sampler.state_dict()))
-        if not self.info.is_primary:
-            return None
-        sd, aux = self.model_state()
-        state = {
-            "version": CHECKPOINT_VERSION,
-            "arch": "snnet",
-            "args": plain(self.args),
-            "snnet_config": plain(self.net.config),
-            "epoch": self.epoch,
-            "epoch_complete": epoch_complete,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "world_size": self.info.world_size,
-            "state_dict": sd,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": plain_scheduler_state(self.scheduler),
-            "network_sampler": samplers,
-            "rng_states": rng,
-        }
-        if aux:
-            state["aux_bn_state_dict"] = aux
-        if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
-        if self.ema is not None:
-            state["state_dict_ema"] = OrderedDict(
-                (k, v) for k, v in self.ema.module.state_dict().items() if ".aux_bn." not in k)
-        if metric is not None:
-            state["metric"] = metric
-        return state
+        """Collective (all ranks call it); the checkpoint on rank 0, None elsewhere."""
+        return training_state(self, epoch_complete, metric)
 
     def load(self, path: str, resume_opt: bool) -> None:
-        from .checkpoint import load_checkpoint_file
-
-        ckpt = load_checkpoint_file(path)
-        if not isinstance(ckpt, dict):
-            raise CheckpointError(f"checkpoint {path} is not a train.py checkpoint: start without --resume")
-        check_resume_compatible(ckpt, path, self.net.config)
-        sd = dict(ckpt["state_dict"])
-        sd.update(ckpt.get("aux_bn_state_dict", {}))
-        missing, unexpected = self.net.load_state_dict(sd, strict=False)
-        missing = [k for k in missing if ".aux_bn." not in k]
-        if missing or unexpected:
-            raise CheckpointError(
-                f"checkpoint {path} does not match the model ({len(missing)} missing keys, e.g. "
-                f"{(missing or unexpected)[0]}; {len(unexpected)} unexpected): check --model-kwargs/--anchor-kwargs"
-            )
-        if self.ema is not None:
-            ema_sd = dict(ckpt.get("state_dict_ema") or ckpt["state_dict"])
-            ema_sd.update(ckpt.get("aux_bn_state_dict", {}))
-            self.ema.module.load_state_dict(ema_sd, strict=False)
-        if not resume_opt:
-            _logger.info(f"Loaded weights from {path} (--no-resume-opt: fresh optimizer, schedule and sampler)")
-            return
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scaler is not None and "scaler" in ckpt:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch = int(ckpt["epoch"])
-        self.global_step = int(ckpt["global_step"])
-        if ckpt.get("epoch_complete", True):
-            self.epoch += 1
-            self.step_in_epoch = 0
-        else:
-            self.step_in_epoch = int(ckpt["step_in_epoch"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        same_world = int(ckpt.get("world_size", 1)) == self.info.world_size
-        samplers = ckpt["network_sampler"]
-        rngs = ckpt["rng_states"]
-        if same_world:
-            self.net_sampler.load_state_dict(samplers[self.info.rank])
-            restore_rng_state(rngs[self.info.rank])
-        else:
-            if self.info.is_primary:
-                _logger.warning(f"checkpoint {path} was written by {ckpt.get('world_size')} processes, this run has "
-                                f"{self.info.world_size}: the run continues but will not repeat the original exactly")
-            self.net_sampler.load_state_dict(samplers[0] if not self.net_sampler.per_rank else samplers[self.info.rank % len(samplers)])
-        self.saver_state = ckpt.get("saver")
-        where = f"epoch {self.epoch}" + (f" after step {self.step_in_epoch}" if self.step_in_epoch else "")
-        _logger.info(f"Resumed from {path}: continuing at {where} (global step {self.global_step})")
+        restore_training_state(self, path, resume_opt)
 
 
 @torch.no_grad()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import PLAIN, PYTHON, REPO, TINY, load, read_steps, run_main
 
 from snnet.sampling import sampler_seed
-from test_train import PLAIN, PYTHON, REPO, TINY, load, read_steps, run_main
 
 SEED = 7
 STEPS = 8  # per epoch

@@ -2,11 +2,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_PAIRS
 
 from snnet import create_snnet
 from snnet.lstsq import solve_least_squares
-
-from conftest import TINY_PAIRS
 
 
 def rows(t, layout):

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_DEIT_ARGS, TINY_PAIRS, run_entry
 from PIL import Image
 
 from snnet import create_snnet
-from snnet.data import Normalize, ShardSampler, create_dataset, data_config_for, eval_loader, eval_transform
+from snnet.data import create_dataset
 from snnet.evaluation import main
+from snnet.loaders import Normalize, ShardSampler, data_config_for, eval_loader, eval_transform
 from snnet.results import PartialResults
 from snnet.sweep import SweepPlan, exit_block, forward_networks, make_chunks, one_at_a_time, sweep_pass
-
-from conftest import TINY_DEIT_ARGS, TINY_PAIRS, run_entry
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -161,12 +161,12 @@ def test_interrupted_sweep_resumes_to_the_full_sweep(tmp_path):
 
     crashing_main = functools.partial(main, on_chunk_saved=[crash_after_first_chunk])
     assert run_entry(crashing_main, TINY + ["--output", part, "-b", "128", "--sweep-chunk", "5"]) == 17
-    records = [json.loads(l) for l in (part / "sweep_partial.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (part / "sweep_partial.jsonl").read_text().splitlines()]
     assert [r["type"] for r in records] == ["header"] + ["accuracy"] * 5
     assert not (part / "stitches.csv").exists()
     # the rerun evaluates the 7 others only (chunks of 5 and 2) and writes the same table
     assert run_main(TINY + ["--output", part, "-b", "128", "--sweep-chunk", "5"]) == 0
-    records = [json.loads(l) for l in (part / "sweep_partial.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (part / "sweep_partial.jsonl").read_text().splitlines()]
     assert len(records) == 13 and sorted(r["cfg_id"] for r in records[1:]) == list(range(12))
     for name in ("stitches.csv", "pareto.csv", "stitches_res.txt"):
         assert (part / name).read_text() == (full / name).read_text(), name
@@ -198,7 +198,7 @@ def test_two_processes_count_every_sample_once(tmp_path):
     assert "2 process(es)" in proc.stdout
 
     def sums(d):
-        recs = [json.loads(l) for l in (d / "sweep_partial.jsonl").read_text().splitlines()[1:]]
+        recs = [json.loads(line) for line in (d / "sweep_partial.jsonl").read_text().splitlines()[1:]]
         return {r["cfg_id"]: r for r in recs}
 
     a, b = sums(one), sums(two)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_DEIT_ARGS, run_entry
 from hooked_train import nan_at_step
+
 from snnet.training import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,8 +68,7 @@ def test_loss_goes_down_and_run_folder_is_timms(tmp_path):
 
 def test_single_anchor_run_feeds_anchor_checkpoints(tmp_path):
     """A one-anchor train.py run is plain timm training; its checkpoint loads as --anchor-checkpoints."""
-    from snnet.cli import build_snnet
-    from snnet.cli import build_train_parser
+    from snnet.cli import build_snnet, build_train_parser
 
     code = run_main(["--dataset", "digits", "--img-size", "32", "--anchors", "deit_tiny_patch16_224",
                      "--model-kwargs", "patch_size=4", "depth=4", "embed_dim=32", "num_heads=2", "--workers", "0",
@@ -119,9 +118,8 @@ def test_unknown_yaml_key_is_a_one_line_error(tmp_path):
 
 
 def test_every_config_parses_and_builds(monkeypatch):
-    from snnet.cli import build_snnet
+    from snnet.cli import build_snnet, build_train_parser
     from snnet.config import parse_args_with_config
-    from snnet.cli import build_train_parser
 
     configs = sorted((REPO / "configs").glob("*.yaml"))
     names = {c.stem for c in configs}
@@ -143,9 +141,9 @@ def test_every_config_parses_and_builds(monkeypatch):
 def test_size_and_option_checks():
     from argparse import Namespace
 
+    from snnet.cli import build_train_parser
     from snnet.distributed import DistInfo
     from snnet.errors import ConfigError
-    from snnet.cli import build_train_parser
     from snnet.training import resolve_args
 
     parser = build_train_parser()
