@@ -207,8 +207,8 @@ def check_sweep(args, device, rows: list[str]) -> None:
     from bench_sweep import write_jpegs
 
     from snnet.data import create_dataset
-    from snnet.sweep import Normalize, eval_loader, eval_transform, one_at_a_time, sweep_pass
-    from snnet.training import data_config_for
+    from snnet.loaders import Normalize, data_config_for, eval_loader, eval_transform
+    from snnet.sweep import one_at_a_time, sweep_pass
 
     kw = model_kwargs(args)
     torch.manual_seed(0)
@@ -246,7 +246,7 @@ def check_sweep(args, device, rows: list[str]) -> None:
 
 def check_latency(args, device, rows: list[str]) -> None:
     """Part 4: latency per anchor as eval.py --measure-latency measures it."""
-    from snnet.sweep import measure_latency
+    from snnet.latency import measure_latency
 
     kw = model_kwargs(args)
     torch.manual_seed(0)

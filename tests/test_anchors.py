@@ -2,12 +2,11 @@
 import pytest
 import timm
 import torch
+from conftest import TINY_PAIRS
 
 from snnet import create_snnet
 from snnet.anchors import create_anchor
 from snnet.errors import IncompatibleAnchorsError, UnknownModelError
-
-from conftest import TINY_PAIRS
 
 
 @pytest.mark.parametrize("family", sorted(TINY_PAIRS))

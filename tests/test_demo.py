@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -37,8 +35,7 @@ def readme_commands():
 
 
 def test_readme_configs_exist_and_flags_are_real():
-    from snnet.evaluation import build_eval_parser
-    from snnet.training import build_train_parser
+    from snnet.cli import build_eval_parser, build_train_parser
 
     train_flags = {o for a in build_train_parser()._actions for o in a.option_strings}
     eval_flags = {o for a in build_eval_parser()._actions for o in a.option_strings}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import PLAIN, PYTHON, REPO, TINY, load, read_steps, run_main
 
 from snnet.sampling import sampler_seed
-from test_train import PLAIN, PYTHON, REPO, TINY, load, read_steps, run_main
 
 SEED = 7
 STEPS = 8  # per epoch
@@ -104,8 +104,8 @@ def test_worker_killed_mid_epoch_is_restarted_and_resumes_exactly(tmp_path):
                    "--reprob", "0.25", "--drop-path", "0.1", "--checkpoint-interval", "5", "--output", tmp_path]
     proc = torchrun(2, args + ["--experiment", "clean"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = torchrun(2, args + ["--experiment", "killed"],
-                    env={"SNNET_TEST_KILL_AT_STEP": "11", "TORCHRUN_ARGS": "--max-restarts 1"})
+    proc = torchrun(2, args + ["--experiment", "killed", "--kill-at-step", "11"],
+                    env={"TRAIN_SCRIPT": str(REPO / "tests" / "hooked_train.py"), "TORCHRUN_ARGS": "--max-restarts 1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "continuing at epoch 1 after step 2 (global step 10)" in log, log[-3000:]

@@ -5,14 +5,13 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import TINY_PAIRS
 from fvcore.nn import FlopCountAnalysis
 
 from snnet import create_snnet
 from snnet.flops import count_flops, flops_table, network_flops
 
-from conftest import TINY_PAIRS
-
-PUBLISHED = [json.loads(l) for l in (Path(__file__).parent / "data" / "snnet_deit_published.jsonl").read_text().splitlines()]
+PUBLISHED = [json.loads(line) for line in (Path(__file__).parent / "data" / "snnet_deit_published.jsonl").read_text().splitlines()]
 
 
 def test_deit_tiny_counts_fused_attention_like_the_paper():
