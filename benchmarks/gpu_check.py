@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import platform
 import statistics
 import sys
@@ -123,7 +124,7 @@ def check_anchor_steps(args, device, rows: list[str]) -> None:
             plain.train()
             sn_step = TrainStep(net, device, args.amp, mark_step(args.mode if compiled else None))
             timm_step = TrainStep(plain, device, args.amp, mark_step(args.mode if compiled else None))
-            fns = {"snnet": lambda: sn_step(x, y), "timm": lambda: timm_step(x, y)}
+            fns = {"snnet": functools.partial(sn_step, x, y), "timm": functools.partial(timm_step, x, y)}
             for fn in fns.values():  # warm-up (and compilation)
                 for _ in range(args.warmup):
                     fn()
@@ -132,7 +133,6 @@ def check_anchor_steps(args, device, rows: list[str]) -> None:
             rows.append(f"| train step {kind}, {name} | SN-Net {t['snnet'] * 1e3:.1f} ms, timm {t['timm'] * 1e3:.1f} ms"
                         f" | **{t['snnet'] / t['timm']:.3f}x** |")
             print(rows[-1], flush=True)
-            del plain, sn_step, timm_step
     del net
     if device.type == "cuda":
         torch.cuda.empty_cache()

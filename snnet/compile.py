@@ -7,9 +7,10 @@ each block (and stitching layer) once serves every network that runs it, plain a
 """
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
-import torch
+from torch import nn
 
 from .model import SNNet
 
@@ -19,8 +20,8 @@ from .model import SNNet
 _RECOMPILE_LIMIT = 256
 
 
-def compile_blocks(net: SNNet, backend: str = "inductor", mode: Optional[str] = None) -> int:
-    """Compile every block of every anchor and every stitching layer in place; returns how many.
+def compile_blocks(net: SNNet, backend: str = "inductor", mode: Optional[str] = None) -> list[nn.Module]:
+    """Compile every block of every anchor and every stitching layer in place; returns them.
 
     ``mode`` is torch.compile's (``default``, ``reduce-overhead`` for CUDA graphs,
     ``max-autotune``...). Shapes are static (``dynamic=False``): each anchor's blocks always see the
@@ -31,7 +32,19 @@ def compile_blocks(net: SNNet, backend: str = "inductor", mode: Optional[str] = 
     for name in ("recompile_limit", "cache_size_limit"):  # renamed in torch 2.6; older releases read the second
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), _RECOMPILE_LIMIT))
-    modules = [blk for adapter in net.adapters for blk in adapter.blocks] + list(net.stitch_layers)
+    modules = [blk for adapter in net.anchor_adapters for blk in adapter.blocks] + list(net.stitch_layers)
     for module in modules:
         module.compile(backend=backend, mode=mode, dynamic=False)
-    return len(modules)
+    return modules
+
+
+@contextmanager
+def compiled_blocks(net: SNNet, backend: str = "inductor", mode: Optional[str] = None) -> Iterator[None]:
+    """:func:`compile_blocks` inside the ``with`` block, eager modules again after it (before an
+    export, which copies modules: a copy of a compiled module would call the original's forward)."""
+    modules = compile_blocks(net, backend, mode)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module._compiled_call_impl = None  # what nn.Module.compile set

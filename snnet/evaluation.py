@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import time
 from argparse import Namespace
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -34,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from .cli import build_eval_parser, build_snnet, build_train_parser
+from .compile import compiled_blocks
 from .config import parse_args_with_config, parse_kwargs, plain
 from .distributed import is_distributed, on_primary
 from .errors import CheckpointError, ConfigError, DataError, exit_on_user_error
@@ -325,7 +327,8 @@ def run_sweep(args: Namespace, net: SNNet, dataset, info, out_dir: Path, log: Ca
             + (f", {done} already in {out_dir / 'sweep_partial.jsonl'}" if done else "")
             + f"; {len(dataset)} images ({args.val_split}), {info.world_size} process(es) on {info.device.type}")
     if todo:
-        _sweep(args, net, dataset, todo, info, partial, log, on_chunk_saved)
+        with compiled_blocks(net, args.torchcompile, args.torchcompile_mode) if args.torchcompile else nullcontext():
+            _sweep(args, net, dataset, todo, info, partial, log, on_chunk_saved)
     latency = cached_latencies(args, net, info, ids, partial) if args.measure_latency else None
     if info.distributed:
         dist.barrier()

@@ -25,8 +25,12 @@ skipped batches are never loaded, and each sample's augmentation is seeded from
 erasing, Mixup/CutMix and drop-path run in the training process on the restored RNGs. Hence the
 final weights equal those of an uninterrupted run with the same seed (tested on CPU).
 
-A non-finite loss on any rank stops every rank with :class:`DivergenceError` before the
-optimizer step, so the last checkpoint on disk is the last good state.
+No host-device synchronisation per step: the losses stay on the device until the log interval
+(:class:`PendingSteps`), where one all-reduce and one copy read every pending step's loss and
+non-finite flag, and so does every checkpoint save before it writes. A non-finite loss on any rank
+stops every rank there with :class:`DivergenceError` naming the first bad step and its network; the
+steps after it were not recorded and their weights never reach a checkpoint, so the last
+checkpoint on disk is the last good state.
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .compile import compile_blocks
 from .config import plain
 from .distributed import DistInfo, GradAllReduce, all_reduce_sum, broadcast_state
 from .errors import DataError, DivergenceError
@@ -69,6 +74,41 @@ _logger = logging.getLogger("train")
 
 # (trainer, global step being trained, loss) -> a replacement loss or None; may raise.
 StepCallback = Callable[["Trainer", int, torch.Tensor], Optional[torch.Tensor]]
+
+
+class PendingSteps:
+    """The steps trained since their losses were last read, the losses still on the device.
+
+    Reading a loss on the host waits for its step to finish on the GPU, so the trainer reads them
+    in one go: once per log interval and before every checkpoint (:meth:`read`).
+    """
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.losses: list[torch.Tensor] = []
+
+    def add(self, record: dict, loss: torch.Tensor) -> None:
+        self.records.append(record)
+        self.losses.append(loss.detach().float().reshape(()))
+
+    def read(self, world_size: int) -> tuple[list[dict], Optional[int]]:
+        """The pending records with ``loss`` (this process's) and ``global_loss`` (the mean over
+        processes) filled in, and the index of the first non-finite one on any process (None if
+        all are finite). Collective: every rank has the same steps pending."""
+        if not self.records:
+            return [], None
+        local = torch.stack(self.losses)
+        summed = torch.stack([local, (~torch.isfinite(local)).float()])
+        all_reduce_sum(summed)
+        values = torch.cat([local, summed.flatten()]).tolist()  # the one host sync
+        k = len(self.records)
+        records, self.records, self.losses = self.records, [], []
+        first_bad = None
+        for i, record in enumerate(records):
+            record.update(loss=values[i], global_loss=values[k + i] / world_size)
+            if first_bad is None and (values[2 * k + i] > 0 or not math.isfinite(record["global_loss"])):
+                first_bad = i
+        return records, first_bad
 
 
 class StepLog:
@@ -160,6 +200,12 @@ class Trainer:
         if args.model_ema:
             self.ema = ModelEmaV3(net, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                                   device=torch.device("cpu") if args.model_ema_force_cpu else None)
+        # after the EMA's deep copy: a copy of a compiled module would call the original's forward
+        self.mark_cudagraph_step = None
+        if args.torchcompile:
+            compile_blocks(net, args.torchcompile, args.torchcompile_mode)
+            if args.torchcompile_mode == "reduce-overhead":  # a new iteration may overwrite the last one's graph outputs
+                self.mark_cudagraph_step = torch.compiler.cudagraph_mark_step_begin
 
         loaders = build_loaders(train_ds, val_ds, args, info, data_cfg)
         self.data_sampler, self.train_loader, self.train_prep, self.val_loader, self.val_prep = loaders
@@ -181,7 +227,7 @@ class Trainer:
         if info.distributed and args.grad_sync == "ddp":
             self.model = nn.parallel.DistributedDataParallel(
                 net, device_ids=[info.device.index] if info.device.type == "cuda" else None, find_unused_parameters=True)
-            self.grad_sync = lambda: None
+            self.grad_sync = None  # DDP's own hooks
         else:
             self.model = net
             self.grad_sync = GradAllReduce(net.parameters(), info.world_size, union=args.sample_per_rank)
@@ -201,6 +247,7 @@ class Trainer:
 
             self.writer = SummaryWriter(log_dir=str(out_dir))
         self.step_log = StepLog(out_dir / "steps.jsonl")
+        self.pending = PendingSteps()
         if self.epoch >= args.epochs:
             _logger.info(f"Nothing to do: {resume} already finished epoch {self.epoch - 1} of --epochs {args.epochs}")
 
@@ -267,7 +314,7 @@ class Trainer:
             self.mixup_fn.mixup_enabled = False
         self.data_sampler.set_epoch(self.epoch, skip_batches=self.step_in_epoch)
         steps = self.steps_per_epoch
-        loss_sum, loss_n = 0.0, 0
+        self.loss_sum, self.loss_n = 0.0, 0
         attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # torchrun's restart count, logged
         t_last, n_since = time.perf_counter(), 0
         it = iter(self.train_loader)
@@ -282,36 +329,61 @@ class Trainer:
             if args.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             cfg_id = self.net_sampler.draw()
-            local, global_loss = self.step(x, y, cfg_id)
-            loss_sum += global_loss
-            loss_n += 1
+            loss = self.step(x, y, cfg_id)
             lr = self.optimizer.param_groups[0]["lr"]
-            self.step_log.write({"epoch": self.epoch, "step": self.global_step, "step_in_epoch": self.step_in_epoch,
-                                 "rank": info.rank, "cfg_id": cfg_id, "loss": local, "global_loss": global_loss,
-                                 "lr": lr, "attempt": attempt})
+            self.pending.add({"epoch": self.epoch, "step": self.global_step, "step_in_epoch": self.step_in_epoch,
+                              "rank": info.rank, "cfg_id": cfg_id, "loss": None, "global_loss": None, "lr": lr,
+                              "attempt": attempt}, loss)
             n_since += 1
-            if self.step_in_epoch % args.log_interval == 0 or self.step_in_epoch == steps:
+            log_now = self.step_in_epoch % args.log_interval == 0 or self.step_in_epoch == steps
+            save_now = bool(args.checkpoint_interval) and self.global_step % args.checkpoint_interval == 0
+            if log_now or save_now:
+                global_loss = self.read_losses()
+            if log_now:
                 now = time.perf_counter()
                 ips = n_since * x.shape[0] * info.world_size / max(now - t_last, 1e-9)
                 t_last, n_since = now, 0
                 _logger.info(
                     f"Train: {self.epoch} [{self.step_in_epoch:>4d}/{steps} ({100.0 * self.step_in_epoch / steps:>3.0f}%)]  "
-                    f"Loss: {global_loss:#.4g} ({loss_sum / loss_n:#.4g})  {ips:>7.1f} img/s  LR: {lr:.3e}  "
+                    f"Loss: {global_loss:#.4g} ({self.loss_sum / self.loss_n:#.4g})  {ips:>7.1f} img/s  LR: {lr:.3e}  "
                     f"Net: {cfg_id} {net.stitches[cfg_id].name}"
                 )
                 if self.writer is not None:
                     self.writer.add_scalar("train/loss", global_loss, self.global_step)
                     self.writer.add_scalar("train/lr", lr, self.global_step)
-            if args.checkpoint_interval and self.global_step % args.checkpoint_interval == 0 and self.step_in_epoch < steps:
+            if save_now and self.step_in_epoch < steps:
                 self.save_last()
-        return OrderedDict(loss=loss_sum / max(loss_n, 1))
+        self.read_losses()  # an epoch that ran out of data before a log step
+        return OrderedDict(loss=self.loss_sum / max(self.loss_n, 1))
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, cfg_id: int) -> tuple[float, float]:
-        """One optimizer step of network ``cfg_id`` on the prepared batch; returns this process's
-        loss and the loss averaged over processes. A non-finite loss on any process raises
-        :class:`DivergenceError` before the optimizer step."""
-        info, net = self.info, self.net
+    def read_losses(self) -> float:
+        """Read the pending steps' losses (one host sync), write their steps.jsonl records and add
+        them to the epoch's mean; the last global loss. A non-finite loss on any process raises
+        :class:`DivergenceError` naming the first such step (collective)."""
+        records, first_bad = self.pending.read(self.info.world_size)
+        for record in records[:first_bad]:
+            self.step_log.write(record)
+            self.loss_sum += record["global_loss"]
+            self.loss_n += 1
+        if first_bad is not None:
+            r = records[first_bad]
+            raise DivergenceError(
+                f"non-finite loss at epoch {r['epoch']} step {r['step_in_epoch']}/{self.steps_per_epoch} (global "
+                f"step {r['step']}) training network cfg_id {r['cfg_id']} ({self.net.stitches[r['cfg_id']].name}); "
+                f"last good checkpoint kept in {self.out_dir}: lower --lr, add --clip-grad or use --amp-dtype bfloat16"
+            )
+        return records[-1]["global_loss"] if records else float("nan")
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, cfg_id: int) -> torch.Tensor:
+        """One optimizer step of network ``cfg_id`` on the prepared batch; returns the loss, still
+        on the device (reading it here would stall the GPU queue every step: see
+        :meth:`read_losses`)."""
+        net = self.net
         net.select(cfg_id)
+        if self.mark_cudagraph_step is not None:
+            self.mark_cudagraph_step()
+        if self.grad_sync is not None:
+            self.grad_sync.begin(cfg_id)  # its buckets launch during backward
         with self.autocast():
             out = self.model(x)
             loss = self.criterion(x, out, y)
@@ -319,23 +391,13 @@ class Trainer:
             replaced = callback(self, self.global_step + 1, loss)
             if replaced is not None:
                 loss = replaced
-        local = loss.detach().float()
-        stats = torch.stack([local, (~torch.isfinite(local)).float()])
-        all_reduce_sum(stats)
-        global_loss = float(stats[0]) / info.world_size
-        if stats[1] > 0 or not math.isfinite(global_loss):
-            raise DivergenceError(
-                f"non-finite loss at epoch {self.epoch} step {self.step_in_epoch + 1}/{self.steps_per_epoch} (global "
-                f"step {self.global_step + 1}) training network cfg_id {cfg_id} ({net.stitches[cfg_id].name}); last "
-                f"good checkpoint kept in {self.out_dir}: lower --lr, add --clip-grad or use --amp-dtype bfloat16"
-            )
         self.backward_and_step(loss)
         self.global_step += 1
         self.step_in_epoch += 1
         if self.ema is not None:
             self.ema.update(net, step=self.global_step)
         self.scheduler.step_update(num_updates=self.global_step)
-        return float(local), global_loss
+        return loss.detach()
 
     # -- precision, backward, optimizer step -------------------------------------------------
     def autocast(self):
@@ -355,7 +417,8 @@ class Trainer:
             self.scaler.scale(loss).backward()
         else:
             loss.backward()
-        self.grad_sync()
+        if self.grad_sync is not None:
+            self.grad_sync()
         if self.args.clip_grad is not None:
             if self.scaler is not None:
                 self.scaler.unscale_(opt)

@@ -7,9 +7,8 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
-
 from conftest import TINY_PAIRS
+from torch import nn
 
 STEPS = 12
 

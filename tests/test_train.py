@@ -101,7 +101,7 @@ def test_divergence_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path,
     steps = read_steps(tmp_path / "nan")
     assert code == 2 and len(err) == 1
     assert "global step 6" in err[0] and "epoch 0 step 6/20" in err[0]
-    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]  # the diverged step is not trained
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]  # the diverged step and those after it are not recorded
     ckpt = load(tmp_path / "nan" / "last.pth.tar")
     assert ckpt["global_step"] == 4 and not ckpt["epoch_complete"]
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
