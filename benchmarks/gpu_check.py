@@ -1,6 +1,6 @@
 """GPU check: SN-Net training and evaluation speed on one CUDA GPU, random weights, generated JPEGs.
 
-    bash benchmarks/gpu_check.sh              # about 5 minutes on one H100/H200; writes results/benchmarks_gpu.md
+    bash benchmarks/gpu_check.sh              # about 3 minutes on one H100/H200; writes results/benchmarks_gpu.md
     python benchmarks/gpu_check.py --tiny --device cpu --backend aot_eager   # the same code on CPU, in seconds
 
 Everything is measured side by side in one run on one card (bf16 autocast, batch 128, DeiT Ti/S/B
@@ -8,9 +8,11 @@ at 224 px, 71 networks, no network access, no pretrained weights):
 
 1. train step (forward, backward, AdamW step, grads to None; no host sync inside the step) of the
    SN-Net set to each anchor vs the plain timm model with the same weights, eager and compiled
-   (``--torchcompile``: every block compiled; the timm model's blocks likewise);
-2. training with a network drawn per step (train.py's default sampler) eager vs compiled: img/s,
-   the compile warm-up time (the first steps that compile every block), the peak GPU memory;
+   (``--torchcompile``: every block compiled; the timm model's blocks likewise) in each of
+   ``--modes`` (torch.compile's default mode, and reduce-overhead: CUDA graphs);
+2. training with a network drawn per step (train.py's default sampler), eager vs compiled in each
+   mode: img/s, the warm-up time (the first steps, which compile every block and, with
+   reduce-overhead, record every network's CUDA-graph path), the peak GPU memory;
 3. evaluation of every network: the one-pass sweep (eval.py) vs one pass over the data per network
    (the official evaluation) on generated JPEGs, identical counts asserted;
 4. latency per anchor as deployed (``eval.py --measure-latency`` on CUDA: CUDA-graph replay), at
@@ -93,12 +95,16 @@ def compile_timm_blocks(model: nn.Module, backend: str, mode: str | None) -> Non
         blk.compile(backend=backend, mode=mode, dynamic=False)
 
 
-def mark_step(mode: str | None) -> Callable[[], None]:
+def mark_step(mode: str | None) -> Callable[[], None]:  # as train.py's step does
     """reduce-overhead (CUDA graphs) needs each training iteration marked, so that outputs of the
     previous one may be overwritten."""
     if mode == "reduce-overhead":
         return torch.compiler.cudagraph_mark_step_begin
     return lambda: None
+
+
+def compile_mode(mode: str) -> str | None:
+    return None if mode == "default" else mode
 
 
 def check_anchor_steps(args, device, rows: list[str]) -> None:
@@ -110,27 +116,28 @@ def check_anchor_steps(args, device, rows: list[str]) -> None:
     net = create_snnet(ANCHORS, num_classes=1000, **kw).to(device)
     x = torch.randn(args.batch_size, 3, net.input_size[-1], net.input_size[-1], device=device)
     y = torch.randint(0, 1000, (args.batch_size,), device=device)
-    for compiled in (False, True):
-        if compiled:
-            compile_blocks(net, args.backend, args.mode)
+    for kind in ["eager"] + args.modes:
+        mode = compile_mode(kind)
+        if kind != "eager":
+            compile_blocks(net, args.backend, mode)
         for a, name in enumerate(ANCHORS):
             per = dict(num_classes=1000, img_size=kw["img_size"], **kw.get("model_kwargs", {}),
                        **(kw["anchor_kwargs"][a] if "anchor_kwargs" in kw else {}))
             plain = timm.create_model(name, **per).to(device)
             plain.load_state_dict(net.anchors[a].state_dict())
-            if compiled:
-                compile_timm_blocks(plain, args.backend, args.mode)
+            if kind != "eager":
+                compile_timm_blocks(plain, args.backend, mode)
             net.select(a).train()
             plain.train()
-            sn_step = TrainStep(net, device, args.amp, mark_step(args.mode if compiled else None))
-            timm_step = TrainStep(plain, device, args.amp, mark_step(args.mode if compiled else None))
+            sn_step = TrainStep(net, device, args.amp, mark_step(mode))
+            timm_step = TrainStep(plain, device, args.amp, mark_step(mode))
             fns = {"snnet": functools.partial(sn_step, x, y), "timm": functools.partial(timm_step, x, y)}
             for fn in fns.values():  # warm-up (and compilation)
                 for _ in range(args.warmup):
                     fn()
             t = interleaved(fns, args.steps, args.rounds, device)
-            kind = f"compiled ({args.backend}{', ' + args.mode if args.mode else ''})" if compiled else "eager"
-            rows.append(f"| train step {kind}, {name} | SN-Net {t['snnet'] * 1e3:.1f} ms, timm {t['timm'] * 1e3:.1f} ms"
+            label = "eager" if kind == "eager" else f"compiled ({args.backend}, {kind})"
+            rows.append(f"| train step {label}, {name} | SN-Net {t['snnet'] * 1e3:.1f} ms, timm {t['timm'] * 1e3:.1f} ms"
                         f" | **{t['snnet'] / t['timm']:.3f}x** |")
             print(rows[-1], flush=True)
     del net
@@ -140,19 +147,23 @@ def check_anchor_steps(args, device, rows: list[str]) -> None:
 
 def check_sampled_training(args, device, rows: list[str]) -> None:
     """Part 2: a network drawn per step, eager vs compiled; warm-up time; peak memory."""
+    from torch._dynamo.utils import counters
+
     kw = model_kwargs(args)
     torch.manual_seed(0)
-    nets = {"eager": create_snnet(ANCHORS, num_classes=1000, **kw)}
-    nets["compiled"] = create_snnet(ANCHORS, num_classes=1000, **kw)
-    nets["compiled"].load_state_dict(nets["eager"].state_dict())
+    nets = {kind: create_snnet(ANCHORS, num_classes=1000, **kw) for kind in ["eager"] + args.modes}
+    for net in list(nets.values())[1:]:
+        net.load_state_dict(nets["eager"].state_dict())
     n = nets["eager"].num_stitches
     x = torch.randn(args.batch_size, 3, kw["img_size"], kw["img_size"], device=device)
     y = torch.randint(0, 1000, (args.batch_size,), device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     steps = {}
     for kind, net in nets.items():
         net.to(device).train()
-        mode = args.mode if kind == "compiled" else None
-        if kind == "compiled":
+        mode = compile_mode(kind)
+        if kind != "eager":
             compile_blocks(net, args.backend, mode)
         sampler = NetworkSampler(n, seed=0)
         step = TrainStep(net, device, args.amp, mark_step(mode))
@@ -168,34 +179,28 @@ def check_sampled_training(args, device, rows: list[str]) -> None:
             if not s.is_anchor:
                 first_of_pair.setdefault((s.front, s.back), s.cfg_id)
         warm_ids = list(range(len(ANCHORS))) + list(first_of_pair.values())
-        if kind == "compiled":  # CUDA graphs (reduce-overhead) record each network's path once
+        if mode == "reduce-overhead":  # CUDA graphs: every network's path is recorded once
             warm_ids += list(range(n)) * args.warmup_every_network
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         synchronize(device)
         start = time.perf_counter()
         for i in warm_ids:
             net.select(i)
             step(x, y)
         synchronize(device)
-        warm = time.perf_counter() - start
-        rows.append(f"| warm-up, {kind}: {len(warm_ids)} steps that run every block and layer once | {warm:.1f} s | |")
+        rows.append(f"| warm-up (compilation), {kind}: the first {len(warm_ids)} steps | "
+                    f"{time.perf_counter() - start:.1f} s | |")
         print(rows[-1], flush=True)
-    from torch._dynamo.utils import counters
-
     graphs = counters["stats"]["unique_graphs"]
     t = interleaved(steps, args.sampled_steps, args.rounds, device)
     rows.append(f"| graphs compiled while the sampled network changed every step (after warm-up) | "
                 f"{counters['stats']['unique_graphs'] - graphs} | |")
     for kind in nets:
         rows.append(f"| sampled-network train step, {kind} ({n} networks, uniform) | {t[kind] * 1e3:.1f} ms | "
-                    f"{args.batch_size / t[kind]:,.0f} img/s |")
-        print(rows[-1], flush=True)
-    rows.append(f"| speed-up compiled / eager, sampled network | | **{t['eager'] / t['compiled']:.2f}x** |")
+                    f"{args.batch_size / t[kind]:,.0f} img/s, **{t['eager'] / t[kind]:.2f}x** eager |")
     if device.type == "cuda":
-        rows.append(f"| peak GPU memory (both SN-Nets with AdamW states, batch {args.batch_size}) | "
+        rows.append(f"| peak GPU memory ({len(nets)} SN-Nets with AdamW states, batch {args.batch_size}) | "
                     f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB | |")
-    print("\n".join(rows[-2:]), flush=True)
+    print("\n".join(rows[-len(nets) - 2:]), flush=True)
     del nets, steps
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -269,15 +274,16 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny anchors at 32 px (a CPU smoke run)")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (--torchcompile)")
-    p.add_argument("--mode", default=None, help="torch.compile mode (default, reduce-overhead, max-autotune)")
+    p.add_argument("--modes", nargs="+", default=["default", "reduce-overhead"],
+                   help="torch.compile modes compared with eager (--torchcompile-mode)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 instead of bf16 autocast")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10, help="back-to-back steps per timed run")
     p.add_argument("--rounds", type=int, default=5, help="alternating timed runs; the median is kept")
     p.add_argument("--sampled-steps", type=int, default=30)
-    p.add_argument("--warmup-every-network", type=int, default=0, metavar="N",
-                   help="compiled: train every network N times before timing (CUDA-graph paths recorded)")
+    p.add_argument("--warmup-every-network", type=int, default=3, metavar="N",
+                   help="reduce-overhead: train every network N times before timing (its CUDA-graph path recorded)")
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--eval-batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=12)
@@ -320,7 +326,7 @@ def main() -> None:
         f"on {datetime.date.today()}: torch {torch.__version__}, timm {timm.__version__}, "
         f"{'bf16 autocast' if args.amp else 'float32'}, batch {args.batch_size}, "
         f"{'tiny anchors' if args.tiny else 'DeiT Ti/S/B at 224 px'}, random weights; "
-        f"--torchcompile backend {args.backend}{', mode ' + args.mode if args.mode else ''}; {total:.0f} s in all.",
+        f"--torchcompile backend {args.backend}, modes {', '.join(args.modes)}; {total:.0f} s in all.",
         "",
     ]
     text = "\n".join(header + rows) + "\n"
