@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-import torch
 from conftest import TINY_PAIRS, run_entry
 from test_train import PLAIN, TINY, read_steps
 
