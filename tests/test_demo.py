@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_shortened_demo_runs_end_to_end(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, DEMO_OUTPUT=str(tmp_path / "out"), DEMO_RESULTS=str(tmp_path / "res"),
                DEMO_ARGS="--epochs 1 --max-steps-per-epoch 3 --ls-init-images 20",

@@ -164,6 +164,7 @@ def test_training_config_keys_are_tolerated_unknown_keys_are_not(tmp_path, capsy
     assert len(err) == 1 and "unknown key 'ancors'" in err[0], err
 
 
+@pytest.mark.slow
 def test_flops_only_on_deit_ti_s_b_config_gives_the_papers_anchor_flops(tmp_path):
     """The real script on the paper's config: full-size DeiT-Ti/S/B at 224, no data, no weights."""
     config = REPO / "configs" / "deit_ti_s_b.yaml"

@@ -69,6 +69,7 @@ def test_standalone_modules_hold_exactly_each_networks_parameters():
 
 @pytest.mark.parametrize("family,suffix", [("deit", ".pt"), ("deit", ".pt2"), ("resnet", ".pt"),
                                            ("resnet_swin", ".pt"), ("resnet_swin", ".pt2")])
+@pytest.mark.slow
 def test_exported_file_loads_with_plain_torch_and_matches(family, suffix, tmp_path):
     net = tiny_net(family)
     cfg_id = middle_stitch(net)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_PAIRS
+from conftest import TINY_PAIRS, families
 
 from snnet import create_snnet
 from snnet.lstsq import solve_least_squares
@@ -57,7 +57,7 @@ TIMM_BLOCKS = {
 }
 
 
-@pytest.mark.parametrize("family", sorted(TIMM_BLOCKS))
+@pytest.mark.parametrize("family", families(TIMM_BLOCKS, slow=["resnet", "resnet_swin"]))
 def test_layers_reach_the_lstsq_residual(family):
     # kernel 1: one position per paired layer; unpaired layers may share, so solve jointly and
     # compare with numpy's lstsq over the stacked positions.

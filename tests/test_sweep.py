@@ -182,6 +182,7 @@ def write_image_folder(root: Path, n: int, classes: int = 3) -> None:
         Image.fromarray(rng.randint(0, 255, (20, 20, 3), dtype=np.uint8)).save(d / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_two_processes_count_every_sample_once(tmp_path):
     """47 images, batch 8 per rank: timm's eval sampler would pad rank 1 with a repeated image."""
     write_image_folder(tmp_path / "data", 47)

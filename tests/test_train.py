@@ -107,6 +107,7 @@ def test_divergence_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path,
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_unknown_yaml_key_is_a_one_line_error(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("anchors: [deit_tiny_patch16_224]\nlearning_rate_typo: 0.1\n")
@@ -117,6 +118,7 @@ def test_unknown_yaml_key_is_a_one_line_error(tmp_path):
     assert len(lines) == 1 and "learning_rate_typo" in lines[0], proc.stderr
 
 
+@pytest.mark.slow
 def test_every_config_parses_and_builds(monkeypatch):
     from snnet.cli import build_snnet, build_train_parser
     from snnet.config import parse_args_with_config
