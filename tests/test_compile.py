@@ -22,6 +22,7 @@ def compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+@pytest.mark.slow
 def test_training_and_evaluation_match_eager(tmp_path):
     common = TINY + PLAIN + ["--seed", "3", "-b", "16", "--epochs", "1", "--max-steps-per-epoch", "4",
                              "--log-interval", "2", "--output", tmp_path]

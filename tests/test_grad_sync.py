@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -45,6 +46,7 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_overlapped_sync_gives_the_same_weights_and_launches_during_backward():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
