@@ -6,7 +6,9 @@ from typing import Any, Optional
 
 from .config import parse_kwargs
 from .errors import ConfigError
+from .layers import STITCH_LAYER_KINDS
 from .model import SNNet, create_snnet
+from .stitches import STITCHING_RULES
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +32,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="stitch only neighbouring anchors (the paper's nearest stitching)")
     group.add_argument("--stages", nargs="+", type=int, default=None,
                        help="stages to stitch in, hierarchical anchors (default: all but the last)")
+    group.add_argument("--stitching", default=None, choices=STITCHING_RULES,
+                       help="stitching rule: paired/unpaired (SN-Net; default: chosen per anchor pair by depth) or "
+                            "two-way (SN-Netv2: two anchors, SL/LS/LSL/SLS routes)")
+    group.add_argument("--stitch-layer", default="linear", choices=STITCH_LAYER_KINDS,
+                       help="stitching layer kind: linear (SN-Net) or lora (SN-Netv2: frozen LS base + low-rank update)")
+    group.add_argument("--lora-rank", type=int, default=64, metavar="R", help="rank of the lora stitching layers' update")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -68,4 +76,7 @@ def build_snnet(args: argparse.Namespace, num_classes: Optional[int] = None, pre
         stride=args.stride,
         nearest=args.nearest,
         stages=args.stages,
+        stitching=args.stitching,
+        stitch_layer=args.stitch_layer,
+        lora_rank=args.lora_rank,
     )
