@@ -58,11 +58,11 @@ from .distributed import DistInfo, GradAllReduce, all_reduce_sum, broadcast_stat
 from .errors import CheckpointError, ConfigError, DataError, DivergenceError, exit_on_user_error
 from .model import SNNet
 from .sampling import (
+    SAMPLE_BY,
     EpochSampler,
-    NetworkSampler,
     SeededSamples,
     capture_rng_state,
-    resolve_sample_weights,
+    create_network_sampler,
     restore_rng_state,
     seed_everything,
 )
@@ -186,6 +186,14 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="each process draws its own network per step (default: all train the same one)")
     g.add_argument("--sample-weights", nargs="+", default=None, metavar="W",
                    help="'uniform' (default), 'flops', 'params' or one weight per network (cfg_id order)")
+    g.add_argument("--sample-by", default="networks", choices=SAMPLE_BY,
+                   help="draw a network per step (weighted by --sample-weights), or a FLOPs group and then a network "
+                        "of it (SN-Netv2's FLOPs-balanced sampling)")
+    g.add_argument("--flops-gap", type=float, default=1.0, metavar="G",
+                   help="--sample-by flops-groups: a new group starts more than G GFLOPs above a group's first network")
+    g.add_argument("--flops-sampling-k", type=float, default=None, metavar="K",
+                   help="--sample-by flops-groups: group weights i/K + 1/groups (favouring larger networks; "
+                        "default: uniform over groups)")
     g.add_argument("--val-stitches", type=str, default=None, metavar="IDS",
                    help="cfg_ids validated each epoch, e.g. '0,3,10' or 'all' (default: anchors + 3 evenly spaced)")
     g.add_argument("--eval-metric", type=str, default="top1", choices=["top1", "top5", "loss"],
@@ -950,8 +958,8 @@ def _run(args: Namespace, info: DistInfo, handlers: list) -> int:
     if info.distributed:
         broadcast_state(net)  # rank 0's LS-initialised weights to every rank
 
-    t.net_sampler = NetworkSampler(net.num_stitches, args.seed, info.rank, args.sample_per_rank,
-                                   resolve_sample_weights(args.sample_weights, net))
+    t.net_sampler = create_network_sampler(net, args.sample_by, args.seed, info.rank, args.sample_per_rank,
+                                           args.sample_weights, args.flops_gap, args.flops_sampling_k)
     opt_kwargs = {}
     if args.opt_eps is not None:
         opt_kwargs["eps"] = args.opt_eps
