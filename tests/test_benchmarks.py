@@ -21,6 +21,8 @@ CASES = {
                             ["ratio SN-Net / timm:", "all-reduce and DDP end with the same weights: yes"]),
     "bench_sweep.py": (["--images", "16", "--batch-size", "8", "--repeats", "1", "--workers", "0"],
                        ["identical counts: yes"]),
+    "bench_sweep_two_way.py": (["--images", "8", "--batch-size", "8", "--repeats", "1", "--workers", "0"],
+                               ["networks: 134 (DeiT3-S/L", "identical counts: yes"]),
 }
 
 
