@@ -228,3 +228,17 @@ def test_three_segment_network_exports_as_a_plain_model(tmp_path):
     assert got["foreign"] == [] and got["params"] == net.num_params(cfg_id)
     with torch.no_grad():
         torch.testing.assert_close(got["y"], net.select(cfg_id)(x), atol=1e-5, rtol=1e-5)
+
+
+def test_deit3_s_l_flops_equal_the_official_table():
+    """All 134 networks in the official order (their ids skip the untrained cfg 13) with exactly
+    the FLOPs the SN-Netv2 authors' code counts (its stitched networks keep the final norm)."""
+    import json
+    from pathlib import Path
+
+    published = [json.loads(line) for line in
+                 (Path(__file__).parent / "data" / "snnetv2_deit3_s_l_published.jsonl").read_text().splitlines()]
+    net = create_snnet(["deit3_small_patch16_224", "deit3_large_patch16_224"], num_classes=1000, stitching="two-way")
+    rows = flops_table(net)
+    assert [p["cfg_id"] for p in published] == [i for i in range(135) if i != 13]
+    assert [r["flops"] for r in rows] == [p["flops"] for p in published]
