@@ -242,3 +242,30 @@ def test_deit3_s_l_flops_equal_the_official_table():
     rows = flops_table(net)
     assert [p["cfg_id"] for p in published] == [i for i in range(135) if i != 13]
     assert [r["flops"] for r in rows] == [p["flops"] for p in published]
+
+
+@pytest.mark.parametrize("two_way", [False, True])
+def test_layer_positions_are_exactly_the_route_junctions(two_way):
+    """LS init solves each layer for its spec's positions; those are the junctions the routes run."""
+    net = tiny_two_way() if two_way else create_snnet(num_classes=5, **TINY_PAIRS["deit"])
+    junctions = {(layer, (before.anchor, before.stop - 1), (after.anchor, after.start))
+                 for s in net.stitches for before, layer, after in s.route.junctions()}
+    positions = {(i, (spec.front, j), (spec.back, k))
+                 for i, spec in enumerate(net.layer_specs) for j, k in spec.positions}
+    assert junctions == positions
+
+
+def test_paired_unpaired_checked_and_cli_errors_are_one_line(tmp_path, capsys):
+    from conftest import run_entry
+    from snnet.evaluation import main as eval_main
+
+    with pytest.raises(IncompatibleAnchorsError, match="paired stitching needs stages of equal depth"):
+        create_snnet(num_classes=5, **{**TINY_TWO_WAY, "stitching": "paired"})
+    with pytest.raises(IncompatibleAnchorsError, match="unpaired stitching needs stages of different depths"):
+        create_snnet(num_classes=5, **{**TINY_PAIRS["deit"], "stitching": "unpaired"})
+    forced = create_snnet(num_classes=5, **{**TINY_PAIRS["deit"], "stitching": "paired"})
+    assert [s.name for s in forced.stitches] == [s.name for s in create_snnet(num_classes=5, **TINY_PAIRS["deit"]).stitches]
+    code = run_entry(eval_main, ["--anchors", "resnet18", "resnet50", "--img-size", "64", "--stitching", "two-way",
+                                 "--flops-only", "--output", tmp_path])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: two-way stitching needs single-stage"), err
