@@ -167,6 +167,8 @@ def create_network_sampler(net, sample_by: str, seed: int, rank: int = 0, per_ra
                            flops_sampling_k: Optional[float] = None) -> NetworkSampler:
     """The sampler ``--sample-by`` asks for: per network (``--sample-weights``) or per FLOPs group."""
     if sample_by == "networks":
+        if flops_sampling_k is not None:
+            raise ConfigError("--flops-sampling-k weighs FLOPs groups: add --sample-by flops-groups or drop it")
         return NetworkSampler(net.num_stitches, seed, rank, per_rank, resolve_sample_weights(sample_weights, net))
     if sample_by != "flops-groups":
         raise ConfigError(f"unknown --sample-by '{sample_by}': use one of {', '.join(SAMPLE_BY)}")

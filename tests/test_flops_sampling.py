@@ -71,6 +71,10 @@ def test_flops_groups_and_sample_weights_exclude_each_other():
     net = create_snnet(num_classes=5, **TINY_TWO_WAY)
     with pytest.raises(ConfigError, match="drop one of them"):
         create_network_sampler(net, "flops-groups", 0, sample_weights="flops")
+    with pytest.raises(ConfigError, match="add --sample-by flops-groups"):
+        create_network_sampler(net, "networks", 0, flops_sampling_k=2.0)
+    with pytest.raises(ConfigError, match="--flops-gap must be >= 0"):
+        create_network_sampler(net, "flops-groups", 0, flops_gap=-1.0)
     sampler = create_network_sampler(net, "flops-groups", 0, flops_gap=0.0)
     assert sorted(i for g in sampler.groups for i in g) == list(range(net.num_stitches))
 
