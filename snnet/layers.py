@@ -108,7 +108,8 @@ class LoRAStitchingLayer(StitchingLayer):
     def effective_weight(self) -> torch.Tensor:
         key = self._merge_key()
         if self._merged is None or self._merged[0] != key:
-            merged = self.transform.weight + (self.lora_B @ self.lora_A) * self.scaling
+            with torch.inference_mode(False):  # a cache made under inference_mode must serve outside it too
+                merged = self.transform.weight + (self.lora_B @ self.lora_A) * self.scaling
             self._merged = (key, merged)
         return self._merged[1]
 

@@ -66,6 +66,16 @@ def test_merge_follows_parameter_changes_in_eval_mode():
     torch.testing.assert_close(after, layer.train()(x), rtol=1e-5, atol=1e-6)
 
 
+def test_merge_made_under_inference_mode_serves_outside_it():
+    layer = lora_layer()
+    x = torch.randn(4, 12, requires_grad=True)
+    with torch.inference_mode():
+        inside = layer.eval()(x.detach())
+    outside = layer(x)
+    outside.sum().backward()  # an inference tensor saved for backward would raise here
+    torch.testing.assert_close(outside.detach(), inside)
+
+
 def test_set_weights_is_the_ls_contract():
     layer = lora_layer()
     w, b = torch.randn(20, 12), torch.randn(20)
