@@ -6,7 +6,8 @@
 # Extra torchrun options go in TORCHRUN_ARGS, e.g. multi-node or automatic restarts:
 #   TORCHRUN_ARGS="--nnodes 2 --node_rank 0 --rdzv-backend c10d --rdzv-endpoint host:29500 --max-restarts 1"
 # --standalone (single node, a free rendezvous port of its own) is added unless TORCHRUN_ARGS
-# names a rendezvous or master address. PYTHON picks the interpreter (default: python3).
+# names a rendezvous or master address. PYTHON picks the interpreter (default: python3),
+# TRAIN_SCRIPT the entry script (default: train.py next to this file; tests wrap it).
 set -euo pipefail
 if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ || "$1" -lt 1 ]]; then
   echo "usage: $0 NUM_PROC [train.py args...]   (NUM_PROC >= 1)" >&2
@@ -28,4 +29,4 @@ for a in "${EXTRA[@]}"; do
   esac
 done
 exec "$PY" -m torch.distributed.run "${STANDALONE[@]}" --nproc_per_node="$NUM_PROC" "${EXTRA[@]}" \
-  "$(dirname "$0")/train.py" "$@"
+  "${TRAIN_SCRIPT:-$(dirname "$0")/train.py}" "$@"

@@ -120,7 +120,7 @@ def standalone_network(net: SNNet, cfg_id: int) -> nn.Module:
     models = {a: copy.deepcopy(net.anchors[a]) for a in route.anchors}
     for m in models.values():
         _clear_caches(m)
-    adapters = {a: _rebind(net.adapters[a], m) for a, m in models.items()}
+    adapters = {a: _rebind(net.anchor_adapters[a], m) for a, m in models.items()}
     module = StitchedNetwork(route, models, adapters, [net.stitch_layers[i].as_linear() for i in route.layers])
 
     # Watch one forward: which modules are called, which parameters get a gradient. Train mode
@@ -168,14 +168,13 @@ def _example(net: SNNet, batch: int, device) -> torch.Tensor:
 
 
 def _reference(net: SNNet, cfg_id: int, x: torch.Tensor) -> torch.Tensor:
-    was, previous = net.training, net.cfg_id
-    net.eval().select(cfg_id)
+    was = net.training
+    net.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), net.selecting(cfg_id):
             return net(x).float()
     finally:
         net.train(was)
-        net.select(previous)
 
 
 def _export_program(module: nn.Module, x: torch.Tensor):
@@ -185,7 +184,7 @@ def _export_program(module: nn.Module, x: torch.Tensor):
         return export(module, (x,), dynamic_shapes=({0: Dim("batch", min=1, max=65536)},)), True
     except Exception as e:  # some models specialise on the batch size; a static program still ships
         warnings.warn(f"torch.export with a dynamic batch failed ({str(e).splitlines()[0][:200]}); "
-                      f"exporting for batch {x.shape[0]} only")
+                      f"exporting for batch {x.shape[0]} only", stacklevel=2)
         return export(module, (x,)), False
 
 

@@ -108,7 +108,9 @@ class LoRAStitchingLayer(StitchingLayer):
     def effective_weight(self) -> torch.Tensor:
         key = self._merge_key()
         if self._merged is None or self._merged[0] != key:
-            with torch.inference_mode(False):  # a cache made under inference_mode must serve outside it too
+            # a cache made under inference_mode must serve outside it too (inference_mode(False)
+            # turns grad mode back on, hence no_grad inside it)
+            with torch.inference_mode(False), torch.no_grad():
                 merged = self.transform.weight + (self.lora_B @ self.lora_A) * self.scaling
             self._merged = (key, merged)
         return self._merged[1]

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -20,9 +21,17 @@ class SNNet(nn.Module):
     """Stitchable Neural Network over anchors ordered small -> large.
 
     ``net.stitches[cfg_id]`` describes every network it holds (anchors first), its ``route``
-    what the network runs; ``net.select(cfg_id)`` chooses the one ``forward`` runs. The state
-    dict holds the timm models under ``anchors.<i>.`` with their own keys, and the layers under
-    ``stitch_layers.``.
+    what the network runs; ``net.select(cfg_id)`` chooses the one ``forward`` runs (``with
+    net.selecting(cfg_id):`` for a while, restoring the previous choice).
+
+    Two views of the anchors, not to be confused:
+
+    * ``net.anchors[i]``: the i-th timm model itself (an ``nn.Module``; the state dict holds it
+      under ``anchors.<i>.`` with timm's own keys, so checkpoints load into plain timm);
+    * ``net.anchor_adapters[i]``: its :class:`~snnet.anchors.Anchor` adapter (a plain object,
+      not a module), the stem / blocks / head view over that same model that stitching uses.
+
+    The stitching layers are ``net.stitch_layers`` (state dict ``stitch_layers.<l>.``).
     """
 
     def __init__(
@@ -41,7 +50,7 @@ class SNNet(nn.Module):
         if len(sizes) > 1:
             desc = ", ".join(f"{a.name}: {'x'.join(map(str, a.input_size[1:]))}" for a in anchors)
             raise IncompatibleAnchorsError(f"anchors take different input sizes ({desc}); pass one --img-size for all")
-        self.adapters = list(anchors)
+        self.anchor_adapters = list(anchors)
         self.anchors = nn.ModuleList(a.model for a in anchors)
         self.stitches, self.layer_specs = enumerate_stitches(anchors, kernel_size, stride, nearest, stages, stitching)
         self.stitch_layers = nn.ModuleList(
@@ -59,14 +68,14 @@ class SNNet(nn.Module):
         self.cfg_id = 0
 
     def _make_layer(self, spec: StitchingLayerSpec, kind: str, lora_rank: int) -> StitchingLayer:
-        front, back = self.adapters[spec.front], self.adapters[spec.back]
+        front, back = self.anchor_adapters[spec.front], self.anchor_adapters[spec.back]
         j, k = spec.positions[0]
         return create_stitching_layer(kind, front.channels(j + 1), back.channels(k), front.layout, back.layout,
                                       lora_rank)
 
     @property
     def input_size(self) -> tuple[int, ...]:
-        return self.adapters[0].input_size
+        return self.anchor_adapters[0].input_size
 
     @property
     def num_stitches(self) -> int:
@@ -78,6 +87,17 @@ class SNNet(nn.Module):
             raise ConfigError(f"stitch id {cfg_id} is out of range: this SN-Net has cfg_ids 0..{len(self.stitches) - 1}")
         self.cfg_id = int(cfg_id)
         return self
+
+    @contextmanager
+    def selecting(self, cfg_id: int) -> Iterator["SNNet"]:
+        """``with net.selecting(cfg_id): net(x)`` runs network ``cfg_id``; the previously
+        selected network is selected again afterwards, also on errors."""
+        previous = self.cfg_id
+        self.select(cfg_id)
+        try:
+            yield self
+        finally:
+            self.cfg_id = previous
 
     @property
     def selected(self) -> Stitch:
@@ -94,15 +114,15 @@ class SNNet(nn.Module):
 
     def run_step(self, step: Step, x: torch.Tensor) -> torch.Tensor:
         """One step of a route (stem, block, stitching layer or head) on this SN-Net's modules."""
-        return apply_step(step, x, self.adapters, self.stitch_layers)
+        return apply_step(step, x, self.anchor_adapters, self.stitch_layers)
 
     def num_params(self, cfg_id: int) -> int:
         """Parameters the network ``cfg_id`` runs, as deployed: the first anchor's stem, every
         segment's blocks, the stitching layers (a LoRA layer merged into one linear map) and the
         last anchor's head."""
         route = self.stitches[cfg_id].route
-        first, last = self.adapters[route.first.anchor], self.adapters[route.last.anchor]
-        blocks = sum(self.adapters[s.anchor].num_params(self.adapters[s.anchor].blocks[s.start:s.stop])
+        first, last = self.anchor_adapters[route.first.anchor], self.anchor_adapters[route.last.anchor]
+        blocks = sum(self.anchor_adapters[s.anchor].num_params(self.anchor_adapters[s.anchor].blocks[s.start:s.stop])
                      for s in route.segments)
         layers = sum(self.stitch_layers[i].deployed_params for i in route.layers)
         return first.stem_params() + blocks + layers + last.head_params()
@@ -153,7 +173,7 @@ class SNNet(nn.Module):
         try:
             for batch in batches:
                 rows = {
-                    (a, i): to_rows(f, self.adapters[a].layout)
+                    (a, i): to_rows(f, self.anchor_adapters[a].layout)
                     for a, indices in needed.items()
                     for i, f in self._features(a, batch, indices).items()
                 }
@@ -179,7 +199,7 @@ class SNNet(nn.Module):
 
     def _features(self, a: int, images: torch.Tensor, indices: set[int]) -> dict[int, torch.Tensor]:
         """Anchor ``a``'s features at the given indices (0: after the stem, i: after block i-1)."""
-        adapter = self.adapters[a]
+        adapter = self.anchor_adapters[a]
         param = next(adapter.model.parameters())
         x = adapter.stem(images.to(device=param.device, dtype=param.dtype))
         out = {0: x} if 0 in indices else {}

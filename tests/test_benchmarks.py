@@ -27,6 +27,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("script", sorted(CASES))
+@pytest.mark.slow
 def test_benchmark_runs_and_its_checks_hold(script):
     args, expected = CASES[script]
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, capture_output=True,

@@ -64,9 +64,9 @@ def test_groups_are_balanced_not_networks():
 
 
 def test_flops_groups_and_sample_weights_exclude_each_other():
-    from snnet import create_snnet
-
     from conftest import TINY_TWO_WAY
+
+    from snnet import create_snnet
 
     net = create_snnet(num_classes=5, **TINY_TWO_WAY)
     with pytest.raises(ConfigError, match="drop one of them"):
@@ -79,14 +79,15 @@ def test_flops_groups_and_sample_weights_exclude_each_other():
     assert sorted(i for g in sampler.groups for i in g) == list(range(net.num_stitches))
 
 
+@pytest.mark.slow
 def test_two_ranks_draw_the_same_groups_and_networks(tmp_path):
-    from snnet import create_snnet
-    from snnet.flops import flops_table
-
     from conftest import TINY_TWO_WAY
     from test_distributed import by_step, torchrun
     from test_lora import TWO_WAY_ARGS
     from test_train import PLAIN, read_steps
+
+    from snnet import create_snnet
+    from snnet.flops import flops_table
 
     steps = 6
     proc = torchrun(2, TWO_WAY_ARGS + PLAIN + ["--seed", "11", "--epochs", "1", "--max-steps-per-epoch", steps,

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_PAIRS, TINY_TWO_WAY, run_entry
 
 from snnet import create_snnet
 from snnet.flops import flops_table, network_flops
 from snnet.layers import LoRAStitchingLayer, StitchingLayer, create_stitching_layer
-
-from conftest import TINY_PAIRS, TINY_TWO_WAY, run_entry
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,11 +111,13 @@ def test_v1_sliding_window_layers_share_one_update():
     assert all(layer.lora_A.shape == (2, layer.transform.in_features) for layer in net.stitch_layers)
 
 
+@pytest.mark.slow
 def test_two_way_lora_run_resumes_exactly_and_exports_three_segments(tmp_path):
-    from snnet.evaluation import main as eval_main
-    from snnet.training import main as train_main
     from test_resume import _equal_states
     from test_train import PLAIN, load, read_steps
+
+    from snnet.evaluation import main as eval_main
+    from snnet.training import main as train_main
 
     recipe = TWO_WAY_ARGS + PLAIN + ["--seed", "3", "--epochs", "2", "--max-steps-per-epoch", "4", "-b", "8",
                                      "--lr", "1e-3", "--ls-init", "--ls-init-images", "8", "--drop-path", "0.1",

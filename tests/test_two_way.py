@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_PAIRS, TINY_TWO_WAY
 
 from snnet import create_snnet
 from snnet.errors import IncompatibleAnchorsError
 from snnet.flops import flops_table, network_flops
-
-from conftest import TINY_PAIRS, TINY_TWO_WAY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,9 +26,9 @@ def official_configs(d0: int, d1: int) -> list[tuple[list[int], list[list[int]],
     for i in range(d1):
         if (i % 2 == 1 if d1 != d0 else True) and i < d1 - 1:
             ls.append(([1, 0], [[i, mapping[i] + 1]], [i // (d1 // d0)]))
-    lsl = [([1, 0, 1], [l[1][0], s[1][0]], l[2] + s[2]) for l in ls for s in sl
-           if s[2][0] != d0 - 1 and s[1][0][0] >= l[1][0][1]]
-    sls = [([0, 1, 0], [s[1][0], l[1][0]], s[2] + l[2]) for s in sl for l in ls if l[1][0][0] >= s[1][0][1]]
+    lsl = [([1, 0, 1], [b[1][0], f[1][0]], b[2] + f[2]) for b in ls for f in sl
+           if f[2][0] != d0 - 1 and f[1][0][0] >= b[1][0][1]]
+    sls = [([0, 1, 0], [f[1][0], b[1][0]], f[2] + b[2]) for f in sl for b in ls if b[1][0][0] >= f[1][0][1]]
     return cfgs + sl + ls + lsl + sls
 
 
@@ -78,7 +77,7 @@ def hand_route(net, route, x):
     """A route computed from the timm models themselves: the first segment's output captured by a
     hook during the timm forward, stitching layers as F.linear, middle blocks called one by one,
     and the last segment's input injected by a hook into the timm forward of the last anchor."""
-    models = [a.model for a in net.adapters]
+    models = [a.model for a in net.anchor_adapters]
     first, last = route.segments[0], route.segments[-1]
     captured = {}
     handle = models[first.anchor].blocks[first.stop - 1].register_forward_hook(
@@ -147,9 +146,10 @@ def test_ls_init_initialises_every_layer_both_directions():
     images = torch.randn(6, 3, 32, 32)
     net.init_stitching_layers(images, batch_size=4)
     feats = []
-    for a in net.adapters:  # block outputs captured by hooks on the timm models
+    for a in net.anchor_adapters:  # block outputs captured by hooks on the timm models
         out = {}
-        hs = [b.register_forward_hook(lambda m, i, o, n=n: out.__setitem__(n, o)) for n, b in enumerate(a.model.blocks)]
+        hs = [b.register_forward_hook(lambda m, i, o, n=n, out=out: out.__setitem__(n, o))
+              for n, b in enumerate(a.model.blocks)]
         with torch.no_grad():
             a.model.eval()(images)
         for h in hs:
@@ -198,13 +198,15 @@ def test_one_pass_sweep_is_bit_identical_to_select(kind):
         assert sorted(dict(forward_networks(net, SweepPlan(net, sub), x))) == sub
 
 
+@pytest.mark.slow
 def test_three_segment_network_exports_as_a_plain_model(tmp_path):
     import os
     import subprocess
     import sys
 
-    from snnet.export import export_network, standalone_network
     from test_export import LOADER
+
+    from snnet.export import export_network, standalone_network
 
     net = tiny_two_way()
     three = [s.cfg_id for s in net.stitches if len(s.route.segments) == 3]
@@ -230,6 +232,7 @@ def test_three_segment_network_exports_as_a_plain_model(tmp_path):
         torch.testing.assert_close(got["y"], net.select(cfg_id)(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_deit3_s_l_flops_equal_the_official_table():
     """All 134 networks in the official order (their ids skip the untrained cfg 13) with exactly
     the FLOPs the SN-Netv2 authors' code counts (its stitched networks keep the final norm)."""
@@ -257,6 +260,7 @@ def test_layer_positions_are_exactly_the_route_junctions(two_way):
 
 def test_paired_unpaired_checked_and_cli_errors_are_one_line(tmp_path, capsys):
     from conftest import run_entry
+
     from snnet.evaluation import main as eval_main
 
     with pytest.raises(IncompatibleAnchorsError, match="paired stitching needs stages of equal depth"):
