@@ -22,6 +22,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ import torch
 from snnet import create_snnet
 from snnet.data import create_dataset
 from snnet.loaders import Normalize, data_config_for, eval_loader, eval_transform
+from snnet.model import SNNet
 from snnet.sweep import SweepPlan, forward_networks, one_at_a_time, sweep_pass
 
 
@@ -46,12 +48,22 @@ def write_jpegs(root: Path, n: int, size: int = 224) -> None:
         Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_ti_s_b(args: argparse.Namespace):
+    """The DeiT-Ti/S/B-shaped SN-Net (71 networks) at embed dims ``args.dims``."""
+    return create_snnet(
+        ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"], num_classes=10,
+        model_kwargs=dict(patch_size=args.patch_size),
+        anchor_kwargs=[dict(embed_dim=d, num_heads=max(1, d // 24)) for d in args.dims],
+    )
+
+
+def main(build: Callable[[argparse.Namespace], SNNet] = build_ti_s_b, dims: Sequence[int] = (16, 32, 64),
+         shape: str = "DeiT-style Ti/S/B", description: str = __doc__) -> None:
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="loader processes (decoding)")
-    parser.add_argument("--dims", type=int, nargs=3, default=[16, 32, 64], help="embed dims of the Ti/S/B-shaped anchors")
+    parser.add_argument("--dims", type=int, nargs=len(dims), default=list(dims), help=f"embed dims of the {shape} anchors")
     parser.add_argument("--patch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the main process (1 + 1 worker: one core each on a 2-core machine; "
@@ -72,11 +84,7 @@ def main() -> None:
         write_jpegs(root, args.images)
 
     torch.manual_seed(0)
-    net = create_snnet(
-        ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"], num_classes=10,
-        model_kwargs=dict(patch_size=args.patch_size),
-        anchor_kwargs=[dict(embed_dim=d, num_heads=max(1, d // 24)) for d in args.dims],
-    ).eval()
+    net = build(args).eval()
     with torch.no_grad():  # distinct stitched networks
         for layer in net.stitch_layers:
             layer.transform.weight.normal_(0, 0.3)
@@ -123,7 +131,7 @@ def main() -> None:
                     pass
             t_shared = min(t_shared, time.perf_counter() - start)
 
-    print(f"networks: {len(ids)} (DeiT-style Ti/S/B, embed dims {args.dims}, patch {args.patch_size}, 224x224); "
+    print(f"networks: {len(ids)} ({shape}, embed dims {args.dims}, patch {args.patch_size}, 224x224); "
           f"{len(ds)} JPEGs, batch {args.batch_size}, {args.workers} workers, {torch.get_num_threads()} threads, "
           f"best of {args.repeats} alternating rounds")
     print("| what | time | per network |")

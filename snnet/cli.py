@@ -7,7 +7,10 @@ from typing import Any, Optional
 
 from .config import parse_kwargs
 from .errors import ConfigError
+from .layers import STITCH_LAYER_KINDS
 from .model import SNNet, create_snnet
+from .sampling import SAMPLE_BY
+from .stitches import STITCHING_RULES
 
 
 # The option tables below stay one option per line (``# fmt: off``): they read as tables.
@@ -33,6 +36,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="stitch only neighbouring anchors (the paper's nearest stitching)")
     group.add_argument("--stages", nargs="+", type=int, default=None,
                        help="stages to stitch in, hierarchical anchors (default: all but the last)")
+    group.add_argument("--stitching", default=None, choices=STITCHING_RULES,
+                       help="stitching rule: paired/unpaired (SN-Net; default: chosen per anchor pair by depth) or "
+                            "two-way (SN-Netv2: two anchors, SL/LS/LSL/SLS routes)")
+    group.add_argument("--stitch-layer", default="linear", choices=STITCH_LAYER_KINDS,
+                       help="stitching layer kind: linear (SN-Net) or lora (SN-Netv2: frozen LS base + low-rank update)")
+    group.add_argument("--lora-rank", type=int, default=64, metavar="R", help="rank of the lora stitching layers' update")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +92,9 @@ def build_snnet(args: argparse.Namespace, num_classes: Optional[int] = None, pre
         stride=args.stride,
         nearest=args.nearest,
         stages=args.stages,
+        stitching=args.stitching,
+        stitch_layer=args.stitch_layer,
+        lora_rank=args.lora_rank,
     )
 
 
@@ -195,6 +207,14 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="each process draws its own network per step (default: all train the same one)")
     g.add_argument("--sample-weights", nargs="+", default=None, metavar="W",
                    help="'uniform' (default), 'flops', 'params' or one weight per network (cfg_id order)")
+    g.add_argument("--sample-by", default="networks", choices=SAMPLE_BY,
+                   help="draw a network per step (weighted by --sample-weights), or a FLOPs group and then a network "
+                        "of it (SN-Netv2's FLOPs-balanced sampling)")
+    g.add_argument("--flops-gap", type=float, default=1.0, metavar="G",
+                   help="--sample-by flops-groups: a new group starts more than G GFLOPs above a group's first network")
+    g.add_argument("--flops-sampling-k", type=float, default=None, metavar="K",
+                   help="--sample-by flops-groups: group weights i/K + 1/groups (favouring larger networks; "
+                        "default: uniform over groups)")
     g.add_argument("--val-stitches", type=str, default=None, metavar="IDS",
                    help="cfg_ids validated each epoch, e.g. '0,3,10' or 'all' (default: anchors + 3 evenly spaced)")
     g.add_argument("--eval-metric", type=str, default="top1", choices=["top1", "top5", "loss"],

@@ -46,7 +46,7 @@ from .stitches import parse_stitch_ids
 # Model arguments a checkpoint's own ``args`` fill in when the command line and config leave
 # them at their defaults (the trainer saves its arguments as plain data).
 _MODEL_KEYS = ("anchors", "model_kwargs", "anchor_kwargs", "img_size", "num_classes", "kernel_size", "stride",
-               "nearest", "stages")
+               "nearest", "stages", "stitching", "stitch_layer", "lora_rank")
 _CKPT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".safetensors", ".bin")
 ChunkCallback = Callable[[int, int], None]
 

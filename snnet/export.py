@@ -1,9 +1,10 @@
 """Ship one network of an SN-Net as a standalone model that loads with plain torch.
 
-:func:`standalone_network` builds an ``nn.Module`` holding exactly what network ``cfg_id`` runs:
-the front anchor's stem and blocks ``0..j``, the stitching layer, the back anchor's blocks
-``k..`` and head. It works for every family without family-specific code: the two timm models
-are deep-copied, the network is run once on the copies with every module and parameter watched
+:func:`standalone_network` builds an ``nn.Module`` holding exactly what network ``cfg_id`` runs,
+along its route: the first anchor's stem, every segment's blocks, the stitching layers (a LoRA
+layer merged into one linear map) and the last anchor's head. It works for every family and for
+routes of any number of segments without family-specific code: the route's timm models are
+deep-copied, the network is run once on the copies with every module and parameter watched
 (forward hooks, gradients), and every module it never calls and every parameter it never uses
 is removed (a module becomes ``nn.Identity``, a parameter of a module that is not called becomes
 ``None``). An anchor is exported as its whole timm model. The result has exactly
@@ -26,37 +27,44 @@ from torch import nn
 
 from .errors import ConfigError
 from .model import SNNet
+from .routes import Route, apply_step
 
 FORMATS = {".pt": "torchscript", ".ts": "torchscript", ".pt2": "exported_program", ".onnx": "onnx"}
 
 
 class StitchedNetwork(nn.Module):
-    """front stem -> front blocks[:j+1] -> stitching layer -> back blocks[k:] -> back head.
+    """The steps of one route (stem, blocks, stitching layers, head) on its own modules.
 
-    ``front`` and ``back`` are pruned copies of the anchors' timm models (only the modules this
-    network runs are left); the adapters over them (not modules) give the stem/blocks/head view.
+    ``models`` holds pruned copies of the route's anchors' timm models (only the modules this
+    network runs are left), keyed by anchor index; ``stitches`` the route's stitching layers in
+    route order. ``front``/``back`` are the first and last segment's models.
     """
 
-    def __init__(self, front: nn.Module, stitch: nn.Module, back: nn.Module, front_adapter, back_adapter,
-                 front_block: int, back_block: int):
+    __jit_unused_properties__ = ["front", "back"]
+
+    def __init__(self, route: Route, models: dict[int, nn.Module], adapters: dict[int, object],
+                 layers: list[nn.Module]):
         super().__init__()
-        self.front = front
-        self.stitch = stitch
-        self.back = back
+        self.models = nn.ModuleDict({str(a): m for a, m in models.items()})
+        self.stitches = nn.ModuleList(layers)
         # plain attributes: not registered again as submodules
-        self.__dict__["_front_adapter"] = front_adapter
-        self.__dict__["_back_adapter"] = back_adapter
-        self.__dict__["_front_blocks"] = list(front_adapter.blocks[: front_block + 1])
-        self.__dict__["_back_blocks"] = list(back_adapter.blocks[back_block:])
+        self.__dict__["_adapters"] = adapters
+        local = Route(route.segments, tuple(range(len(route.layers))))  # layer i of the route = stitches[i]
+        self.__dict__["_steps"] = local.steps()
+        self.__dict__["_route"] = route
+
+    @property
+    def front(self) -> nn.Module:
+        return self.models[str(self._route.first.anchor)]
+
+    @property
+    def back(self) -> nn.Module:
+        return self.models[str(self._route.last.anchor)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._front_adapter.stem(x)
-        for blk in self._front_blocks:
-            x = blk(x)
-        x = self.stitch(x)
-        for blk in self._back_blocks:
-            x = blk(x)
-        return self._back_adapter.head(x)
+        for step in self._steps:
+            x = apply_step(step, x, self._adapters, self.stitches)
+        return x
 
 
 def _rebind(adapter, model: nn.Module):
@@ -104,18 +112,16 @@ def standalone_network(net: SNNet, cfg_id: int) -> nn.Module:
     ``cfg_id`` and holds only the modules and parameters it runs."""
     if not 0 <= cfg_id < net.num_stitches:
         raise ConfigError(f"--export {cfg_id} is out of range: this SN-Net has cfg_ids 0..{net.num_stitches - 1}")
-    s = net.stitches[cfg_id]
-    if s.is_anchor:
-        model = copy.deepcopy(net.anchors[s.front]).eval()
+    route = net.stitches[cfg_id].route
+    if route.is_anchor:
+        model = copy.deepcopy(net.anchors[route.first.anchor]).eval()
         _clear_caches(model)
         return model
-    front = copy.deepcopy(net.anchors[s.front])
-    back = copy.deepcopy(net.anchors[s.back])
-    layer = copy.deepcopy(net.stitch_layers[s.layer])
-    for m in (front, back):
+    models = {a: copy.deepcopy(net.anchors[a]) for a in route.anchors}
+    for m in models.values():
         _clear_caches(m)
-    module = StitchedNetwork(front, layer, back, _rebind(net.anchor_adapters[s.front], front),
-                             _rebind(net.anchor_adapters[s.back], back), s.front_block, s.back_block)
+    adapters = {a: _rebind(net.anchor_adapters[a], m) for a, m in models.items()}
+    module = StitchedNetwork(route, models, adapters, [net.stitch_layers[i].as_linear() for i in route.layers])
 
     # Watch one forward: which modules are called, which parameters get a gradient. Train mode
     # so that eval-mode caches cannot hide a parameter; BatchNorm statistics restored after.
@@ -139,7 +145,7 @@ def standalone_network(net: SNNet, cfg_id: int) -> nn.Module:
         p.grad = None
         p.requires_grad_(flags[id(p)])
     module.load_state_dict(saved)
-    for m in (front, back):
+    for m in models.values():
         _prune_unused(m, called, used)
         _clear_caches(m)
     return module.eval()

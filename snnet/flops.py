@@ -5,8 +5,9 @@ counted), at batch 1 and the anchors' input size. timm >= 1.0 runs attention thr
 ``scaled_dot_product_attention``, which fvcore does not know and would skip silently (DeiT-Ti
 would read 1.080 G instead of the paper's 1.258 G), so we add a handle for it.
 
-A network is a stem, some blocks, maybe a stitching layer, more blocks and a head, each run on
-a fixed input shape, so its FLOPs are the sum of its parts' FLOPs. :func:`flops_table` counts
+A network is a route: a stem, some blocks, maybe a stitching layer, more blocks (and maybe
+another layer and more blocks) and a head, each run on a fixed input shape, so its FLOPs are the
+sum of its parts' FLOPs. :func:`flops_table` counts
 every part of every anchor once and adds them up per network, instead of tracing each of the
 (often 71+) networks whole; ``tests/test_flops.py`` checks the sums against whole-network
 counts.
@@ -96,7 +97,7 @@ def anchor_flops(anchor: Anchor) -> AnchorFlops:
 
 
 def stitches_flops(net: SNNet) -> list[int]:
-    """FLOPs of every network of ``net``, by composition of per-part counts."""
+    """FLOPs of every network of ``net``, by composition of per-part counts along its route."""
     parts = [anchor_flops(a) for a in net.anchor_adapters]
     layers = []
     for spec, layer in zip(net.layer_specs, net.stitch_layers):
@@ -104,13 +105,12 @@ def stitches_flops(net: SNNet) -> list[int]:
         layers.append(count_flops(layer, _probe(net.anchor_adapters[spec.front], j + 1)))
     out = []
     for s in net.stitches:
-        if s.is_anchor:
-            out.append(parts[s.front].total)
-            continue
-        front, back = parts[s.front], parts[s.back]
+        route = s.route
         out.append(
-            front.stem + sum(front.blocks[: s.front_block + 1]) + layers[s.layer]
-            + sum(back.blocks[s.back_block:]) + back.head
+            parts[route.first.anchor].stem
+            + sum(sum(parts[seg.anchor].blocks[seg.start:seg.stop]) for seg in route.segments)
+            + sum(layers[i] for i in route.layers)
+            + parts[route.last.anchor].head
         )
     return out
 

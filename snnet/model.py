@@ -11,17 +11,18 @@ from torch import nn
 
 from .anchors import Anchor, create_anchor
 from .errors import ConfigError, IncompatibleAnchorsError
-from .layers import StitchingLayer, to_rows
+from .layers import StitchingLayer, create_stitching_layer, to_rows
 from .lstsq import augment, solve_normal_equations
+from .routes import Route, Step, apply_step, run_route
 from .stitches import Stitch, StitchingLayerSpec, enumerate_stitches
 
 
 class SNNet(nn.Module):
     """Stitchable Neural Network over anchors ordered small -> large.
 
-    ``net.stitches[cfg_id]`` describes every network it holds (anchors first);
-    ``net.select(cfg_id)`` chooses the one ``forward`` runs (``with net.selecting(cfg_id):`` for
-    a while, restoring the previous choice).
+    ``net.stitches[cfg_id]`` describes every network it holds (anchors first), its ``route``
+    what the network runs; ``net.select(cfg_id)`` chooses the one ``forward`` runs (``with
+    net.selecting(cfg_id):`` for a while, restoring the previous choice).
 
     Two views of the anchors, not to be confused:
 
@@ -40,6 +41,9 @@ class SNNet(nn.Module):
         stride: int = 1,
         nearest: bool = True,
         stages: Optional[Sequence[int]] = None,
+        stitching: Optional[str] = None,
+        stitch_layer: str = "linear",
+        lora_rank: int = 64,
     ):
         super().__init__()
         sizes = {a.input_size for a in anchors}
@@ -48,21 +52,26 @@ class SNNet(nn.Module):
             raise IncompatibleAnchorsError(f"anchors take different input sizes ({desc}); pass one --img-size for all")
         self.anchor_adapters = list(anchors)
         self.anchors = nn.ModuleList(a.model for a in anchors)
-        self.stitches, self.layer_specs = enumerate_stitches(anchors, kernel_size, stride, nearest, stages)
-        self.stitch_layers = nn.ModuleList(self._make_layer(spec) for spec in self.layer_specs)
+        self.stitches, self.layer_specs = enumerate_stitches(anchors, kernel_size, stride, nearest, stages, stitching)
+        self.stitch_layers = nn.ModuleList(
+            self._make_layer(spec, stitch_layer, lora_rank) for spec in self.layer_specs)
         self.config = {
             "anchors": [a.name for a in anchors],
             "kernel_size": kernel_size,
             "stride": stride,
             "nearest": nearest,
             "stages": None if stages is None else list(stages),
+            "stitching": stitching,
+            "stitch_layer": stitch_layer,
+            "lora_rank": lora_rank,
         }
         self.cfg_id = 0
 
-    def _make_layer(self, spec: StitchingLayerSpec) -> StitchingLayer:
+    def _make_layer(self, spec: StitchingLayerSpec, kind: str, lora_rank: int) -> StitchingLayer:
         front, back = self.anchor_adapters[spec.front], self.anchor_adapters[spec.back]
         j, k = spec.positions[0]
-        return StitchingLayer(front.channels(j + 1), back.channels(k), front.layout, back.layout)
+        return create_stitching_layer(kind, front.channels(j + 1), back.channels(k), front.layout, back.layout,
+                                      lora_rank)
 
     @property
     def input_size(self) -> tuple[int, ...]:
@@ -95,29 +104,28 @@ class SNNet(nn.Module):
         return self.stitches[self.cfg_id]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_stitch(x, self.stitches[self.cfg_id])
+        return self.forward_route(x, self.stitches[self.cfg_id].route)
 
-    def forward_stitch(self, x: torch.Tensor, stitch: Stitch) -> torch.Tensor:
+    def forward_route(self, x: torch.Tensor, route: Route) -> torch.Tensor:
         """Run one network; an anchor runs as its plain timm model."""
-        if stitch.is_anchor:
-            return self.anchors[stitch.front](x)
-        x = self.anchor_adapters[stitch.front].forward_until(x, stitch.front_block)
-        x = self.stitch_layers[stitch.layer](x)
-        return self.anchor_adapters[stitch.back].forward_from(x, stitch.back_block)
+        if route.is_anchor:
+            return self.anchors[route.first.anchor](x)
+        return run_route(route, x, self.run_step)
+
+    def run_step(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        """One step of a route (stem, block, stitching layer or head) on this SN-Net's modules."""
+        return apply_step(step, x, self.anchor_adapters, self.stitch_layers)
 
     def num_params(self, cfg_id: int) -> int:
-        """Parameters the network ``cfg_id`` runs: its blocks, its stitching layer, its head."""
-        s = self.stitches[cfg_id]
-        if s.is_anchor:
-            return sum(p.numel() for p in self.anchors[s.front].parameters())
-        front, back = self.anchor_adapters[s.front], self.anchor_adapters[s.back]
-        return (
-            front.stem_params()
-            + front.num_params(front.blocks[: s.front_block + 1])
-            + sum(p.numel() for p in self.stitch_layers[s.layer].parameters())
-            + back.num_params(back.blocks[s.back_block:])
-            + back.head_params()
-        )
+        """Parameters the network ``cfg_id`` runs, as deployed: the first anchor's stem, every
+        segment's blocks, the stitching layers (a LoRA layer merged into one linear map) and the
+        last anchor's head."""
+        route = self.stitches[cfg_id].route
+        first, last = self.anchor_adapters[route.first.anchor], self.anchor_adapters[route.last.anchor]
+        blocks = sum(self.anchor_adapters[s.anchor].num_params(self.anchor_adapters[s.anchor].blocks[s.start:s.stop])
+                     for s in route.segments)
+        layers = sum(self.stitch_layers[i].deployed_params for i in route.layers)
+        return first.stem_params() + blocks + layers + last.head_params()
 
     @torch.no_grad()
     def init_stitching_layers(
@@ -218,6 +226,9 @@ def create_snnet(
     stride: int = 1,
     nearest: bool = True,
     stages: Optional[Sequence[int]] = None,
+    stitching: Optional[str] = None,
+    stitch_layer: str = "linear",
+    lora_rank: int = 64,
 ) -> SNNet:
     """Build an SN-Net from timm model names ordered small -> large.
 
@@ -232,6 +243,10 @@ def create_snnet(
         kernel_size, stride: the sliding window of paired stitching.
         nearest: stitch only neighbouring anchors (the paper's default).
         stages: stages to stitch in (hierarchical anchors); None: every stage but the last.
+        stitching: None (the paper's rule per anchor pair), ``paired``, ``unpaired`` or
+            ``two-way`` (SN-Netv2: two anchors, SL/LS/LSL/SLS routes).
+        stitch_layer: ``linear`` (SN-Net) or ``lora`` (SN-Netv2: frozen LS base + low-rank update).
+        lora_rank: rank of the low-rank update of ``lora`` layers.
     """
     if not anchors:
         raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] ordered small to large")
@@ -243,4 +258,5 @@ def create_snnet(
         kwargs = {**(model_kwargs or {}), **((anchor_kwargs or [None] * len(anchors))[i] or {})}
         ckpt = (anchor_checkpoints or [None] * len(anchors))[i]
         built.append(create_anchor(name, pretrained, ckpt, num_classes, img_size, kwargs))
-    return SNNet(built, kernel_size=kernel_size, stride=stride, nearest=nearest, stages=stages)
+    return SNNet(built, kernel_size=kernel_size, stride=stride, nearest=nearest, stages=stages,
+                 stitching=stitching, stitch_layer=stitch_layer, lora_rank=lora_rank)

@@ -107,6 +107,84 @@ class NetworkSampler:
         self.generator.set_state(state["generator"])
 
 
+SAMPLE_BY = ("networks", "flops-groups")
+
+
+def group_by_flops(flops: Sequence[float], gap_gflops: float) -> list[list[int]]:
+    """The official ``group_subnets_by_flops``: cfg_ids sorted by FLOPs (ties by cfg_id); a new
+    group starts at a network more than ``gap_gflops`` GFLOPs above the first network of the
+    current group (the reference starts at 0 GFLOPs); cfg_ids sorted inside each group."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    reference = 0.0
+    for cfg_id in sorted(range(len(flops)), key=lambda i: flops[i]):
+        g = flops[cfg_id] / 1e9
+        if abs(reference - g) > gap_gflops:
+            if current:
+                groups.append(sorted(current))
+            current, reference = [cfg_id], g
+        else:
+            current.append(cfg_id)
+    if current:
+        groups.append(sorted(current))
+    return groups
+
+
+def flops_group_weights(num_groups: int, k: Optional[float] = None) -> torch.Tensor:
+    """Uniform over groups, or the official linearly increasing ``i / k + 1 / num_groups``
+    (normalised; favours the groups of larger networks) when ``k`` is given."""
+    if k is None:
+        return torch.ones(num_groups, dtype=torch.float64)
+    if not k > 0:
+        raise ConfigError(f"--flops-sampling-k must be > 0, got {k}")
+    w = torch.tensor([i / k + 1 / num_groups for i in range(num_groups)], dtype=torch.float64)
+    return w / w.sum()
+
+
+class FlopsGroupSampler(NetworkSampler):
+    """SN-Netv2's FLOPs-balanced sampling: a FLOPs group (:func:`group_by_flops`), then a network
+    of that group uniformly; see the module docstring for the rule."""
+
+    def __init__(self, flops: Sequence[float], gap_gflops: float, seed: int, rank: int = 0, per_rank: bool = False,
+                 k: Optional[float] = None):
+        if not gap_gflops >= 0:
+            raise ConfigError(f"--flops-gap must be >= 0 GFLOPs, got {gap_gflops}")
+        super().__init__(len(flops), seed, rank, per_rank)
+        self.groups = group_by_flops(flops, gap_gflops)
+        self.group_weights = flops_group_weights(len(self.groups), k)
+
+    def draw(self) -> int:
+        members = self.groups[int(torch.multinomial(self.group_weights, 1, generator=self.generator))]
+        return members[int(torch.randint(len(members), (1,), generator=self.generator))]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "groups": [list(g) for g in self.groups],
+                "group_weights": self.group_weights.clone()}
+
+
+def create_network_sampler(net, sample_by: str, seed: int, rank: int = 0, per_rank: bool = False,
+                           sample_weights: Optional[Sequence[Any] | str] = None, flops_gap: float = 1.0,
+                           flops_sampling_k: Optional[float] = None) -> NetworkSampler:
+    """The sampler ``--sample-by`` asks for: per network (``--sample-weights``) or per FLOPs group."""
+    if sample_by == "networks":
+        if flops_sampling_k is not None:
+            raise ConfigError("--flops-sampling-k weighs FLOPs groups: add --sample-by flops-groups or drop it")
+        return NetworkSampler(net.num_stitches, seed, rank, per_rank, resolve_sample_weights(sample_weights, net))
+    if sample_by != "flops-groups":
+        raise ConfigError(f"unknown --sample-by '{sample_by}': use one of {', '.join(SAMPLE_BY)}")
+    if sample_weights is not None:
+        raise ConfigError("--sample-weights weighs single networks, --sample-by flops-groups weighs FLOPs groups: "
+                          "drop one of them")
+    import warnings
+
+    from .flops import stitches_flops
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore's tracing warnings
+        flops = stitches_flops(net)
+    return FlopsGroupSampler(flops, flops_gap, seed, rank, per_rank, flops_sampling_k)
+
+
 class EpochSampler(DistributedSampler):
     """``DistributedSampler`` over ``(epoch, index)`` keys, resumable inside an epoch.
 

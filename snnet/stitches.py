@@ -1,10 +1,12 @@
-"""Which networks an SN-Net holds: the paper's stitching rules as small value objects.
+"""Which networks an SN-Net holds: the papers' stitching rules as small value objects.
 
-A stitch runs anchor ``front`` up to and including block ``front_block`` (``j``), a stitching
-layer, then anchor ``back`` from block ``back_block`` (``k``) to its head. Its name reads as
-Python slices: ``deit_tiny_patch16_224[:4]>deit_small_patch16_224[4:]`` is ``j = 3, k = 4``.
-Block indices in a :class:`Stitch` are global (over all of an anchor's blocks); the rules below
-work on indices local to one stage.
+Every network is a :class:`~snnet.routes.Route`. An SN-Net (v1) stitch runs anchor ``front`` up
+to and including block ``front_block`` (``j``), a stitching layer, then anchor ``back`` from
+block ``back_block`` (``k``) to its head; its name reads as Python slices:
+``deit_tiny_patch16_224[:4]>deit_small_patch16_224[4:]`` is ``j = 3, k = 4``. SN-Netv2's
+two-way stitching (:func:`two_way_stitches`) adds large -> small stitches and three-segment
+routes. Block indices are global (over all of an anchor's blocks); the v1 rules below work on
+indices local to one stage.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Optional, Sequence
 
 from .anchors import Anchor
 from .errors import ConfigError, IncompatibleAnchorsError
+from .routes import Route, Segment, anchor_route, route_name
 
 Position = tuple[int, int]
 
@@ -21,26 +24,45 @@ Position = tuple[int, int]
 _CONVERTIBLE = {("tokens", "tokens"), ("nchw", "nchw"), ("nhwc", "nhwc"), ("nchw", "nhwc"), ("nhwc", "nchw")}
 
 
+STITCHING_RULES = ("paired", "unpaired", "two-way")
+
+
 @dataclass(frozen=True)
 class Stitch:
-    """One network of an SN-Net; ``cfg_id`` is its index in ``SNNet.stitches``."""
+    """One network of an SN-Net; ``cfg_id`` is its index in ``SNNet.stitches``.
+
+    ``front``/``front_block`` name where the route leaves its first anchor and
+    ``back``/``back_block`` where it enters its last one (None for an anchor).
+    """
 
     cfg_id: int
     name: str
-    front: int
-    back: Optional[int] = None
-    front_block: Optional[int] = None
-    back_block: Optional[int] = None
-    layer: Optional[int] = None
+    route: Route
     stage: Optional[int] = None
 
     @property
     def is_anchor(self) -> bool:
-        return self.back is None
+        return self.route.is_anchor
 
     @property
     def anchors(self) -> tuple[int, ...]:
-        return (self.front,) if self.back is None else (self.front, self.back)
+        return self.route.anchors
+
+    @property
+    def front(self) -> int:
+        return self.route.first.anchor
+
+    @property
+    def back(self) -> Optional[int]:
+        return None if self.is_anchor else self.route.last.anchor
+
+    @property
+    def front_block(self) -> Optional[int]:
+        return None if self.is_anchor else self.route.first.stop - 1
+
+    @property
+    def back_block(self) -> Optional[int]:
+        return None if self.is_anchor else self.route.last.start
 
 
 @dataclass(frozen=True)
@@ -98,10 +120,6 @@ def anchor_pairs(num_anchors: int, nearest: bool = True) -> list[tuple[int, int]
     return list(combinations(range(num_anchors), 2))
 
 
-def stitch_name(front: Anchor, j: int, back: Anchor, k: int) -> str:
-    return f"{front.name}[:{j + 1}]>{back.name}[{k}:]"
-
-
 def check_stitchable(front: Anchor, j: int, back: Anchor, k: int) -> None:
     """Raise a clear error if features after ``front`` block j cannot feed ``back`` block k."""
     where = f"{front.name} block {j} -> {back.name} block {k}"
@@ -125,50 +143,137 @@ def default_stages(anchors: Sequence[Anchor]) -> list[int]:
     return [0] if n == 1 else list(range(n - 1))
 
 
+def _names_depths(anchors: Sequence[Anchor]) -> tuple[list[str], list[int]]:
+    return [a.name for a in anchors], [a.num_blocks for a in anchors]
+
+
+def _pair_groups(front: Anchor, back: Anchor, f_depth: int, b_depth: int, rule: Optional[str],
+                 kernel_size: int, stride: int, forward_only: bool) -> list[list[Position]]:
+    """A pair's position groups under ``rule`` (None: paired for equal depths, else unpaired)."""
+    rule = rule or ("paired" if f_depth == b_depth else "unpaired")
+    if rule == "paired":
+        if f_depth != b_depth:
+            raise IncompatibleAnchorsError(
+                f"paired stitching needs stages of equal depth, but {front.name} has {f_depth} blocks there and "
+                f"{back.name} {b_depth}: use --stitching unpaired (or leave it unset)")
+        return paired_positions(f_depth, kernel_size, stride, forward_only)
+    if f_depth == b_depth:
+        raise IncompatibleAnchorsError(
+            f"unpaired stitching needs stages of different depths, but {front.name} and {back.name} both have "
+            f"{f_depth} blocks there: use --stitching paired (or leave it unset)")
+    return unpaired_positions(f_depth, b_depth)
+
+
 def enumerate_stitches(
     anchors: Sequence[Anchor],
     kernel_size: int = 2,
     stride: int = 1,
     nearest: bool = True,
     stages: Optional[Sequence[int]] = None,
+    stitching: Optional[str] = None,
 ) -> tuple[list[Stitch], list[StitchingLayerSpec]]:
     """All networks of an SN-Net over ``anchors`` (small -> large), in the published order.
 
-    Order: the anchors, then stage by stage (one stage for plain ViTs), each anchor pair's
+    ``stitching``: ``None`` chooses per anchor pair as the paper does (``paired`` for stages of
+    equal depth, else ``unpaired``); ``paired``/``unpaired`` insist on one; ``two-way`` is
+    SN-Netv2's rule (:func:`two_way_stitches`).
+
+    v1 order: the anchors, then stage by stage (one stage for plain ViTs), each anchor pair's
     stitches in window order. Single-stage anchors pair every ``(j, k)`` of a window;
     multi-stage anchors stitch forward only, inside a stage, never at a stage's first block
     (its input has the previous stage's resolution).
     """
+    if stitching is not None and stitching not in STITCHING_RULES:
+        raise ConfigError(f"unknown stitching '{stitching}': use one of {', '.join(STITCHING_RULES)}")
     if len(anchors) < 1:
         raise IncompatibleAnchorsError("an SN-Net needs at least one anchor")
     stage_counts = {a.num_stages for a in anchors}
     if len(stage_counts) > 1:
         desc = ", ".join(f"{a.name}: {a.num_stages}" for a in anchors)
         raise IncompatibleAnchorsError(f"anchors have different numbers of stages ({desc}); stitch anchors of one stage layout")
+    if stitching == "two-way":
+        return two_way_stitches(anchors)
     num_stages = stage_counts.pop()
     stages = default_stages(anchors) if stages is None else list(stages)
     bad = [s for s in stages if not 0 <= s < num_stages]
     if bad:
         raise IncompatibleAnchorsError(f"stitching stages {bad} out of range: the anchors have stages 0..{num_stages - 1}")
 
-    stitches = [Stitch(cfg_id=i, name=a.name, front=i) for i, a in enumerate(anchors)]
+    names, depths = _names_depths(anchors)
+    stitches = [Stitch(i, a.name, anchor_route(i, a.num_blocks)) for i, a in enumerate(anchors)]
     specs: list[StitchingLayerSpec] = []
     forward_only = num_stages > 1
     for stage in stages:
         for fa, ba in anchor_pairs(len(anchors), nearest):
             front, back = anchors[fa], anchors[ba]
             f_ids, b_ids = front.stage_block_ids(stage), back.stage_block_ids(stage)
-            if len(f_ids) == len(b_ids):
-                groups = paired_positions(len(f_ids), kernel_size, stride, forward_only)
-            else:
-                groups = unpaired_positions(len(f_ids), len(b_ids))
+            groups = _pair_groups(front, back, len(f_ids), len(b_ids), stitching, kernel_size, stride, forward_only)
             for group in groups:
                 positions = tuple((f_ids[j], b_ids[k]) for j, k in group)
                 layer = len(specs)
                 specs.append(StitchingLayerSpec(fa, ba, stage, positions))
                 for j, k in positions:
                     check_stitchable(front, j, back, k)
-                    stitches.append(Stitch(len(stitches), stitch_name(front, j, back, k), fa, ba, j, k, layer, stage))
+                    route = Route((Segment(fa, 0, j + 1), Segment(ba, k, depths[ba])), (layer,))
+                    stitches.append(Stitch(len(stitches), route_name(route, names, depths), route, stage))
+    return stitches, specs
+
+
+def two_way_positions(small_depth: int, large_depth: int) -> tuple[list[Position], list[Position]]:
+    """SN-Netv2's stitching positions (``get_stitch_configs_bidirection``) of anchors of depths
+    ``d0 <= d1``, ``r = d1 // d0``: small -> large ``(i, (i + 1) r)`` for every small block but the
+    last, and large -> small ``(i, floor(i d0 / d1) + 1)`` at the last block of every group of
+    ``r`` large blocks but the final one.
+
+    The official code leaves out the small -> large stitch after the small anchor's last block
+    (it would run no large block) and hard-codes ``i % 2 == 1`` for the large -> small blocks of
+    unequal depths, i.e. ``r = 2`` (DeiT3-S/L); ``i % r == r - 1`` is the same rule for any ``r``.
+    """
+    r = large_depth // small_depth
+    sl = [(i, (i + 1) * r) for i in range(small_depth - 1)]
+    ls = [(i, i * small_depth // large_depth + 1) for i in range(large_depth - 1) if i % r == r - 1]
+    return sl, [(i, k) for i, k in ls if k < small_depth]
+
+
+def two_way_stitches(anchors: Sequence[Anchor]) -> tuple[list[Stitch], list[StitchingLayerSpec]]:
+    """SN-Netv2's networks of two anchors (small, large), in the official order: the anchors,
+    SL (small -> large), LS (large -> small), LSL and SLS routes. One stitching layer per
+    position: the SL layers first, then the LS layers; LSL/SLS routes reuse them.
+
+    For DeiT3-S/L (depths 12/24): 2 + 11 + 11 + 55 + 55 = 134 networks over 22 layers.
+    """
+    if len(anchors) != 2:
+        raise IncompatibleAnchorsError(
+            f"two-way stitching joins exactly two anchors, got {len(anchors)} ({', '.join(a.name for a in anchors)}): "
+            f"pass two anchors ordered small to large")
+    small, large = anchors
+    if small.num_stages > 1:
+        raise IncompatibleAnchorsError(
+            f"two-way stitching needs single-stage anchors (ViT/DeiT/DeiT3), but {small.name} has {small.num_stages} "
+            f"stages: use the default stitching (--stitching unset) for these anchors")
+    if small.num_blocks > large.num_blocks:
+        raise IncompatibleAnchorsError(
+            f"two-way stitching takes anchors ordered small to large, but {small.name} has {small.num_blocks} blocks "
+            f"and {large.name} {large.num_blocks}: swap them")
+    names, depths = _names_depths(anchors)
+    d0, d1 = depths
+    sl, ls = two_way_positions(d0, d1)
+    for j, k in sl:
+        check_stitchable(small, j, large, k)
+    for j, k in ls:
+        check_stitchable(large, j, small, k)
+    specs = [StitchingLayerSpec(0, 1, 0, (p,)) for p in sl] + [StitchingLayerSpec(1, 0, 0, (p,)) for p in ls]
+    sl_layers = [(j, k, n) for n, (j, k) in enumerate(sl)]
+    ls_layers = [(j, k, len(sl) + n) for n, (j, k) in enumerate(ls)]
+
+    routes = [anchor_route(0, d0), anchor_route(1, d1)]
+    routes += [Route((Segment(0, 0, j + 1), Segment(1, k, d1)), (n,)) for j, k, n in sl_layers]
+    routes += [Route((Segment(1, 0, j + 1), Segment(0, k, d0)), (n,)) for j, k, n in ls_layers]
+    routes += [Route((Segment(1, 0, i + 1), Segment(0, t, j + 1), Segment(1, k, d1)), (m, n))
+               for i, t, m in ls_layers for j, k, n in sl_layers if j >= t]
+    routes += [Route((Segment(0, 0, j + 1), Segment(1, k, i + 1), Segment(0, t, d0)), (n, m))
+               for j, k, n in sl_layers for i, t, m in ls_layers if i >= k]
+    stitches = [Stitch(c, route_name(r, names, depths), r, None if r.is_anchor else 0) for c, r in enumerate(routes)]
     return stitches, specs
 
 

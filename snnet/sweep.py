@@ -5,11 +5,13 @@ the validation set: every image is decoded 71 times and every anchor's stem and 
 run again for each network that starts with them. Here:
 
 * every batch is loaded and decoded once, and every selected network runs on it;
-* networks that share leading computation share it: per batch, each front anchor runs its stem
-  and blocks once, and after block ``j`` the computation branches into every selected network
-  that leaves that anchor at ``j`` (the stitching layer output is shared too when several
-  networks leave through the same layer at the same ``j``); an anchor is the branch after its
-  last block, followed by its head;
+* networks that share leading computation share it: the selected networks' routes form a prefix
+  tree of steps (stem, blocks, stitching layers, head), and per batch every step of the tree
+  runs once. So each first anchor runs its stem and blocks once and branches after block ``j``
+  into every network that leaves it there; a stitching layer's output is shared by every
+  network that leaves through it at that point, and SN-Netv2's three-segment routes share
+  their first two segments in the same way; an anchor is the branch after its last block,
+  followed by its head;
 * metrics are exact sums (correct top-1 / top-5 counts, summed cross-entropy, sample count), so
   they are identical to evaluating the networks one at a time (``tests/test_sweep.py``);
 * under ``torchrun`` each rank takes the indices ``rank, rank + world, ...`` of the dataset
@@ -31,6 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .model import SNNet
+from .routes import Route, Step
 from .stitches import Stitch
 
 
@@ -38,16 +41,23 @@ from .stitches import Stitch
 # the shared-prefix forward
 # ---------------------------------------------------------------------------------------------
 def exit_block(net: SNNet, stitch: Stitch) -> int:
-    """The last block of the front anchor that network ``stitch`` runs (an anchor: its last)."""
-    if stitch.is_anchor:
-        return net.anchor_adapters[stitch.front].num_blocks - 1
-    return stitch.front_block
+    """The last block of the first anchor that network ``stitch`` runs (an anchor: its last)."""
+    return stitch.route.first.stop - 1
+
+
+def _order_key(route: Route) -> tuple[int, ...]:
+    """(first anchor, its exit) and then every junction: routes that share prefixes sort together."""
+    key = [route.first.anchor, route.first.stop]
+    for _, layer, seg in route.junctions():
+        key += [layer, seg.anchor, seg.start, seg.stop]
+    return tuple(key)
 
 
 def sweep_order(net: SNNet, cfg_ids: Iterable[int]) -> list[int]:
-    """``cfg_ids`` ordered by (front anchor, exit block, cfg_id): consecutive networks share the
-    longest prefixes, so chunks cut from this order lose the least sharing."""
-    return sorted(set(cfg_ids), key=lambda i: (net.stitches[i].front, exit_block(net, net.stitches[i]), i))
+    """``cfg_ids`` ordered by their routes (first anchor, exit block, then the later segments):
+    consecutive networks share the longest prefixes, so chunks cut from this order lose the
+    least sharing."""
+    return sorted(set(cfg_ids), key=lambda i: (_order_key(net.stitches[i].route), i))
 
 
 def make_chunks(net: SNNet, cfg_ids: Iterable[int], size: int) -> list[list[int]]:
@@ -58,24 +68,42 @@ def make_chunks(net: SNNet, cfg_ids: Iterable[int], size: int) -> list[list[int]
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
+class PrefixNode:
+    """A node of the prefix tree over the selected routes' steps: reached by running the steps
+    on the path from the root; ``outputs`` are the networks whose head step ends here."""
+
+    def __init__(self):
+        self.children: dict[Step, "PrefixNode"] = {}
+        self.outputs: list[int] = []
+        self.height = 0  # steps on the longest path below
+
+    def finish(self) -> None:
+        """Order each node's children by height, the tallest last (see :func:`forward_networks`)."""
+        for child in self.children.values():
+            child.finish()
+        self.children = dict(sorted(self.children.items(), key=lambda kv: kv[1].height))
+        self.height = 1 + max((c.height for c in self.children.values()), default=-1)
+
+
 @dataclass
 class SweepPlan:
-    """Which networks branch off which front anchor after which block.
-
-    ``branches[a][j]`` lists the selected networks that run anchor ``a``'s stem and blocks
-    ``0..j`` and then leave it (an anchor network leaves after its last block, into its head).
-    """
+    """The prefix tree of the selected networks' routes (``tree``): two networks share every
+    step up to where their routes part (stem and blocks of the first anchor, a stitching
+    layer's output, the next anchor's blocks, ...)."""
 
     net: SNNet
     cfg_ids: list[int]
-    branches: dict[int, dict[int, list[Stitch]]] = field(init=False)
+    tree: PrefixNode = field(init=False)
 
     def __post_init__(self):
         self.cfg_ids = sorted(set(int(i) for i in self.cfg_ids))
-        self.branches = {}
+        self.tree = PrefixNode()
         for i in self.cfg_ids:
-            s = self.net.stitches[i]
-            self.branches.setdefault(s.front, {}).setdefault(exit_block(self.net, s), []).append(s)
+            node = self.tree
+            for step in self.net.stitches[i].route.steps():
+                node = node.children.setdefault(step, PrefixNode())
+            node.outputs.append(i)
+        self.tree.finish()
 
     @property
     def index(self) -> dict[int, int]:
@@ -84,32 +112,28 @@ class SweepPlan:
 
 
 def forward_networks(net: SNNet, plan: SweepPlan, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(cfg_id, logits)`` of every network of ``plan`` on the batch ``x``, computing each
-    front anchor's stem and blocks once. Call under ``torch.no_grad()`` (or inference mode).
+    """Yield ``(cfg_id, logits)`` of every network of ``plan`` on the batch ``x``, running every
+    step of the prefix tree once. Call under ``torch.no_grad()`` (or inference mode).
 
     The logits equal ``net.select(cfg_id)(x)``: every network runs the same modules on the same
     tensors in the same order; only repeated work is skipped.
     """
-    for a in sorted(plan.branches):
-        adapter = net.anchor_adapters[a]
-        by_exit = plan.branches[a]
-        h = adapter.stem(x)
-        for j in range(-1, max(by_exit) + 1):
-            if j >= 0:
-                h = adapter.blocks[j](h)
-            leaving = by_exit.get(j)
-            if not leaving:
-                continue
-            stitched: dict[int, torch.Tensor] = {}  # stitching layer -> its output on h
-            for s in leaving:
-                if s.is_anchor:
-                    out = adapter.head(h)
-                else:
-                    if s.layer not in stitched:
-                        stitched[s.layer] = net.stitch_layers[s.layer](h)
-                    out = net.anchor_adapters[s.back].forward_from(stitched[s.layer], s.back_block)
-                yield s.cfg_id, out
-            del stitched
+    yield from _walk(net, plan.tree, x)
+
+
+def _walk(net: SNNet, node: PrefixNode, h: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    # Where the tree branches, every child but the tallest is run while ``h`` is kept; the
+    # tallest (the anchor's own continuation) then goes on in this loop without keeping ``h``,
+    # so the tensors held at once are one per branch level, not one per block.
+    while True:
+        for cfg_id in node.outputs:
+            yield cfg_id, h
+        if not node.children:
+            return
+        *branches, (step, last) = node.children.items()
+        for branch_step, child in branches:
+            yield from _walk(net, child, net.run_step(branch_step, h))
+        h, node = net.run_step(step, h), last
 
 
 # ---------------------------------------------------------------------------------------------

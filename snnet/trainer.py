@@ -65,7 +65,7 @@ from .recipe import (
     build_teacher,
     default_val_ids,
 )
-from .sampling import NetworkSampler, resolve_sample_weights, seed_everything
+from .sampling import create_network_sampler, seed_everything
 from .stitches import parse_stitch_ids
 from .sweep import metrics_of, sweep_pass
 from .train_checkpoint import checkpoint_saver_class, restore_training_state, training_state
@@ -182,8 +182,8 @@ class Trainer:
         if info.distributed:
             broadcast_state(net)  # rank 0's LS-initialised weights to every rank
 
-        self.net_sampler = NetworkSampler(net.num_stitches, args.seed, info.rank, args.sample_per_rank,
-                                          resolve_sample_weights(args.sample_weights, net))
+        self.net_sampler = create_network_sampler(net, args.sample_by, args.seed, info.rank, args.sample_per_rank,
+                                                  args.sample_weights, args.flops_gap, args.flops_sampling_k)
         self.optimizer = build_optimizer(net, args)
         self.apex_amp = None
         if args.amp and args.amp_impl == "apex":  # legacy: NVIDIA apex AMP O1 (patches net in place)

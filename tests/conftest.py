@@ -34,6 +34,16 @@ TINY_PAIRS = {
 }
 
 
+# A tiny DeiT3-S/L-shaped pair for SN-Netv2's two-way stitching (depths 4 / 8: ratio 2 as S/L).
+TINY_TWO_WAY = dict(
+    anchors=["deit3_small_patch16_224", "deit3_large_patch16_224"],
+    img_size=32,
+    model_kwargs=dict(patch_size=8, init_values=0.5),  # LayerScale far from timm's 1e-6 init: blocks matter
+    anchor_kwargs=[dict(embed_dim=32, num_heads=2, depth=4), dict(embed_dim=48, num_heads=2, depth=8)],
+    stitching="two-way",
+)
+
+
 def families(names, slow: Sequence[str] = ()) -> list:
     """Parametrize values over anchor families, those in ``slow`` marked ``slow`` (their tiny
     models are still heavy on 2 cores; ``make test-fast`` skips them, ``make test`` runs all)."""

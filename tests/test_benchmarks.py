@@ -22,6 +22,8 @@ CASES = {
                              "overlapped and after-backward all-reduce end with identical weights: yes"]),
     "bench_sweep.py": (["--images", "16", "--batch-size", "8", "--repeats", "1", "--workers", "0"],
                        ["identical counts: yes"]),
+    "bench_sweep_two_way.py": (["--images", "8", "--batch-size", "8", "--repeats", "1", "--workers", "0"],
+                               ["networks: 134 (DeiT3-S/L", "identical counts: yes"]),
 }
 
 

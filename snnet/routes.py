@@ -1,0 +1,121 @@
+"""One route per network: the single description of what a network of an SN-Net runs.
+
+A route is a list of segments ``(anchor, start, stop)`` -- anchor ``anchor`` runs its blocks
+``start .. stop-1`` -- joined by stitching layers, with the first anchor's stem before and the
+last anchor's head after. An anchor is the one-segment route over all of its blocks; an SN-Net
+(v1) stitch has two segments and one layer; SN-Netv2's LSL/SLS networks have three segments and
+two layers. Forward, parameter and FLOPs counts, the sweep's prefix sharing, LS init and export
+all read :meth:`Route.steps` (or the segments), so the path is written down here only.
+
+A route's name reads as Python slices over the anchors' blocks, e.g.
+``deit3_small_patch16_224[:4]>deit3_large_patch16_224[8:16]>deit3_small_patch16_224[8:]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Anchor ``anchor`` runs blocks ``start .. stop-1``."""
+
+    anchor: int
+    start: int
+    stop: int
+
+
+class Step(NamedTuple):
+    """One unit of computation: ``kind`` is ``stem`` / ``head`` (``index``: the anchor),
+    ``block`` (``index``: the anchor, ``block``: its block) or ``layer`` (``index``: the
+    stitching layer)."""
+
+    kind: str
+    index: int
+    block: int = -1
+
+
+@dataclass(frozen=True)
+class Route:
+    """Segments joined by stitching layers: ``layers[i]`` maps the output of ``segments[i]``
+    to the input of ``segments[i + 1]``."""
+
+    segments: tuple[Segment, ...]
+    layers: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if not self.segments or len(self.layers) != len(self.segments) - 1:
+            raise ValueError(f"a route of {len(self.segments)} segments needs {max(len(self.segments) - 1, 0)} "
+                             f"stitching layers, got {len(self.layers)}")
+
+    @property
+    def is_anchor(self) -> bool:
+        return len(self.segments) == 1
+
+    @property
+    def anchors(self) -> tuple[int, ...]:
+        """The anchors the route runs, each once, in order of first use."""
+        return tuple(dict.fromkeys(s.anchor for s in self.segments))
+
+    @property
+    def first(self) -> Segment:
+        return self.segments[0]
+
+    @property
+    def last(self) -> Segment:
+        return self.segments[-1]
+
+    def junctions(self) -> list[tuple[Segment, int, Segment]]:
+        """``(segment before, stitching layer, segment after)`` of every junction."""
+        return [(self.segments[i], layer, self.segments[i + 1]) for i, layer in enumerate(self.layers)]
+
+    def steps(self) -> tuple[Step, ...]:
+        """stem, blocks, layer, blocks, ..., head: what running the route means."""
+        steps = [Step("stem", self.first.anchor)]
+        for i, seg in enumerate(self.segments):
+            if i:
+                steps.append(Step("layer", self.layers[i - 1]))
+            steps.extend(Step("block", seg.anchor, b) for b in range(seg.start, seg.stop))
+        steps.append(Step("head", self.last.anchor))
+        return tuple(steps)
+
+
+def anchor_route(anchor: int, depth: int) -> Route:
+    return Route((Segment(anchor, 0, depth),))
+
+
+def route_name(route: Route, names: Sequence[str], depths: Sequence[int]) -> str:
+    """``name`` for an anchor, else every segment as a slice of its anchor's blocks."""
+    if route.is_anchor:
+        return names[route.first.anchor]
+    parts = []
+    for i, seg in enumerate(route.segments):
+        start = "" if i == 0 else str(seg.start)
+        stop = "" if i == len(route.segments) - 1 and seg.stop == depths[seg.anchor] else str(seg.stop)
+        parts.append(f"{names[seg.anchor]}[{start}:{stop}]")
+    return ">".join(parts)
+
+
+def apply_step(step: Step, x: torch.Tensor, adapters: Mapping[int, object] | Sequence[object],
+               layers: Sequence[nn.Module] | Mapping[int, nn.Module]) -> torch.Tensor:
+    """Run one step on ``x`` with the given anchor adapters and stitching layers.
+
+    The head step is the one place where a network's output is produced: an alternative head
+    (e.g. one that skips the final norm) belongs here.
+    """
+    if step.kind == "block":
+        return adapters[step.index].blocks[step.block](x)
+    if step.kind == "layer":
+        return layers[step.index](x)
+    if step.kind == "stem":
+        return adapters[step.index].stem(x)
+    return adapters[step.index].head(x)
+
+
+def run_route(route: Route, x: torch.Tensor, step_fn: Callable[[Step, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    for step in route.steps():
+        x = step_fn(step, x)
+    return x
