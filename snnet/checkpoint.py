@@ -189,11 +189,32 @@ def describe_mismatch(state: Mapping[str, torch.Tensor], model: nn.Module, stric
     return ", ".join(parts)
 
 
+def _through_timm_filter(state: dict[str, torch.Tensor], model: nn.Module, strict: bool,
+                         problem: str) -> tuple[dict[str, torch.Tensor], str]:
+    """``state`` converted by the timm family's ``checkpoint_filter_fn`` (what timm applies to its
+    pretrained files: Swin's original layout, DeiT's, ...) if that makes it fit ``model``;
+    otherwise ``state`` and the original ``problem``."""
+    import sys
+
+    convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if convert is None:
+        return state, problem
+    try:
+        converted = convert(dict(state), model)
+    except Exception:  # a file of another architecture can trip the converter anywhere
+        return state, problem
+    if describe_mismatch(converted, model, strict):
+        return state, problem
+    return converted, ""
+
+
 def load_model_weights(model: nn.Module, path: str | Path, use_ema: bool = False,
                        strict: bool = True) -> tuple[list[str], list[str]]:
     """Load a local weights file into ``model``, refusing a mismatch with a precise message.
 
     The shapes are compared before ``load_state_dict``, whose own error is a multi-line list.
+    A file in another layout of the same architecture (DeiT's and Swin's original ``{'model': ...}``
+    releases) is converted by timm's own checkpoint filter for the model's family.
     A checkpoint of a one-anchor SN-Net (what ``train.py --anchors NAME`` writes) loads into
     the plain timm model: its ``anchors.0.`` prefix is removed.
 
@@ -208,6 +229,8 @@ def load_model_weights(model: nn.Module, path: str | Path, use_ema: bool = False
     if all(k.startswith("anchors.0.") for k in state):
         state = {k[len("anchors.0."):]: v for k, v in state.items()}
     problem = describe_mismatch(state, model, strict)
+    if problem:
+        state, problem = _through_timm_filter(state, model, strict, problem)
     if problem:
         raise CheckpointError(
             f"checkpoint '{path}' does not match the model: {problem}; was it saved for other anchors, "

@@ -13,10 +13,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("SN-Net model")
     group.add_argument("--anchors", nargs="+", default=None, metavar="NAME",
                        help="timm model names of the anchors, ordered small to large")
-    group.add_argument("--pretrained", action="store_true", default=False,
-                       help="start the anchors from timm's pretrained weights")
+    group.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=False,
+                       help="start the anchors from timm's pretrained weights (local HF cache first, then the hub)")
     group.add_argument("--anchor-checkpoints", nargs="+", default=None, metavar="FILE",
-                       help="local weights file per anchor ('none' to skip one)")
+                       help="local weights file per anchor ('none' to skip one): timm/HF .safetensors or .bin, "
+                            "DeiT/Swin {'model': ...} .pth, torchvision ResNet .pth")
     group.add_argument("--num-classes", type=int, default=None, metavar="N",
                        help="classifier size (default: the dataset's class count)")
     group.add_argument("--img-size", type=int, default=None, metavar="PX", help="input resolution")
