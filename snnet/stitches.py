@@ -120,9 +120,12 @@ def check_stitchable(front: Anchor, j: int, back: Anchor, k: int) -> None:
 
 
 def default_stages(anchors: Sequence[Anchor]) -> list[int]:
-    """Every stage but the last (whose output feeds the head), as the official code does."""
+    """Every stage but the last (whose output feeds the head), as the official code does; with a
+    ResNet among the anchors also not the first (the official ResNet/Swin tree's stages 1-2)."""
     n = anchors[0].num_stages
-    return [0] if n == 1 else list(range(n - 1))
+    if n == 1:
+        return [0]
+    return list(range(max(a.first_stitch_stage for a in anchors), n - 1))
 
 
 def enumerate_stitches(

@@ -50,6 +50,8 @@ class Anchor:
     layout: ClassVar[Layout] = "tokens"
     #: whether the timm constructor takes ``img_size`` (ResNets take any size and do not).
     takes_img_size: ClassVar[bool] = True
+    #: the first stage stitched by default (see :func:`snnet.stitches.default_stages`).
+    first_stitch_stage: ClassVar[int] = 0
 
     def __init__(self, model: nn.Module, name: str, input_size: Sequence[int]):
         self.model = model
