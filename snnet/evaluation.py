@@ -409,6 +409,7 @@ def run(args: Namespace, info) -> int:
     import warnings
 
     from .checkpoint import extract_state_dict, load_checkpoint_file
+    from .predict import training_data
 
     with warnings.catch_warnings():  # fvcore calls the deprecated torch.jit.script when imported
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.script.*")
@@ -424,6 +425,7 @@ def run(args: Namespace, info) -> int:
     if args.checkpoint:
         ckpt = load_checkpoint_file(args.checkpoint)
         apply_checkpoint_args(args, ckpt)
+    args.trained_data = training_data(ckpt, args)  # preprocessing and class names saved with --export
     if not args.anchors:
         raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] (small to large), -c a config or --resume CKPT")
 
@@ -647,7 +649,10 @@ def _latency(args: Namespace, net: SNNet, info, ids: list[int], partial) -> dict
 def _export(args: Namespace, net: SNNet, cfg_id: int, log) -> None:
     from .export import export_network
 
+    from .predict import prediction_info, write_prediction_info
+
     report = export_network(net.cpu().float(), cfg_id, args.export_path, args.export_batch_size, args.onnx_opset)
+    info_path = write_prediction_info(report.path, prediction_info(net, *args.trained_data), cfg_id, report.name)
     kind = {"torchscript": "TorchScript", "exported_program": "torch.export program", "onnx": "ONNX"}[report.format]
     load = {"torchscript": f"torch.jit.load('{report.path}')",
             "exported_program": f"torch.export.load('{report.path}').module()",
@@ -655,4 +660,5 @@ def _export(args: Namespace, net: SNNet, cfg_id: int, log) -> None:
     log(f"Exported cfg_id {cfg_id} ({report.name}) as {kind} to {report.path}: {report.params:,} parameters "
         f"(= the network's), max |output - SN-Net output| = {report.max_abs_diff:.2e}"
         + ("" if report.dynamic_batch else f"; batch size fixed at {max(2, args.export_batch_size)}")
-        + f"\nLoad it without snnet: {load}; input (N, {', '.join(map(str, net.input_size))}) normalised images")
+        + f"\nLoad it without snnet: {load}; input (N, {', '.join(map(str, net.input_size))}) normalised images"
+        + f"\nPreprocessing and class names: {info_path} (predict.py --exported {report.path} IMAGES)")
