@@ -31,6 +31,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="stitch only neighbouring anchors (the paper's nearest stitching)")
     group.add_argument("--stages", nargs="+", type=int, default=None,
                        help="stages to stitch in, hierarchical anchors (default: all but the last)")
+    group.add_argument("--official-forward", action=argparse.BooleanOptionalAction, default=False,
+                       help="run stitched networks as the official SN-Net code does (set by loading an official checkpoint)")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -69,4 +71,5 @@ def build_snnet(args: argparse.Namespace, num_classes: Optional[int] = None, pre
         stride=args.stride,
         nearest=args.nearest,
         stages=args.stages,
+        official_forward=bool(getattr(args, "official_forward", False)),
     )

@@ -46,7 +46,7 @@ from .stitches import parse_stitch_ids
 # Model arguments a checkpoint's own ``args`` fill in when the command line and config leave
 # them at their defaults (the trainer saves its arguments as plain data).
 _MODEL_KEYS = ("anchors", "model_kwargs", "anchor_kwargs", "img_size", "num_classes", "kernel_size", "stride",
-               "nearest", "stages")
+               "nearest", "stages", "official_forward")
 _CKPT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".safetensors", ".bin")
 
 
@@ -173,6 +173,13 @@ def _is_default(args: Namespace, key: str) -> bool:
 def apply_checkpoint_args(args: Namespace, ckpt: dict) -> None:
     """Fill model arguments the user left at their defaults from the checkpoint; refuse a
     checkpoint of other anchors or other stitching options."""
+    from .official import official_state_of
+
+    if official_state_of(ckpt) is not None:  # the official code's layout: its forward, our anchors' names
+        args.official_forward = True
+        if not args.anchors:
+            raise CheckpointError(f"{args.checkpoint} is an official SN-Net checkpoint, which does not name its anchors: "
+                                  f"pass the config of its run, e.g. -c configs/deit_ti_s_b.yaml")
     saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     config = ckpt.get("snnet_config") if isinstance(ckpt.get("snnet_config"), dict) else {}
     if args.anchors and config.get("anchors") and list(config["anchors"]) != list(args.anchors):
@@ -231,6 +238,10 @@ def build_model(args: Namespace, num_classes: Optional[int], state: Optional[dic
         if size is not None and size != _classifier_size(net, net.state_dict()):
             torch.manual_seed(args.seed)
             net = build_snnet(model_args, num_classes=size, pretrained=False)
+    from .official import convert_official_state, is_official_state
+
+    if is_official_state(state):
+        state = convert_official_state(state, net)
     problem = describe_mismatch(state, net)
     if problem:
         raise CheckpointError(
@@ -496,6 +507,7 @@ def run(args: Namespace, info) -> int:
     if primary:
         done = len(ids) - len(todo)
         log(f"SN-Net over {net.config['anchors']}: {len(ids)} networks selected"
+            + (" (official SN-Net forward)" if net.config.get("official_forward") else "")
             + (f", {done} already in {out_dir / 'sweep_partial.jsonl'}" if done else "")
             + f"; {len(dataset)} images ({args.val_split}), {info.world_size} process(es) on {info.device.type}")
     if todo:

@@ -56,12 +56,14 @@ class StitchedNetwork(nn.Module):
         x = self.stitch(x)
         for blk in self._back_blocks:
             x = blk(x)
-        return self._back_adapter.head(x)
+        return self._back_adapter.stitched_head(x)
 
 
 def _rebind(adapter, model: nn.Module):
     """The same family's adapter over a copy of the model (blocks are the copy's modules)."""
-    return type(adapter)(model, adapter.name, adapter.input_size)
+    rebound = type(adapter)(model, adapter.name, adapter.input_size)
+    rebound.official_forward = adapter.official_forward
+    return rebound
 
 
 def _clear_caches(module: nn.Module) -> None:

@@ -30,6 +30,7 @@ class SNNet(nn.Module):
         stride: int = 1,
         nearest: bool = True,
         stages: Optional[Sequence[int]] = None,
+        official_forward: bool = False,
     ):
         super().__init__()
         sizes = {a.input_size for a in anchors}
@@ -37,8 +38,11 @@ class SNNet(nn.Module):
             desc = ", ".join(f"{a.name}: {'x'.join(map(str, a.input_size[1:]))}" for a in anchors)
             raise IncompatibleAnchorsError(f"anchors take different input sizes ({desc}); pass one --img-size for all")
         self.adapters = list(anchors)
+        for adapter in self.adapters:  # how stitched networks end (snnet.official)
+            adapter.official_forward = official_forward
         self.anchors = nn.ModuleList(a.model for a in anchors)
-        self.stitches, self.layer_specs = enumerate_stitches(anchors, kernel_size, stride, nearest, stages)
+        self.stitches, self.layer_specs = enumerate_stitches(anchors, kernel_size, stride, nearest, stages,
+                                                             official_sharing=official_forward)
         self.stitch_layers = nn.ModuleList(self._make_layer(spec) for spec in self.layer_specs)
         self.config = {
             "anchors": [a.name for a in anchors],
@@ -47,6 +51,8 @@ class SNNet(nn.Module):
             "nearest": nearest,
             "stages": None if stages is None else list(stages),
         }
+        if official_forward:  # only then: older checkpoints' configs stay comparable
+            self.config["official_forward"] = True
         self.cfg_id = 0
 
     def _make_layer(self, spec: StitchingLayerSpec) -> StitchingLayer:
@@ -197,6 +203,7 @@ def create_snnet(
     stride: int = 1,
     nearest: bool = True,
     stages: Optional[Sequence[int]] = None,
+    official_forward: bool = False,
 ) -> SNNet:
     """Build an SN-Net from timm model names ordered small -> large.
 
@@ -222,4 +229,5 @@ def create_snnet(
         kwargs = {**(model_kwargs or {}), **((anchor_kwargs or [None] * len(anchors))[i] or {})}
         ckpt = (anchor_checkpoints or [None] * len(anchors))[i]
         built.append(create_anchor(name, pretrained, ckpt, num_classes, img_size, kwargs))
-    return SNNet(built, kernel_size=kernel_size, stride=stride, nearest=nearest, stages=stages)
+    return SNNet(built, kernel_size=kernel_size, stride=stride, nearest=nearest, stages=stages,
+                 official_forward=official_forward)

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from .anchors import Anchor
 from .errors import ConfigError, IncompatibleAnchorsError
+from .official import official_unpaired_layers
 
 Position = tuple[int, int]
 
@@ -134,13 +135,15 @@ def enumerate_stitches(
     stride: int = 1,
     nearest: bool = True,
     stages: Optional[Sequence[int]] = None,
+    official_sharing: bool = False,
 ) -> tuple[list[Stitch], list[StitchingLayerSpec]]:
     """All networks of an SN-Net over ``anchors`` (small -> large), in the published order.
 
     Order: the anchors, then stage by stage (one stage for plain ViTs), each anchor pair's
     stitches in window order. Single-stage anchors pair every ``(j, k)`` of a window;
     multi-stage anchors stitch forward only, inside a stage, never at a stage's first block
-    (its input has the previous stage's resolution).
+    (its input has the previous stage's resolution). ``official_sharing``: unequal-depth stages
+    share layers as the official code does (:func:`snnet.official.official_unpaired_layers`).
     """
     if len(anchors) < 1:
         raise IncompatibleAnchorsError("an SN-Net needs at least one anchor")
@@ -163,6 +166,8 @@ def enumerate_stitches(
             f_ids, b_ids = front.stage_block_ids(stage), back.stage_block_ids(stage)
             if len(f_ids) == len(b_ids):
                 groups = paired_positions(len(f_ids), kernel_size, stride, forward_only)
+            elif official_sharing:
+                groups = list(official_unpaired_layers(len(f_ids), len(b_ids)).values())
             else:
                 groups = unpaired_positions(len(f_ids), len(b_ids))
             for group in groups:

@@ -216,6 +216,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--experiment", default="", metavar="NAME", help="run folder name (default: date-anchors-size)")
     g.add_argument("--resume", default="", metavar="FILE",
                    help="checkpoint to resume from, or 'auto' (the run folder's last.pth.tar; default when it exists)")
+    g.add_argument("--initial-checkpoint", default="", metavar="FILE",
+                   help="start from these weights (a train.py or an official SN-Net checkpoint; no optimizer state, no LS init)")
     g.add_argument("--no-resume-opt", action="store_true", default=False,
                    help="resume the weights only (fresh optimizer, scheduler, scaler, sampler)")
     g.add_argument("--checkpoint-hist", type=int, default=10, metavar="N", help="epoch checkpoints kept (top-k by metric)")
@@ -652,6 +654,9 @@ class Trainer:
 
     def check_compatible(self, ckpt: dict, path: str) -> None:
         theirs = ckpt.get("snnet_config")
+        if "official_args" in ckpt:
+            raise CheckpointError(f"checkpoint {path} is an official SN-Net checkpoint, which cannot be resumed: start "
+                                  f"from its weights with --initial-checkpoint {path}")
         if not isinstance(theirs, dict) or "state_dict" not in ckpt:
             raise CheckpointError(f"checkpoint {path} is not an SN-Net training checkpoint of train.py: start without --resume")
         ours = plain(self.net.config)
@@ -911,8 +916,20 @@ def _run(args: Namespace, info: DistInfo, handlers: list) -> int:
     num_classes = resolve_num_classes(args.num_classes, train_ds)
     args.num_classes = num_classes  # recorded in args.yaml and the checkpoints (eval.py reads it)
 
+    initial = None
+    if args.initial_checkpoint:
+        from .checkpoint import load_checkpoint_file
+        from .official import official_state_of
+
+        initial = load_checkpoint_file(args.initial_checkpoint)
+        args.official_forward = args.official_forward or official_state_of(initial) is not None
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     net = build_model(args, num_classes)
+    if initial is not None:
+        from .official import load_initial_weights
+
+        load_initial_weights(net, initial, args.initial_checkpoint)
+        del initial
     if args.split_bn:
         apply_split_bn(net)
     teacher = build_teacher(args, num_classes, info.device)  # before LS init: fail fast on missing weights
@@ -928,7 +945,7 @@ def _run(args: Namespace, info: DistInfo, handlers: list) -> int:
     t = Trainer(args, info, out_dir)
     t.net = net
     t.saver_state = None
-    if args.ls_init and not resume and net.layer_specs:
+    if args.ls_init and not resume and not args.initial_checkpoint and net.layer_specs:
         if args.ls_init_images > len(train_ds):
             raise DataError(f"--ls-init-images {args.ls_init_images} is larger than the training set "
                             f"({len(train_ds)} images): use at most {len(train_ds)}")
