@@ -82,6 +82,13 @@ def build_eval_parser() -> argparse.ArgumentParser:
                    help="only count FLOPs and params of every network (no data, no weights)")
     g.add_argument("--log-interval", type=int, default=50, metavar="N", help="batches between progress lines")
 
+    g = parser.add_argument_group("compatibility before training")
+    g.add_argument("--compatibility", action="store_true", default=False,
+                   help="LS-initialise an untrained SN-Net, score every stitch (linear CKA at the junction, LS residual) "
+                        "and sweep it: DIR/compat.csv (snnet/compat.py)")
+    g.add_argument("--compat-images", type=int, default=100, metavar="N",
+                   help="training images for the LS init and the scores")
+
     g = parser.add_argument_group("latency")
     g.add_argument("--measure-latency", action="store_true", default=False,
                    help="time each network's forward on this device (adds latency_ms and pareto_latency.csv)")
@@ -151,6 +158,11 @@ def check_args(args: Namespace) -> None:
                 args.export = int(args.export)
             except ValueError:
                 raise ConfigError(f"--export '{args.export}' is not a cfg_id: pass a number or 'best'") from None
+    if args.compatibility and (args.checkpoint or args.flops_only):
+        raise ConfigError("--compatibility scores an untrained SN-Net (anchors from --pretrained or --anchor-checkpoints, "
+                          "stitching layers from least squares): drop --resume / --flops-only")
+    if args.compat_images < 1:
+        raise ConfigError(f"--compat-images must be >= 1, got {args.compat_images}")
     if args.use_ema and not args.checkpoint:
         raise ConfigError("--use-ema needs --resume CKPT (a checkpoint with EMA weights)")
     if args.export_path and args.export is None:
@@ -474,10 +486,18 @@ def run(args: Namespace, info) -> int:
     if dataset is not None and have is not None and have < num_classes:  # a checkpoint with a smaller head
         raise DataError(f"the checkpoint's classifiers have {have} classes but the data has {num_classes} "
                         f"(labels 0..{num_classes - 1}): evaluate on the data it was trained for")
+    compat_scores = None
+    if args.compatibility:
+        from .compat import ls_initialise_and_score
+
+        compat_scores = on_primary(lambda: ls_initialise_and_score(net, args.dataset, args.data_dir, args.compat_images,
+                                                                   args.seed), primary)
+        log(f"Least-squares init and junction scores on {args.compat_images} training images")
     if ckpt is None:
-        log("warning: no --resume checkpoint: the stitching layers are untrained "
-            + ("(anchors: --pretrained / --anchor-checkpoints)" if args.pretrained or args.anchor_checkpoints
-               else "and the anchors are randomly initialised"))
+        if not args.compatibility:
+            log("warning: no --resume checkpoint: the stitching layers are untrained "
+                + ("(anchors: --pretrained / --anchor-checkpoints)" if args.pretrained or args.anchor_checkpoints
+                   else "and the anchors are randomly initialised"))
         if info.distributed:
             from .distributed import broadcast_state
 
@@ -521,6 +541,11 @@ def run(args: Namespace, info) -> int:
     rows = result_rows(flops_rows, partial, latency)
     title = f"SN-Net over {' / '.join(net.config['anchors'])}: {len(rows)} networks"
     write_outputs(rows, out_dir, title, log)
+    if compat_scores is not None:
+        from .compat import compat_rows, write_compat_csv
+
+        write_compat_csv(compat_rows(net, compat_scores, rows), out_dir / "compat.csv")
+        log(f"Wrote {out_dir}/compat.csv (junction CKA, LS residual, top-1 of the LS-initialised networks)")
     chosen = None
     if args.budget_flops_value is not None or args.budget_latency is not None:
         chosen = pick(rows, args.budget_flops_value, args.budget_latency)
@@ -578,6 +603,8 @@ def _description(args: Namespace, net: SNNet, dataset) -> dict[str, Any]:
     else:
         desc.update(checkpoint=None, pretrained=args.pretrained, anchor_checkpoints=args.anchor_checkpoints,
                     seed=args.seed)
+        if args.compatibility:  # LS-initialised layers, not random ones
+            desc["compat_images"] = args.compat_images
     return _plain(desc)
 
 
