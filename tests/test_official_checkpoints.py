@@ -225,3 +225,55 @@ def test_train_py_starts_from_an_official_checkpoint(official_deit, tmp_path):
     for k, v in net.state_dict().items():  # lr 0: the official weights unchanged (not re-initialised by LS)
         if k.startswith("stitch_layers"):
             assert torch.equal(saved["state_dict"][k], v), k
+
+
+# --- ResNet-18 -> Swin-T (the ResNet/Swin tree, whose Swin is the old timm layout) ---------------------
+SWIN_KW = dict(window_size=4, embed_dim=24, depths=(2, 2, 6, 2), num_heads=(1, 2, 3, 4), num_classes=10, img_size=64)
+
+
+def test_official_resnet_swin_checkpoint_gives_the_official_logits(tmp_path):
+    from test_weights import _original_swin_layout
+
+    torch.manual_seed(0)
+    resnet = timm.create_model("resnet18", num_classes=10).eval()
+    swin = timm.create_model("swin_tiny_patch4_window7_224", **SWIN_KW).eval()
+    for m in (resnet, swin):
+        _randomize_norms(m)
+    state = {f"anchors.0.{k}": v for k, v in resnet.state_dict().items()}
+    state.update({f"anchors.1.{k}": v for k, v in _original_swin_layout(swin.state_dict())["model"].items()})
+    layers = {}
+    for group, stage in enumerate((1, 2)):
+        for l in range(2 if stage == 2 else 1):
+            w, b = torch.randn(24 * 2 ** stage, 64 * 2 ** stage, 1, 1) * 0.05, torch.randn(24 * 2 ** stage) * 0.1
+            layers[(stage, l)] = (w, b)
+            state[f"stitch_layers.{group}.0.{l}.transform.weight"] = w
+            state[f"stitch_layers.{group}.0.{l}.transform.bias"] = b
+    path = tmp_path / "resnet18_swin_ti.pth"
+    torch.save({"state_dict": state, "args": argparse.Namespace(model="snnet_resnet18_swin_ti")}, path)
+
+    net = create_snnet(["resnet18", "swin_tiny_patch4_window7_224"], num_classes=10, img_size=64,
+                       anchor_kwargs=[{}, {k: v for k, v in SWIN_KW.items() if k not in ("num_classes", "img_size")}],
+                       official_forward=True).eval()
+    net.load_state_dict(convert_official_state(extract_state_dict(load_checkpoint_file(path)), net))
+    entries = official_networks([[2, 2, 2, 2], [2, 2, 6, 2]], [1, 2], forward_only=True)
+    assert net.num_stitches == 2 + len(entries) == 8
+    assert entries[5 - 2][2][0] == 1 and entries[5 - 2][3] == 0  # network 5: front block 1, layer 0
+
+    def official(entry, x):  # ResNet.forward_until, conv + reshape to tokens (cnn_to_vit), Swin.forward_from
+        stage, _, (j, k), layer = entry
+        h = resnet.maxpool(resnet.act1(resnet.bn1(resnet.conv1(x))))
+        for s, blocks in enumerate([resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4][: stage + 1]):
+            for blk in (blocks[: j + 1] if s == stage else blocks):
+                h = blk(h)
+        h = F.conv2d(h, *layers[(stage, layer)]).permute(0, 2, 3, 1)  # tokens on the map's grid (timm: NHWC)
+        for blk in swin.layers[stage].blocks[k:]:
+            h = blk(h)
+        for later in swin.layers[stage + 1:]:
+            h = later(h)  # old layout: this merge ended the previous stage; timm runs it first here
+        return swin.forward_head(swin.norm(h))
+
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(net.select(1)(x), swin(x))
+        for cfg_id, entry in enumerate(entries, start=2):
+            assert torch.allclose(net.select(cfg_id)(x), official(entry, x), atol=1e-4, rtol=1e-4), cfg_id
