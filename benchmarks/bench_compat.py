@@ -32,7 +32,8 @@ SCORES = {"cka": ("linear CKA at the junction", 1), "ls_residual": ("LS relative
 def main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trained", required=True, help="stitches.csv of the trained SN-Net (eval.py)")
+    parser.add_argument("--trained", required=True, nargs="+", metavar="CSV",
+                        help="stitches.csv of trained SN-Nets over these anchors (eval.py); one column each")
     parser.add_argument("--output", required=True, help="folder for compat.csv and correlation.md")
     ours, eval_args = parser.parse_known_args(argv)
     out = Path(ours.output)
@@ -41,19 +42,31 @@ def main(argv: list[str]) -> int:
         return code
     with open(out / "compat.csv", newline="") as f:
         compat = {int(r["cfg_id"]): r for r in csv.DictReader(f)}
-    trained = {r["cfg_id"]: r for r in read_results(ours.trained)}
     ids = [i for i, r in sorted(compat.items()) if r["cka"] != ""]
-    mismatch = [i for i in ids if i not in trained or trained[i]["name"] != compat[i]["name"]]
-    if mismatch:
-        print(f"error: {ours.trained} is not a sweep of the same networks (cfg_id {mismatch[0]})", file=sys.stderr)
-        return 2
-    target = [trained[i]["top1"] for i in ids]
-    lines = [f"Spearman rank correlation with the trained top-1 ({ours.trained}), {len(ids)} stitched networks:", "",
-             "| score (before training) | Spearman rho | p-value |", "| --- | --- | --- |"]
-    for column, (label, sign) in SCORES.items():
-        values = [sign * (float(trained[i][column]) if column == "flops" else float(compat[i][column])) for i in ids]
-        rho, p = spearmanr(values, target)
-        lines.append(f"| {label} | {rho:+.3f} | {p:.3g} |")
+    tables = {path: {r["cfg_id"]: r for r in read_results(path)} for path in ours.trained}
+    for path, trained in tables.items():
+        mismatch = [i for i in ids if i not in trained or trained[i]["name"] != compat[i]["name"]]
+        if mismatch:
+            print(f"error: {path} is not a sweep of the same networks (cfg_id {mismatch[0]})", file=sys.stderr)
+            return 2
+    # all stitches, then each anchor pair alone (FLOPs differ mostly between pairs)
+    groups = {"all": ids}
+    for i in ids:
+        groups.setdefault(compat[i]["name"].split("[")[0] + " > " + compat[i]["name"].split(">")[1].split("[")[0], []).append(i)
+    lines = ["Spearman rank correlation (rho, p-value) of each score with the trained top-1 of the stitched networks:", ""]
+    for group, members in groups.items():
+        lines += [f"{group} ({len(members)} stitches):", "",
+                  "| score (before training) | " + " | ".join(f"vs {p}" for p in ours.trained) + " |",
+                  "| --- |" + " --- |" * len(ours.trained)]
+        for column, (label, sign) in SCORES.items():
+            cells = []
+            for trained in tables.values():
+                values = [sign * (float(trained[i][column]) if column == "flops" else float(compat[i][column]))
+                          for i in members]
+                rho, p = spearmanr(values, [trained[i]["top1"] for i in members])
+                cells.append(f"{rho:+.3f} (p {p:.2g})")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
     text = "\n".join(lines) + "\n"
     (out / "correlation.md").write_text(text)
     print("\n" + text + f"Wrote {out / 'correlation.md'}")

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 CASES = {
     "bench_compat.py": (["--trained", "results/demo/stitches.csv", "--output", "{tmp}", "-c", "configs/demo_digits.yaml",
                          "--compat-images", "20", "--workers", "0"],
-                        ["| linear CKA at the junction | ", "20 stitched networks"]),
+                        ["| linear CKA at the junction | ", "all (20 stitches)"]),
     "bench_flops_table.py": (["--anchors", "levit_128s", "levit_192"], ["identical counts: yes"]),
     "bench_ls_combine.py": (["-c", "configs/demo_digits.yaml", "--ls-init-images", "20"],
                             ["| mean | |", "of 20 stitched networks"]),
