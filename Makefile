@@ -2,8 +2,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.snnet-installed
+# Where `make demo` writes its stitches.csv, pareto.csv and pareto.png. A maintainer refreshes the
+# committed ones with `make demo DEMO_OUT=results/demo`.
+DEMO_OUT ?= output/demo/results
 
-.PHONY: venv test demo clean
+.PHONY: venv lint test test-fast demo clean
 
 # Re-installs only when the dependency lists change.
 $(STAMP): requirements.txt pyproject.toml
@@ -14,11 +17,20 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-test: venv
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# Everything: lint, then the whole suite (what .ci/run runs).
+test: lint
 	$(PY) -m pytest -q tests
 
+# The inner loop: the suite without the tests marked slow (subprocesses, torchrun, the demo).
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
+
 demo: venv
-	PYTHON=$(PY) bash scripts/demo.sh
+	PYTHON=$(PY) DEMO_RESULTS=$(DEMO_OUT) bash scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) output

@@ -7,7 +7,8 @@
 #   TORCHRUN_ARGS="--nnodes 2 --node_rank 0 --rdzv-backend c10d --rdzv-endpoint host:29500 --max-restarts 1"
 # --standalone (single node, a free rendezvous port of its own) is added unless TORCHRUN_ARGS
 # names a rendezvous or master address. PYTHON picks the interpreter (default: the repo's .venv/bin/python
-# that `make test` / `make demo` create, else python3).
+# that `make test` / `make demo` create, else python3), TRAIN_SCRIPT the entry script (default: train.py
+# next to this file; tests wrap it).
 set -euo pipefail
 if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ || "$1" -lt 1 ]]; then
   echo "usage: $0 NUM_PROC [train.py args...]   (NUM_PROC >= 1)" >&2
@@ -30,4 +31,4 @@ for a in "${EXTRA[@]}"; do
   esac
 done
 exec "$PY" -m torch.distributed.run "${STANDALONE[@]}" --nproc_per_node="$NUM_PROC" "${EXTRA[@]}" \
-  "$(dirname "$0")/train.py" "$@"
+  "${TRAIN_SCRIPT:-$(dirname "$0")/train.py}" "$@"

@@ -22,7 +22,7 @@ from pathlib import Path
 from scipy.stats import spearmanr
 
 from snnet.evaluation import main as eval_main
-from snnet.evaluation import read_results
+from snnet.results import read_results
 
 # score column -> (label, sign: +1 if higher should mean more accurate)
 SCORES = {"cka": ("linear CKA at the junction", 1), "ls_residual": ("LS relative residual (negated)", -1),

@@ -16,11 +16,11 @@ import warnings
 
 import torch
 
-from snnet.cli import build_snnet
+from snnet.cli import build_snnet, build_train_parser
 from snnet.config import parse_args_with_config
 from snnet.data import create_dataset, resolve_num_classes, sample_images
-from snnet.sweep import Normalize, eval_loader, eval_transform, metrics_of, sweep_pass
-from snnet.training import build_train_parser, data_config_for
+from snnet.loaders import Normalize, data_config_for, eval_loader, eval_transform
+from snnet.sweep import metrics_of, sweep_pass
 
 COMBINES = ("mean", "joint")
 

@@ -14,9 +14,9 @@ import argparse
 import warnings
 
 import torch
+from timing import interleaved_medians
 
 from snnet import create_snnet
-from timing import interleaved_medians
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ import torch
 
 from snnet import create_snnet
 from snnet.data import create_dataset
-from snnet.sweep import Normalize, SweepPlan, eval_loader, eval_transform, forward_networks, one_at_a_time, sweep_pass
-from snnet.training import data_config_for
+from snnet.loaders import Normalize, data_config_for, eval_loader, eval_transform
+from snnet.sweep import SweepPlan, forward_networks, one_at_a_time, sweep_pass
 
 
 def write_jpegs(root: Path, n: int, size: int = 224) -> None:

@@ -26,12 +26,12 @@ import warnings
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from timing import interleaved_medians
 from torch import nn
 
 from snnet import create_snnet
 from snnet.distributed import GradAllReduce
 from snnet.sampling import NetworkSampler
-from timing import interleaved_medians
 
 
 def _optimizer(params):

@@ -5,14 +5,16 @@
 #      32x32 input, patch 4), each trained from scratch by a plain single-anchor
 #      train.py -c configs/demo_anchor.yaml run (reused when present);
 #   2. the SN-Net over them: least-squares init, then a few epochs on 2 CPU processes;
-#   3. eval.py sweeps every network: table, Pareto frontier, plot.
+#   3. eval.py sweeps every network: table, Pareto frontier, plot; then a comparison with the
+#      committed results/demo/ (identical only on the CPU model that made them).
 # Environment: PYTHON (default .venv/bin/python), DEMO_OUTPUT (run folders, default output/demo),
-# DEMO_RESULTS (default results/demo), DEMO_ARGS (extra train.py args, e.g. shorter runs in tests).
+# DEMO_RESULTS (tables and plot, default output/demo/results; results/demo refreshes the committed
+# files), DEMO_ARGS (extra train.py args, e.g. shorter runs in tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${DEMO_OUTPUT:-output/demo}
-RESULTS=${DEMO_RESULTS:-results/demo}
+RESULTS=${DEMO_RESULTS:-$OUT/results}
 read -r -a EXTRA <<< "${DEMO_ARGS:-}"
 export PYTHON=$PY
 
@@ -51,6 +53,34 @@ rm -rf "$OUT/snnet"
 
 echo "== [3/3] sweeping every network"
 "$PY" eval.py -c "$CONFIG" --resume "$OUT/snnet/last.pth.tar" --output "$RESULTS" --overwrite
+
+# A newcomer's run next to the committed one: the numbers match only on the same CPU model.
+COMMITTED=results/demo
+if [[ "$(realpath -m "$RESULTS")" != "$(realpath -m "$COMMITTED")" && -f "$COMMITTED/stitches.csv" ]]; then
+  echo
+  "$PY" - "$RESULTS" "$COMMITTED" <<'PY'
+import filecmp, sys
+from pathlib import Path
+
+from snnet.results import read_results
+
+new, old = map(Path, sys.argv[1:3])
+if all(filecmp.cmp(new / f, old / f, shallow=False) for f in ("stitches.csv", "pareto.csv")):
+    print(f"Same stitches.csv and pareto.csv as the committed {old}/, byte for byte.")
+    sys.exit(0)
+rows = {d: {r["cfg_id"]: r for r in read_results(d / "stitches.csv")} for d in (new, old)}
+front = {d: read_results(d / "pareto.csv") for d in (new, old)}
+def anchors(d):
+    return " / ".join(f"{r['top1']:.1f}" for r in rows[d].values() if r["is_anchor"])
+def best(d):
+    return max(r["top1"] for r in rows[d].values())
+changed = [c for c in rows[new] if c in rows[old] and rows[new][c]["top1"] != rows[old][c]["top1"]]
+print(f"Compared with the committed {old}/ (made on another CPU model or with other settings; see README):")
+print(f"  anchors top-1 {anchors(new)}% here vs {anchors(old)}% committed; frontier of {len(front[new])} vs "
+      f"{len(front[old])} networks; best {best(new):.1f}% vs {best(old):.1f}%; top-1 differs for "
+      f"{len(changed)} of {len(rows[new])} networks")
+PY
+fi
 
 echo
 echo "Done in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s."

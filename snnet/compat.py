@@ -73,7 +73,7 @@ def junction_scores(net: SNNet, images: torch.Tensor | Iterable[torch.Tensor], b
         for batch in batches:
             feats = {(a, i): f for a, idx in needed.items() for i, f in net._features(a, batch, idx).items()}
             for s in stitched:
-                front, back = net.adapters[s.front], net.adapters[s.back]
+                front, back = net.anchor_adapters[s.front], net.anchor_adapters[s.back]
                 x, y = feats[(s.front, s.front_block + 1)], feats[(s.back, s.back_block)]
                 y_rows = to_rows(y, back.layout)
                 moments[s.cfg_id].add(to_rows(x, front.layout), y_rows)
@@ -94,7 +94,7 @@ def ls_initialise_and_score(net: SNNet, dataset: str, data_dir: str | None, n_im
     """Least-squares init of every stitching layer on ``n_images`` training images (as train.py's
     ``--ls-init``: same sampling from ``seed``, same transform), then :func:`junction_scores` on them."""
     from .data import create_dataset, sample_images
-    from .training import data_config_for
+    from .loaders import data_config_for
 
     train_ds = create_dataset(dataset, data_dir, "train")
     cfg = data_config_for(net, train_ds)

@@ -144,22 +144,21 @@ def parse_args_with_config(
         parser.set_defaults(**defaults)
     args = parser.parse_args(remaining)
     args.config = config_args.config
-    return args, yaml.safe_dump(plain_args(args), default_flow_style=False, sort_keys=True)
+    return args, yaml.safe_dump(plain(args), default_flow_style=False, sort_keys=True)
 
 
-def plain_args(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
-    """Arguments as plain Python data (safe for YAML and ``weights_only`` checkpoints)."""
-    items = vars(args).items() if isinstance(args, argparse.Namespace) else args.items()
-    return {k: _plain(v) for k, v in items}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+def plain(value: Any) -> Any:
+    """``value`` as plain Python data (safe for YAML, JSON and ``weights_only`` checkpoints):
+    a Namespace or mapping becomes a dict with str keys, a tuple a list, anything else that is
+    not None, bool, int, float or str its ``str``."""
+    if isinstance(value, argparse.Namespace):
+        value = vars(value)
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
     return str(value)
 
 
@@ -189,6 +188,6 @@ def save_args_yaml(args: str | argparse.Namespace, path: str | Path) -> None:
     """Write the resolved arguments (YAML text or a Namespace) to ``path`` atomically."""
     from .checkpoint import atomic_write
 
-    text = args if isinstance(args, str) else yaml.safe_dump(plain_args(args), sort_keys=True)
+    text = args if isinstance(args, str) else yaml.safe_dump(plain(args), sort_keys=True)
     with atomic_write(path, "w") as f:
         f.write(text)

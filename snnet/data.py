@@ -1,8 +1,8 @@
-"""Datasets and loaders: scikit-learn's handwritten digits (the offline default) and ImageFolder.
+"""Datasets: scikit-learn's handwritten digits (the offline default) and ImageFolder.
 
-Both datasets yield ``(PIL RGB image, int target)`` and carry a settable ``transform``, so timm's
+Both yield ``(PIL RGB image, int target)`` and carry a settable ``transform``, so timm's
 transforms and loaders (``timm.data.create_transform`` / ``create_loader``) apply to the digits
-exactly as they apply to ImageNet.
+exactly as they apply to ImageNet. The loaders train.py and eval.py use are :mod:`snnet.loaders`.
 """
 from __future__ import annotations
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, SNNetError
 
 
 @dataclass
@@ -132,3 +132,28 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t
+
+
+def is_distributed() -> bool:
+    """Whether a process group is up (torchrun)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def on_primary(fn: Callable[[], Any], primary: bool) -> Any:
+    """Run ``fn`` on rank 0 and give its result (or its user error) to every rank."""
+    result: Any = None
+    error: Optional[tuple[str, str]] = None
+    if primary:
+        try:
+            result = fn()
+        except SNNetError as e:
+            error = (type(e).__name__, str(e))
+    if is_distributed():
+        box = [(result, error)]
+        dist.broadcast_object_list(box, src=0)
+        result, error = box[0]
+    if error is not None:
+        from . import errors
+
+        raise getattr(errors, error[0], SNNetError)(error[1])
+    return result

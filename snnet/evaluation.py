@@ -24,10 +24,6 @@ only the trainer uses are ignored, unknown keys are errors). What happens:
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
-import csv
-import json
 import os
 import time
 from argparse import Namespace
@@ -37,9 +33,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from .cli import add_data_args, add_model_args, build_snnet
-from .config import parse_args_with_config, parse_kwargs
-from .errors import CheckpointError, ConfigError, DataError, SNNetError, exit_on_user_error
+from .cli import build_eval_parser, build_snnet, build_train_parser
+from .config import parse_args_with_config, parse_kwargs, plain
+from .distributed import is_distributed, on_primary
+from .errors import CheckpointError, ConfigError, DataError, exit_on_user_error
+from .latency import autocast_for, cached_latencies
 from .model import SNNet
 from .stitches import parse_stitch_ids
 
@@ -48,79 +46,11 @@ from .stitches import parse_stitch_ids
 _MODEL_KEYS = ("anchors", "model_kwargs", "anchor_kwargs", "img_size", "num_classes", "kernel_size", "stride",
                "nearest", "stages", "official_forward")
 _CKPT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".safetensors", ".bin")
-
-
-# ---------------------------------------------------------------------------------------------
-# arguments
-# ---------------------------------------------------------------------------------------------
-def build_eval_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Evaluate every network of an SN-Net from one pass over the data; Pareto frontier, "
-                    "budget picking and export of one network.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("-c", "--config", default="", metavar="FILE.yaml",
-                        help="YAML file of argument defaults; train.py configs work (training-only keys are ignored)")
-    add_model_args(parser)
-    add_data_args(parser)
-
-    g = parser.add_argument_group("evaluation")
-    # Own dests (not 'resume'/'output'): a training config's resume/output keys mean something else.
-    g.add_argument("--resume", "--checkpoint", dest="checkpoint", default="", metavar="CKPT",
-                   help="train.py checkpoint to evaluate (its anchors/kwargs/image size are used when not given)")
-    g.add_argument("--use-ema", action="store_true", default=False, help="evaluate the checkpoint's EMA weights")
-    g.add_argument("--stitches", default="all", metavar="IDS", help="cfg_ids to evaluate, e.g. 0,3,10-20, or 'all'")
-    g.add_argument("--output", dest="out_dir", default="", metavar="DIR",
-                   help="results folder (default: next to the checkpoint, eval-<name>[-ema])")
-    g.add_argument("-b", "--batch-size", type=int, default=256, metavar="N", help="images per batch per process")
-    g.add_argument("--val-split", default="validation", help="dataset split to evaluate on")
-    g.add_argument("--sweep-chunk", type=int, default=0, metavar="N",
-                   help="networks per data pass; each finished chunk is saved (0: all in one pass)")
-    g.add_argument("--overwrite", action="store_true", default=False,
-                   help="discard partial results in DIR instead of resuming them")
-    g.add_argument("--flops-only", action="store_true", default=False,
-                   help="only count FLOPs and params of every network (no data, no weights)")
-    g.add_argument("--log-interval", type=int, default=50, metavar="N", help="batches between progress lines")
-
-    g = parser.add_argument_group("compatibility before training")
-    g.add_argument("--compatibility", action="store_true", default=False,
-                   help="LS-initialise an untrained SN-Net, score every stitch (linear CKA at the junction, LS residual) "
-                        "and sweep it: DIR/compat.csv (snnet/compat.py)")
-    g.add_argument("--compat-images", type=int, default=100, metavar="N",
-                   help="training images for the LS init and the scores")
-
-    g = parser.add_argument_group("latency")
-    g.add_argument("--measure-latency", action="store_true", default=False,
-                   help="time each network's forward on this device (adds latency_ms and pareto_latency.csv)")
-    g.add_argument("--latency-batch-size", type=int, default=1, metavar="N", help="batch size of the timed forwards")
-    g.add_argument("--latency-warmup", type=int, default=10, metavar="N", help="untimed forwards first")
-    g.add_argument("--latency-repeats", type=int, default=30, metavar="N", help="timed forwards (the median is kept)")
-
-    g = parser.add_argument_group("picking and shipping")
-    g.add_argument("--budget-flops", default=None, metavar="FLOPS",
-                   help="print the most accurate network within this many FLOPs, e.g. 2.5G or 800M")
-    g.add_argument("--budget-latency", type=float, default=None, metavar="MS",
-                   help="print the most accurate network within this latency (needs --measure-latency)")
-    g.add_argument("--export", default=None, metavar="CFG_ID|best",
-                   help="write one network as a standalone model; 'best': the budget pick")
-    g.add_argument("--export-path", default=None, metavar="PATH",
-                   help="where to write it: .pt (TorchScript), .pt2 (torch.export) or .onnx")
-    g.add_argument("--export-batch-size", type=int, default=2, metavar="N",
-                   help="example batch for tracing (the exported batch dimension is dynamic)")
-    g.add_argument("--onnx-opset", type=int, default=None, metavar="N", help="ONNX opset (default: torch's)")
-
-    g = parser.add_argument_group("mechanics")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    g.add_argument("--amp", action="store_true", default=False, help="mixed precision (torch.autocast)")
-    g.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"])
-    g.add_argument("--channels-last", action="store_true", default=False)
-    return parser
+ChunkCallback = Callable[[int, int], None]
 
 
 def _train_keys() -> set[str]:
     """Config keys train.py knows: a training config is a valid eval config."""
-    from .training import build_train_parser
-
     return {a.dest for a in build_train_parser()._actions}
 
 
@@ -205,17 +135,13 @@ def apply_checkpoint_args(args: Namespace, ckpt: dict) -> None:
             continue
         if _is_default(args, key):
             setattr(args, key, source[key])
-        elif key in config and key != "anchors" and _plain(getattr(args, key)) != _plain(config[key]):
+        elif key in config and key != "anchors" and plain(getattr(args, key)) != plain(config[key]):
             raise CheckpointError(
                 f"checkpoint {args.checkpoint} was trained with {key}={config[key]} but this run has "
                 f"{key}={getattr(args, key)}: drop the option or use the checkpoint's value"
             )
     if not args.anchors:
         raise CheckpointError(f"checkpoint {args.checkpoint} names no anchors (not a train.py checkpoint?): pass --anchors")
-
-
-def _plain(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str)) if value is not None else None
 
 
 def _classifier_size(net: SNNet, state: dict) -> Optional[int]:
@@ -276,174 +202,34 @@ def default_out_dir(args: Namespace) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# distributed helpers
-# ---------------------------------------------------------------------------------------------
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def on_primary(fn: Callable[[], Any], primary: bool) -> Any:
-    """Run ``fn`` on rank 0 and give its result (or its user error) to every rank."""
-    result: Any = None
-    error: Optional[tuple[str, str]] = None
-    if primary:
-        try:
-            result = fn()
-        except SNNetError as e:
-            error = (type(e).__name__, str(e))
-    if _distributed():
-        box = [(result, error)]
-        dist.broadcast_object_list(box, src=0)
-        result, error = box[0]
-    if error is not None:
-        from . import errors
-
-        raise getattr(errors, error[0], SNNetError)(error[1])
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# outputs
-# ---------------------------------------------------------------------------------------------
-def result_rows(flops_rows: Sequence[dict], partial, latency: Optional[dict[int, float]]) -> list[dict[str, Any]]:
-    """One row per network: FLOPs/params, metrics (rounded as written), latency when measured."""
-    from .sweep import metrics_of
-
-    rows = []
-    for fr in flops_rows:
-        row: dict[str, Any] = {"cfg_id": fr["cfg_id"], "name": fr["name"], "flops": fr["flops"], "params": fr["params"]}
-        if partial is not None:
-            m = metrics_of(partial.accuracy[fr["cfg_id"]])
-            row.update(top1=round(m["top1"], 4), top5=round(m["top5"], 4), loss=round(m["loss"], 6))
-        if latency is not None:
-            row["latency_ms"] = round(latency[fr["cfg_id"]], 4)
-        row["is_anchor"] = bool(fr["is_anchor"])
-        rows.append(row)
-    return rows
-
-
-def write_csv(rows: Sequence[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["cfg_id"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def write_official(rows: Sequence[dict], path: Path) -> None:
-    """The SN-Net authors' ``stitches_res.txt``: one JSON object per line, accuracy in percent."""
-    text = "".join(json.dumps({"cfg_id": r["cfg_id"], "flops": r["flops"], "params": r["params"],
-                               "acc1": round(r["top1"], 3)}) + "\n" for r in rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``stitches.csv`` written by eval.py, typed."""
-    ints, floats = ("cfg_id", "flops", "params"), ("top1", "top5", "loss", "latency_ms")
-    rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            row: dict[str, Any] = dict(r)
-            for k in ints:
-                if k in row:
-                    row[k] = int(row[k])
-            for k in floats:
-                if k in row:
-                    row[k] = float(row[k])
-            if "is_anchor" in row:
-                row["is_anchor"] = row["is_anchor"] == "True"
-            rows.append(row)
-    return rows
-
-
-def write_outputs(rows: list[dict], out_dir: Path, title: str, log: Callable[[str], None]) -> None:
-    from .pareto import format_flops, format_table, pareto_frontier, plot_frontier
-
-    write_csv(rows, out_dir / "stitches.csv")
-    write_official(rows, out_dir / "stitches_res.txt")
-    frontier = pareto_frontier(rows, "flops", "top1")
-    write_csv(frontier, out_dir / "pareto.csv")
-    plot_frontier(rows, frontier, out_dir / "pareto.png", "flops", "top1", title=title)
-    columns = ["cfg_id", "name", "flops", "params", "top1", "top5"]
-    if "latency_ms" in rows[0]:
-        lat_front = pareto_frontier(rows, "latency_ms", "top1")
-        write_csv(lat_front, out_dir / "pareto_latency.csv")
-        plot_frontier(rows, lat_front, out_dir / "pareto_latency.png", "latency_ms", "top1", title=title)
-        columns.append("latency_ms")
-    log(f"\nPareto frontier (FLOPs vs top-1): {len(frontier)} of {len(rows)} networks")
-    log(format_table(frontier, columns))
-    best = max(rows, key=lambda r: (r["top1"], -r["flops"]))
-    log(f"\nMost accurate: cfg_id {best['cfg_id']} ({best['name']}) top-1 {best['top1']:.2f} at {format_flops(best['flops'])}")
-    log(f"Wrote {out_dir}/stitches.csv, stitches_res.txt, pareto.csv, pareto.png"
-        + (", pareto_latency.csv, pareto_latency.png" if "latency_ms" in rows[0] else ""))
-
-
-def pick(rows: Sequence[dict], budget_flops: Optional[float], budget_latency: Optional[float]) -> dict:
-    """The most accurate network within the budget(s); on the frontier of the budgeted cost."""
-    from .errors import BudgetError
-    from .pareto import format_flops, pick_for_budget
-
-    if budget_latency is not None:
-        within = [r for r in rows if r["latency_ms"] <= budget_latency]
-        if budget_flops is None:
-            return pick_for_budget(rows, budget_latency, cost="latency_ms", metric="top1")
-        if not within:
-            pick_for_budget(rows, budget_latency, cost="latency_ms", metric="top1")  # raises with the cheapest
-        try:
-            return pick_for_budget(within, budget_flops, cost="flops", metric="top1")
-        except BudgetError:
-            raise BudgetError(f"no network fits both --budget-flops {format_flops(budget_flops)} and --budget-latency "
-                              f"{budget_latency:g} ms: relax one of them") from None
-    return pick_for_budget(rows, budget_flops, cost="flops", metric="top1")
-
-
-def describe_pick(row: dict, budget_flops: Optional[float], budget_latency: Optional[float]) -> str:
-    from .pareto import format_flops
-
-    budget = " and ".join(
-        ([f"{format_flops(budget_flops)} FLOPs"] if budget_flops is not None else [])
-        + ([f"{budget_latency:g} ms"] if budget_latency is not None else []))
-    lat = f", {row['latency_ms']:.2f} ms" if "latency_ms" in row else ""
-    return (f"Best network within {budget}: cfg_id {row['cfg_id']} ({row['name']}): top-1 {row['top1']:.2f}, "
-            f"top-5 {row['top5']:.2f}, {format_flops(row['flops'])} FLOPs, {row['params'] / 1e6:.2f} M params{lat}")
-
-
-# ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
 @exit_on_user_error
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, on_chunk_saved: Sequence[ChunkCallback] = ()) -> int:
+    """eval.py. ``on_chunk_saved`` callables get ``(chunks_done, chunks)`` after each chunk of
+    the sweep is saved (e.g. a test simulating a crash there)."""
     args = parse_eval_args(argv)
     check_args(args)
     from .distributed import init_distributed
 
     info = init_distributed(args.device)
     try:
-        return run(args, info)
+        return run(args, info, on_chunk_saved)
     finally:
-        if _distributed():
+        if is_distributed():
             dist.destroy_process_group()
 
 
-def run(args: Namespace, info) -> int:
-    import warnings
-
-    from .checkpoint import extract_state_dict, load_checkpoint_file
+def run(args: Namespace, info, on_chunk_saved: Sequence[ChunkCallback] = ()) -> int:
+    """Load the checkpoint, then one of three modes: FLOPs only, export only, or the sweep
+    (with budget picking and export of the pick)."""
+    from .checkpoint import load_checkpoint_file
     from .predict import training_data
 
-    with warnings.catch_warnings():  # fvcore calls the deprecated torch.jit.script when imported
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.script.*")
-        from .flops import flops_table
-
-    primary = info.is_primary
-    log = (lambda msg: print(msg, flush=True)) if primary else (lambda msg: None)
+    log = (lambda msg: print(msg, flush=True)) if info.is_primary else (lambda msg: None)
     if args.amp and args.amp_dtype == "float16" and info.device.type == "cpu" and not args.flops_only:
         log("warning: --amp with float16 on CPU is slow and coarse; --amp-dtype bfloat16 is the usual CPU choice")
     out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(args)
-
     ckpt = None
     if args.checkpoint:
         ckpt = load_checkpoint_file(args.checkpoint)
@@ -451,32 +237,55 @@ def run(args: Namespace, info) -> int:
     args.trained_data = training_data(ckpt, args)  # preprocessing and class names saved with --export
     if not args.anchors:
         raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] (small to large), -c a config or --resume CKPT")
-
-    # -- FLOPs only: no data, no weights ----------------------------------------------------
     if args.flops_only:
-        torch.manual_seed(args.seed)
-        model_args = Namespace(**vars(args))
-        model_args.model_kwargs, model_args.anchor_checkpoints = parse_kwargs(args.model_kwargs), None
-        net = build_snnet(model_args, num_classes=args.num_classes, pretrained=False)
-        ids = _select(args, net)
-        if primary:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            rows = flops_table(net, ids)
-            latency = _latency(args, net.to(info.device), info, ids, None) if args.measure_latency else None
-            rows = result_rows(rows, None, latency)
-            write_csv(rows, out_dir / "stitches.csv")
-            from .pareto import format_table
-
-            log(format_table(rows, [k for k in ("cfg_id", "name", "flops", "params", "latency_ms") if k in rows[0]]))
-            log(f"\n{len(rows)} networks; wrote {out_dir / 'stitches.csv'}")
-        return 0
-
-    # -- model ---------------------------------------------------------------------------------
-    state = extract_state_dict(ckpt, args.use_ema) if ckpt is not None else None
+        return run_flops_only(args, info, out_dir, log)
     export_only = isinstance(args.export, int)
+    net, dataset = load_model(args, info, ckpt, log, with_data=not export_only)
+    if export_only:
+        return run_export(args, net, args.export, info, log)
+    return run_sweep(args, net, dataset, info, out_dir, log, on_chunk_saved)
+
+
+def _flops_table(net: SNNet, ids: list[int]) -> list[dict[str, Any]]:
+    import warnings
+
+    with warnings.catch_warnings():  # fvcore calls the deprecated torch.jit.script when imported
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.script.*")
+        from .flops import flops_table
+    return flops_table(net, ids)
+
+
+def run_flops_only(args: Namespace, info, out_dir: Path, log: Callable[[str], None]) -> int:
+    """--flops-only: FLOPs and params (and latency) of every selected network; no data, no weights."""
+    from .pareto import format_table
+    from .results import result_rows, write_csv
+
+    torch.manual_seed(args.seed)
+    model_args = Namespace(**vars(args))
+    model_args.model_kwargs, model_args.anchor_checkpoints = parse_kwargs(args.model_kwargs), None
+    net = build_snnet(model_args, num_classes=args.num_classes, pretrained=False)
+    ids = _select(args, net)
+    if info.is_primary:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rows = _flops_table(net, ids)
+        latency = cached_latencies(args, net.to(info.device), info, ids, None) if args.measure_latency else None
+        rows = result_rows(rows, None, latency)
+        write_csv(rows, out_dir / "stitches.csv")
+        log(format_table(rows, [k for k in ("cfg_id", "name", "flops", "params", "latency_ms") if k in rows[0]]))
+        log(f"\n{len(rows)} networks; wrote {out_dir / 'stitches.csv'}")
+    return 0
+
+
+def load_model(args: Namespace, info, ckpt: Optional[dict], log: Callable[[str], None],
+               with_data: bool) -> tuple[SNNet, Any]:
+    """The SN-Net with the checkpoint's weights (or untrained, with a warning), and the
+    validation dataset when ``with_data``."""
+    from .checkpoint import extract_state_dict
+
+    state = extract_state_dict(ckpt, args.use_ema) if ckpt is not None else None
     dataset = None
     num_classes = args.num_classes
-    if not export_only:
+    if with_data:
         from .data import create_dataset, resolve_num_classes
 
         dataset = create_dataset(args.dataset, args.data_dir, args.val_split, args.img_size, args.seed)
@@ -486,12 +295,11 @@ def run(args: Namespace, info) -> int:
     if dataset is not None and have is not None and have < num_classes:  # a checkpoint with a smaller head
         raise DataError(f"the checkpoint's classifiers have {have} classes but the data has {num_classes} "
                         f"(labels 0..{num_classes - 1}): evaluate on the data it was trained for")
-    compat_scores = None
     if args.compatibility:
         from .compat import ls_initialise_and_score
 
-        compat_scores = on_primary(lambda: ls_initialise_and_score(net, args.dataset, args.data_dir, args.compat_images,
-                                                                   args.seed), primary)
+        args.compat_scores = on_primary(lambda: ls_initialise_and_score(net, args.dataset, args.data_dir,
+                                                                        args.compat_images, args.seed), info.is_primary)
         log(f"Least-squares init and junction scores on {args.compat_images} training images")
     if ckpt is None:
         if not args.compatibility:
@@ -502,24 +310,36 @@ def run(args: Namespace, info) -> int:
             from .distributed import broadcast_state
 
             broadcast_state(net)
+    return net, dataset
+
+
+def run_export(args: Namespace, net: SNNet, cfg_id: int, info, log: Callable[[str], None]) -> int:
+    """Write network ``cfg_id`` as a standalone model (rank 0)."""
+    _select(args, net)  # refuses a --stitches that selects nothing, as every mode does
+    if info.is_primary:
+        _export(args, net, cfg_id, log)
+    return 0
+
+
+def run_sweep(args: Namespace, net: SNNet, dataset, info, out_dir: Path, log: Callable[[str], None],
+              on_chunk_saved: Sequence[ChunkCallback] = ()) -> int:
+    """Every selected network from one pass over the data per chunk (resuming DIR's partial
+    results), the tables and frontier, the budget pick and its export."""
+    from .pareto import check_flops_budget, describe_pick, pick
+    from .results import PartialResults, evaluation_description, result_rows, write_outputs
+
+    primary = info.is_primary
     ids = _select(args, net)
-
-    if export_only:
-        if primary:
-            _export(args, net, args.export, log)
-        return 0
-
-    # -- sweep ---------------------------------------------------------------------------------
-    flops_rows = flops_table(net, ids) if primary else None  # before moving: fvcore traces on CPU
+    flops_rows = _flops_table(net, ids) if primary else None  # before moving: fvcore traces on CPU
     if args.budget_flops_value is not None:  # fail before the data pass if nothing can fit
-        on_primary(lambda: _check_flops_budget(flops_rows, args.budget_flops_value), primary)
+        on_primary(lambda: check_flops_budget(flops_rows, args.budget_flops_value), primary)
     net.to(info.device).eval()
     if args.channels_last:
         net.to(memory_format=torch.channels_last)
     held: dict[str, Any] = {}
 
     def open_partial() -> list[int]:
-        held["partial"] = _open_partial(args, net, dataset, out_dir)
+        held["partial"] = PartialResults(out_dir, evaluation_description(args, net, dataset), overwrite=args.overwrite)
         return [i for i in ids if i not in held["partial"].accuracy]
 
     todo = on_primary(open_partial, primary)  # rank 0 reads DIR; every rank gets the networks to do
@@ -531,8 +351,8 @@ def run(args: Namespace, info) -> int:
             + (f", {done} already in {out_dir / 'sweep_partial.jsonl'}" if done else "")
             + f"; {len(dataset)} images ({args.val_split}), {info.world_size} process(es) on {info.device.type}")
     if todo:
-        _sweep(args, net, dataset, todo, info, partial, log)
-    latency = _latency(args, net, info, ids, partial) if args.measure_latency else None
+        _sweep(args, net, dataset, todo, info, partial, log, on_chunk_saved)
+    latency = cached_latencies(args, net, info, ids, partial) if args.measure_latency else None
     if info.distributed:
         dist.barrier()
     if not primary:
@@ -541,10 +361,10 @@ def run(args: Namespace, info) -> int:
     rows = result_rows(flops_rows, partial, latency)
     title = f"SN-Net over {' / '.join(net.config['anchors'])}: {len(rows)} networks"
     write_outputs(rows, out_dir, title, log)
-    if compat_scores is not None:
+    if args.compatibility:
         from .compat import compat_rows, write_compat_csv
 
-        write_compat_csv(compat_rows(net, compat_scores, rows), out_dir / "compat.csv")
+        write_compat_csv(compat_rows(net, args.compat_scores, rows), out_dir / "compat.csv")
         log(f"Wrote {out_dir}/compat.csv (junction CKA, LS residual, top-1 of the LS-initialised networks)")
     chosen = None
     if args.budget_flops_value is not None or args.budget_latency is not None:
@@ -553,16 +373,6 @@ def run(args: Namespace, info) -> int:
     if args.export is not None:
         _export(args, net.cpu(), chosen["cfg_id"] if args.export == "best" else args.export, log)
     return 0
-
-
-def _check_flops_budget(rows: Sequence[dict], budget: float) -> None:
-    from .errors import BudgetError
-    from .pareto import format_flops
-
-    cheapest = min(rows, key=lambda r: r["flops"])
-    if cheapest["flops"] > budget:
-        raise BudgetError(f"no network fits --budget-flops {format_flops(budget)}: the cheapest network "
-                          f"(cfg_id {cheapest['cfg_id']}, {cheapest['name']}) needs {format_flops(cheapest['flops'])}")
 
 
 def _select(args: Namespace, net: SNNet) -> list[int]:
@@ -574,56 +384,10 @@ def _select(args: Namespace, net: SNNet) -> list[int]:
     return ids
 
 
-def _anchor_kwargs_plain(value: Any) -> Any:
-    """--anchor-kwargs as dicts, whether given as 'k=v' strings (command line) or mappings (YAML)."""
-    if value is None:
-        return None
-    return [parse_kwargs(a if isinstance(a, dict) else str(a).split()) for a in value]
-
-
-def _description(args: Namespace, net: SNNet, dataset) -> dict[str, Any]:
-    """What the partial results depend on; a rerun with anything else refuses to mix them."""
-    desc: dict[str, Any] = {
-        "snnet_config": net.config,
-        "model_kwargs": parse_kwargs(args.model_kwargs),
-        "anchor_kwargs": _anchor_kwargs_plain(args.anchor_kwargs),
-        "input_size": list(net.input_size),
-        "num_classes": net.anchors[0].num_classes if hasattr(net.anchors[0], "num_classes") else None,
-        "dataset": args.dataset or None,
-        "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
-        "split": args.val_split,
-        "samples": len(dataset),
-        "amp": args.amp_dtype if args.amp else False,
-        "use_ema": args.use_ema,
-    }
-    if args.checkpoint:
-        p = Path(args.checkpoint).resolve()
-        st = p.stat()
-        desc.update(checkpoint=str(p), checkpoint_bytes=st.st_size, checkpoint_mtime_ns=st.st_mtime_ns)
-    else:
-        desc.update(checkpoint=None, pretrained=args.pretrained, anchor_checkpoints=args.anchor_checkpoints,
-                    seed=args.seed)
-        if args.compatibility:  # LS-initialised layers, not random ones
-            desc["compat_images"] = args.compat_images
-    return _plain(desc)
-
-
-def _open_partial(args: Namespace, net: SNNet, dataset, out_dir: Path):
-    from .sweep import PartialResults
-
-    return PartialResults(out_dir, _description(args, net, dataset), overwrite=args.overwrite)
-
-
-def _autocast(args: Namespace, device: torch.device):
-    if not args.amp:
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _sweep(args: Namespace, net: SNNet, dataset, todo: list[int], info, partial, log) -> None:
-    from .sweep import Normalize, eval_loader, eval_transform, make_chunks, sweep_pass
-    from .training import data_config_for
+def _sweep(args: Namespace, net: SNNet, dataset, todo: list[int], info, partial, log,
+           on_chunk_saved: Sequence[ChunkCallback] = ()) -> None:
+    from .loaders import Normalize, data_config_for, eval_loader, eval_transform
+    from .sweep import make_chunks, sweep_pass
 
     data_cfg = data_config_for(net, dataset)  # the trainer's validation transform (digits: no crop)
     dataset.transform = eval_transform(data_cfg)
@@ -633,20 +397,13 @@ def _sweep(args: Namespace, net: SNNet, dataset, todo: list[int], info, partial,
     loader = eval_loader(dataset, args.batch_size, workers, info.rank, info.world_size,
                          pin_memory=info.device.type == "cuda")
     prep = Normalize(data_cfg["mean"], data_cfg["std"], info.device, args.channels_last)
-    autocast = _autocast(args, info.device)
+    autocast = autocast_for(args, info.device)
     chunks = make_chunks(net, todo, args.sweep_chunk)
-    stop_after = int(os.environ.get("SNNET_TEST_EXIT_AFTER_CHUNKS", "0"))  # test hook: simulated crash
     n_batches = len(loader)
     for c, chunk in enumerate(chunks):
         start = time.perf_counter()
-        seen = [0]
-
-        def progress(b: int, n: int) -> None:
-            seen[0] += n
-            if args.log_interval and (b % args.log_interval == 0 or b == n_batches):
-                rate = seen[0] * info.world_size / max(time.perf_counter() - start, 1e-9)
-                log(f"  chunk {c + 1}/{len(chunks)} ({len(chunk)} networks): batch {b}/{n_batches}, {rate:.1f} img/s")
-
+        what = f"chunk {c + 1}/{len(chunks)} ({len(chunk)} networks)"
+        progress = _progress_log(log, what, args.log_interval, n_batches, info.world_size, start)
         sums = sweep_pass(net, loader, chunk, prep, autocast, info.device, progress).all_reduce()
         records = sums.records()
         if any(r["count"] != len(dataset) for r in records):
@@ -655,39 +412,25 @@ def _sweep(args: Namespace, net: SNNet, dataset, todo: list[int], info, partial,
             partial.add_accuracy(records)
             log(f"chunk {c + 1}/{len(chunks)}: {len(chunk)} networks on {len(dataset)} images in "
                 f"{time.perf_counter() - start:.1f} s")
-        if stop_after and c + 1 >= stop_after and c + 1 < len(chunks):
-            raise SystemExit(17)  # as if killed here: nothing else is written
+        for callback in on_chunk_saved:
+            callback(c + 1, len(chunks))
 
 
-def _latency(args: Namespace, net: SNNet, info, ids: list[int], partial) -> dict[int, float]:
-    """Median forward time per network on rank 0's device (cached in the partial results)."""
-    from .sweep import measure_latency
+def _progress_log(log, what: str, interval: int, n_batches: int, world: int, start: float) -> Callable[[int, int], None]:
+    """A progress callback of :func:`snnet.sweep.sweep_pass`: a line every ``interval`` batches."""
+    seen = [0]
 
-    out: dict[int, float] = {}
-    if info.is_primary:
-        device = next(net.parameters()).device
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        setting = {"batch_size": args.latency_batch_size, "device": name, "amp": args.amp_dtype if args.amp else False,
-                   "channels_last": args.channels_last, "threads": torch.get_num_threads() if device.type == "cpu" else None}
-        autocast = _autocast(args, device)
-        measured = 0
-        for i in ids:
-            cached = partial.latency_for(i, setting) if partial is not None else None
-            if cached is None:
-                cached = measure_latency(net, i, args.latency_batch_size, device, args.latency_warmup,
-                                         args.latency_repeats, autocast, args.channels_last)
-                measured += 1
-                if partial is not None:
-                    partial.add_latency(i, cached, setting)
-            out[i] = cached
-        print(f"Latency: {measured} networks timed at batch {args.latency_batch_size} on {name}"
-              + (f" ({len(ids) - measured} from the partial results)" if measured < len(ids) else ""), flush=True)
-    return out
+    def progress(b: int, n: int) -> None:
+        seen[0] += n
+        if interval and (b % interval == 0 or b == n_batches):
+            rate = seen[0] * world / max(time.perf_counter() - start, 1e-9)
+            log(f"  {what}: batch {b}/{n_batches}, {rate:.1f} img/s")
+
+    return progress
 
 
 def _export(args: Namespace, net: SNNet, cfg_id: int, log) -> None:
     from .export import export_network
-
     from .predict import prediction_info, write_prediction_info
 
     report = export_network(net.cpu().float(), cfg_id, args.export_path, args.export_batch_size, args.onnx_opset)

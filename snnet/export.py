@@ -116,8 +116,8 @@ def standalone_network(net: SNNet, cfg_id: int) -> nn.Module:
     layer = copy.deepcopy(net.stitch_layers[s.layer])
     for m in (front, back):
         _clear_caches(m)
-    module = StitchedNetwork(front, layer, back, _rebind(net.adapters[s.front], front),
-                             _rebind(net.adapters[s.back], back), s.front_block, s.back_block)
+    module = StitchedNetwork(front, layer, back, _rebind(net.anchor_adapters[s.front], front),
+                             _rebind(net.anchor_adapters[s.back], back), s.front_block, s.back_block)
 
     # Watch one forward: which modules are called, which parameters get a gradient. Train mode
     # so that eval-mode caches cannot hide a parameter; BatchNorm statistics restored after.
@@ -164,14 +164,13 @@ def _example(net: SNNet, batch: int, device) -> torch.Tensor:
 
 
 def _reference(net: SNNet, cfg_id: int, x: torch.Tensor) -> torch.Tensor:
-    was, previous = net.training, net.cfg_id
-    net.eval().select(cfg_id)
+    was = net.training
+    net.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), net.selecting(cfg_id):
             return net(x).float()
     finally:
         net.train(was)
-        net.select(previous)
 
 
 def _export_program(module: nn.Module, x: torch.Tensor):
@@ -181,7 +180,7 @@ def _export_program(module: nn.Module, x: torch.Tensor):
         return export(module, (x,), dynamic_shapes=({0: Dim("batch", min=1, max=65536)},)), True
     except Exception as e:  # some models specialise on the batch size; a static program still ships
         warnings.warn(f"torch.export with a dynamic batch failed ({str(e).splitlines()[0][:200]}); "
-                      f"exporting for batch {x.shape[0]} only")
+                      f"exporting for batch {x.shape[0]} only", stacklevel=2)
         return export(module, (x,)), False
 
 

@@ -97,11 +97,11 @@ def anchor_flops(anchor: Anchor) -> AnchorFlops:
 
 def stitches_flops(net: SNNet) -> list[int]:
     """FLOPs of every network of ``net``, by composition of per-part counts."""
-    parts = [anchor_flops(a) for a in net.adapters]
+    parts = [anchor_flops(a) for a in net.anchor_adapters]
     layers = []
     for spec, layer in zip(net.layer_specs, net.stitch_layers):
         j = spec.positions[0][0]  # every position of a layer sees the same input shape
-        layers.append(count_flops(layer, _probe(net.adapters[spec.front], j + 1)))
+        layers.append(count_flops(layer, _probe(net.anchor_adapters[spec.front], j + 1)))
     out = []
     for s in net.stitches:
         if s.is_anchor:
@@ -117,13 +117,9 @@ def stitches_flops(net: SNNet) -> list[int]:
 
 def network_flops(net: SNNet, cfg_id: int) -> int:
     """FLOPs of one network traced whole (the slow reference for :func:`stitches_flops`)."""
-    previous = net.cfg_id
-    net.select(cfg_id)
-    try:
-        p = next(net.parameters())
+    p = next(net.parameters())
+    with net.selecting(cfg_id):
         return count_flops(net, torch.zeros(1, *net.input_size, device=p.device, dtype=p.dtype))
-    finally:
-        net.select(previous)
 
 
 def flops_table(net: SNNet, cfg_ids: Iterable[int] | None = None) -> list[dict[str, Any]]:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -19,8 +20,17 @@ class SNNet(nn.Module):
     """Stitchable Neural Network over anchors ordered small -> large.
 
     ``net.stitches[cfg_id]`` describes every network it holds (anchors first);
-    ``net.select(cfg_id)`` chooses the one ``forward`` runs. The state dict holds the timm
-    models under ``anchors.<i>.`` with their own keys, and the layers under ``stitch_layers.``.
+    ``net.select(cfg_id)`` chooses the one ``forward`` runs (``with net.selecting(cfg_id):`` for
+    a while, restoring the previous choice).
+
+    Two views of the anchors, not to be confused:
+
+    * ``net.anchors[i]``: the i-th timm model itself (an ``nn.Module``; the state dict holds it
+      under ``anchors.<i>.`` with timm's own keys, so checkpoints load into plain timm);
+    * ``net.anchor_adapters[i]``: its :class:`~snnet.anchors.Anchor` adapter (a plain object,
+      not a module), the stem / blocks / head view over that same model that stitching uses.
+
+    The stitching layers are ``net.stitch_layers`` (state dict ``stitch_layers.<l>.``).
     """
 
     def __init__(
@@ -37,8 +47,8 @@ class SNNet(nn.Module):
         if len(sizes) > 1:
             desc = ", ".join(f"{a.name}: {'x'.join(map(str, a.input_size[1:]))}" for a in anchors)
             raise IncompatibleAnchorsError(f"anchors take different input sizes ({desc}); pass one --img-size for all")
-        self.adapters = list(anchors)
-        for adapter in self.adapters:  # how stitched networks end (snnet.official)
+        self.anchor_adapters = list(anchors)
+        for adapter in self.anchor_adapters:  # how stitched networks end (snnet.official)
             adapter.official_forward = official_forward
         self.anchors = nn.ModuleList(a.model for a in anchors)
         self.stitches, self.layer_specs = enumerate_stitches(anchors, kernel_size, stride, nearest, stages,
@@ -56,13 +66,13 @@ class SNNet(nn.Module):
         self.cfg_id = 0
 
     def _make_layer(self, spec: StitchingLayerSpec) -> StitchingLayer:
-        front, back = self.adapters[spec.front], self.adapters[spec.back]
+        front, back = self.anchor_adapters[spec.front], self.anchor_adapters[spec.back]
         j, k = spec.positions[0]
         return StitchingLayer(front.channels(j + 1), back.channels(k), front.layout, back.layout)
 
     @property
     def input_size(self) -> tuple[int, ...]:
-        return self.adapters[0].input_size
+        return self.anchor_adapters[0].input_size
 
     @property
     def num_stitches(self) -> int:
@@ -75,6 +85,17 @@ class SNNet(nn.Module):
         self.cfg_id = int(cfg_id)
         return self
 
+    @contextmanager
+    def selecting(self, cfg_id: int) -> Iterator["SNNet"]:
+        """``with net.selecting(cfg_id): net(x)`` runs network ``cfg_id``; the previously
+        selected network is selected again afterwards, also on errors."""
+        previous = self.cfg_id
+        self.select(cfg_id)
+        try:
+            yield self
+        finally:
+            self.cfg_id = previous
+
     @property
     def selected(self) -> Stitch:
         return self.stitches[self.cfg_id]
@@ -86,16 +107,16 @@ class SNNet(nn.Module):
         """Run one network; an anchor runs as its plain timm model."""
         if stitch.is_anchor:
             return self.anchors[stitch.front](x)
-        x = self.adapters[stitch.front].forward_until(x, stitch.front_block)
+        x = self.anchor_adapters[stitch.front].forward_until(x, stitch.front_block)
         x = self.stitch_layers[stitch.layer](x)
-        return self.adapters[stitch.back].forward_from(x, stitch.back_block)
+        return self.anchor_adapters[stitch.back].forward_from(x, stitch.back_block)
 
     def num_params(self, cfg_id: int) -> int:
         """Parameters the network ``cfg_id`` runs: its blocks, its stitching layer, its head."""
         s = self.stitches[cfg_id]
         if s.is_anchor:
             return sum(p.numel() for p in self.anchors[s.front].parameters())
-        front, back = self.adapters[s.front], self.adapters[s.back]
+        front, back = self.anchor_adapters[s.front], self.anchor_adapters[s.back]
         return (
             front.stem_params()
             + front.num_params(front.blocks[: s.front_block + 1])
@@ -150,7 +171,7 @@ class SNNet(nn.Module):
         try:
             for batch in batches:
                 rows = {
-                    (a, i): to_rows(f, self.adapters[a].layout)
+                    (a, i): to_rows(f, self.anchor_adapters[a].layout)
                     for a, indices in needed.items()
                     for i, f in self._features(a, batch, indices).items()
                 }
@@ -176,7 +197,7 @@ class SNNet(nn.Module):
 
     def _features(self, a: int, images: torch.Tensor, indices: set[int]) -> dict[int, torch.Tensor]:
         """Anchor ``a``'s features at the given indices (0: after the stem, i: after block i-1)."""
-        adapter = self.adapters[a]
+        adapter = self.anchor_adapters[a]
         param = next(adapter.model.parameters())
         x = adapter.stem(images.to(device=param.device, dtype=param.dtype))
         out = {0: x} if 0 in indices else {}

@@ -83,17 +83,17 @@ def official_layer_index(net) -> dict[tuple[int, int, int], int]:
     """
     from .stitches import anchor_pairs
 
-    pairs = {pair: i for i, pair in enumerate(anchor_pairs(len(net.adapters), net.config["nearest"]))}
+    pairs = {pair: i for i, pair in enumerate(anchor_pairs(len(net.anchor_adapters), net.config["nearest"]))}
     stages = sorted({spec.stage for spec in net.layer_specs})
     index: dict[tuple[int, int, int], int] = {}
     seen: dict[tuple[int, int, int], int] = {}
     for i, spec in enumerate(net.layer_specs):
         group = (stages.index(spec.stage), pairs[(spec.front, spec.back)])
-        front, back = net.adapters[spec.front], net.adapters[spec.back]
+        front, back = net.anchor_adapters[spec.front], net.anchor_adapters[spec.back]
         f_ids, b_ids = front.stage_block_ids(spec.stage), back.stage_block_ids(spec.stage)
         if len(f_ids) != len(b_ids):  # unpaired: the official id is the interpolation's
             local = (f_ids.index(spec.positions[0][0]), b_ids.index(spec.positions[0][1]))
-            layer = next(l for l, ps in official_unpaired_layers(len(f_ids), len(b_ids)).items() if local in ps)
+            layer = next(lid for lid, ps in official_unpaired_layers(len(f_ids), len(b_ids)).items() if local in ps)
         else:  # paired: windows with new positions, in order
             layer = seen.get((*group, spec.stage), 0)
             seen[(*group, spec.stage)] = layer + 1
@@ -112,11 +112,11 @@ def convert_official_state(state: Mapping[str, torch.Tensor], net) -> dict[str, 
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         sub, problem = convert_with_timm_filter(sub, model)
         if problem:
-            raise CheckpointError(f"anchor {i} ({net.adapters[i].name}) of the official checkpoint does not match: {problem}; "
+            raise CheckpointError(f"anchor {i} ({net.anchor_adapters[i].name}) of the official checkpoint does not match: {problem}; "
                                   f"pass the config of the official run (-c configs/...yaml)")
         out.update({prefix + k: v for k, v in sub.items()})
     index = official_layer_index(net)
-    hierarchical = net.adapters[0].num_stages > 1
+    hierarchical = net.anchor_adapters[0].num_stages > 1
     for key, value in state.items():
         m = _OFFICIAL_LAYER.match(key)
         if not m:

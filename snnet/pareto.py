@@ -151,3 +151,40 @@ def plot_frontier(rows: Sequence[Row], frontier: Sequence[Row], path: str | Path
     ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# picking within budgets (eval.py --budget-flops / --budget-latency)
+# ---------------------------------------------------------------------------------------------
+def pick(rows: Sequence[dict], budget_flops: Optional[float], budget_latency: Optional[float]) -> dict:
+    """The most accurate network within the budget(s); on the frontier of the budgeted cost."""
+    if budget_latency is not None:
+        within = [r for r in rows if r["latency_ms"] <= budget_latency]
+        if budget_flops is None:
+            return pick_for_budget(rows, budget_latency, cost="latency_ms", metric="top1")
+        if not within:
+            pick_for_budget(rows, budget_latency, cost="latency_ms", metric="top1")  # raises with the cheapest
+        try:
+            return pick_for_budget(within, budget_flops, cost="flops", metric="top1")
+        except BudgetError:
+            raise BudgetError(f"no network fits both --budget-flops {format_flops(budget_flops)} and --budget-latency "
+                              f"{budget_latency:g} ms: relax one of them") from None
+    return pick_for_budget(rows, budget_flops, cost="flops", metric="top1")
+
+
+def describe_pick(row: dict, budget_flops: Optional[float], budget_latency: Optional[float]) -> str:
+    """One line naming the picked network and its numbers."""
+    budget = " and ".join(
+        ([f"{format_flops(budget_flops)} FLOPs"] if budget_flops is not None else [])
+        + ([f"{budget_latency:g} ms"] if budget_latency is not None else []))
+    lat = f", {row['latency_ms']:.2f} ms" if "latency_ms" in row else ""
+    return (f"Best network within {budget}: cfg_id {row['cfg_id']} ({row['name']}): top-1 {row['top1']:.2f}, "
+            f"top-5 {row['top5']:.2f}, {format_flops(row['flops'])} FLOPs, {row['params'] / 1e6:.2f} M params{lat}")
+
+
+def check_flops_budget(rows: Sequence[dict], budget: float) -> None:
+    """Refuse a FLOPs budget below the cheapest network (before any data is read)."""
+    cheapest = min(rows, key=lambda r: r["flops"])
+    if cheapest["flops"] > budget:
+        raise BudgetError(f"no network fits --budget-flops {format_flops(budget)}: the cheapest network "
+                          f"(cfg_id {cheapest['cfg_id']}, {cheapest['name']}) needs {format_flops(cheapest['flops'])}")

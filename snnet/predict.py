@@ -140,7 +140,7 @@ def prediction_info(net, dataset_name: str, data_dir: Optional[str], split: str 
     """What running one network on images needs besides its weights: the evaluation transform's
     settings and the class names (from the dataset when it can be opened)."""
     from .data import create_dataset
-    from .training import data_config_for
+    from .loaders import data_config_for
 
     try:
         dataset = create_dataset(dataset_name, data_dir, split) if (dataset_name or data_dir) else None
@@ -170,7 +170,7 @@ def write_prediction_info(export_path: str | Path, info: dict[str, Any], cfg_id:
 
 
 def _transform(info: dict[str, Any]):
-    from .sweep import eval_transform
+    from .loaders import eval_transform
 
     return eval_transform({**info, "input_size": tuple(info["input_size"])})
 
@@ -180,8 +180,9 @@ def _transform(info: dict[str, Any]):
 # ---------------------------------------------------------------------------------------------
 def choose_network(args: Namespace, net) -> int:
     """``--stitch``: a cfg_id, or the budget pick / the most accurate network of the sweep."""
-    from .evaluation import default_out_dir, pick, read_results
-    from .pareto import parse_flops, pick_for_budget
+    from .evaluation import default_out_dir
+    from .pareto import parse_flops, pick, pick_for_budget
+    from .results import read_results
 
     if args.stitch != "best":
         try:
@@ -254,7 +255,7 @@ def load_exported(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tens
 def predict(forward: Callable[[torch.Tensor], torch.Tensor], files: Sequence[Path], info: dict[str, Any],
             top_k: int = 5, batch_size: int = 64, device: str | torch.device = "cpu") -> list[dict[str, Any]]:
     """Per image: its top-k class indices, names and probabilities."""
-    from .sweep import Normalize
+    from .loaders import Normalize
 
     transform = _transform(info)
     prep = Normalize(info["mean"], info["std"], torch.device(device))

@@ -15,32 +15,23 @@ run again for each network that starts with them. Here:
 * under ``torchrun`` each rank takes the indices ``rank, rank + world, ...`` of the dataset
   (no padding, unlike timm's ``OrderedDistributedSampler``) and the sums are all-reduced, so
   every validation sample counts exactly once;
-* the selected networks are processed in chunks (``--sweep-chunk``), each chunk's results are
-  appended to a partial-results file as soon as it is complete, and a rerun skips what is
-  there: an interrupted sweep loses at most one chunk.
+* the selected networks are processed in chunks (``--sweep-chunk``, :func:`make_chunks`); eval.py
+  saves each finished chunk (:mod:`snnet.results`), so an interrupted sweep loses at most one.
+
+The loaders and normalisation are :mod:`snnet.data`'s; latency is :mod:`snnet.latency`'s.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
-import statistics
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .errors import ConfigError
 from .model import SNNet
 from .stitches import Stitch
-
-PARTIAL_NAME = "sweep_partial.jsonl"
-PARTIAL_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,7 +40,7 @@ PARTIAL_VERSION = 1
 def exit_block(net: SNNet, stitch: Stitch) -> int:
     """The last block of the front anchor that network ``stitch`` runs (an anchor: its last)."""
     if stitch.is_anchor:
-        return net.adapters[stitch.front].num_blocks - 1
+        return net.anchor_adapters[stitch.front].num_blocks - 1
     return stitch.front_block
 
 
@@ -100,7 +91,7 @@ def forward_networks(net: SNNet, plan: SweepPlan, x: torch.Tensor) -> Iterator[t
     tensors in the same order; only repeated work is skipped.
     """
     for a in sorted(plan.branches):
-        adapter = net.adapters[a]
+        adapter = net.anchor_adapters[a]
         by_exit = plan.branches[a]
         h = adapter.stem(x)
         for j in range(-1, max(by_exit) + 1):
@@ -116,7 +107,7 @@ def forward_networks(net: SNNet, plan: SweepPlan, x: torch.Tensor) -> Iterator[t
                 else:
                     if s.layer not in stitched:
                         stitched[s.layer] = net.stitch_layers[s.layer](h)
-                    out = net.adapters[s.back].forward_from(stitched[s.layer], s.back_block)
+                    out = net.anchor_adapters[s.back].forward_from(stitched[s.layer], s.back_block)
                 yield s.cfg_id, out
             del stitched
 
@@ -157,8 +148,8 @@ class MetricSums:
     def records(self) -> list[dict[str, Any]]:
         counts, loss = self.counts.cpu().tolist(), self.loss.cpu().tolist()
         return [
-            {"cfg_id": c, "correct1": int(n[0]), "correct5": int(n[1]), "count": int(n[2]), "loss_sum": float(l)}
-            for c, n, l in zip(self.cfg_ids, counts, loss)
+            {"cfg_id": c, "correct1": int(n[0]), "correct5": int(n[1]), "count": int(n[2]), "loss_sum": float(s)}
+            for c, n, s in zip(self.cfg_ids, counts, loss)
         ]
 
 
@@ -167,70 +158,6 @@ def metrics_of(record: Mapping[str, Any]) -> dict[str, float]:
     n = max(int(record["count"]), 1)
     return {"top1": 100.0 * record["correct1"] / n, "top5": 100.0 * record["correct5"] / n,
             "loss": record["loss_sum"] / n}
-
-
-# ---------------------------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------------------------
-class ShardSampler(torch.utils.data.Sampler):
-    """Rank ``r`` of ``world`` takes dataset indices ``r, r + world, ...``: no padding, so the
-    sums over ranks count every sample exactly once (timm's ``OrderedDistributedSampler`` pads
-    the last batch by repeating samples)."""
-
-    def __init__(self, n: int, rank: int = 0, world: int = 1):
-        self.indices = list(range(rank, n, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-class Normalize:
-    """uint8 NCHW batch (timm's ``fast_collate``) -> normalised float batch on the device."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device,
-                 channels_last: bool = False):
-        shape = (1, len(mean), 1, 1)
-        self.mean = torch.tensor([m * 255 for m in mean], device=device).view(shape)
-        self.std = torch.tensor([s * 255 for s in std], device=device).view(shape)
-        self.device = device
-        self.channels_last = channels_last
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(self.device, non_blocking=True)
-        if x.dtype == torch.uint8:  # already-normalised float batches pass through
-            x = x.float().sub_(self.mean).div_(self.std)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
-
-
-def eval_transform(data_cfg: Mapping[str, Any]):
-    """timm's evaluation transform (resize, center crop), uint8 output for :class:`Normalize`."""
-    from timm.data import create_transform
-
-    return create_transform(
-        data_cfg["input_size"], is_training=False, interpolation=data_cfg["interpolation"],
-        mean=data_cfg["mean"], std=data_cfg["std"], crop_pct=data_cfg["crop_pct"],
-        crop_mode=data_cfg.get("crop_mode"), use_prefetcher=True,
-    )
-
-
-def eval_loader(dataset, batch_size: int, workers: int = 0, rank: int = 0, world: int = 1,
-                pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """This rank's shard of ``dataset`` in order, uint8 batches (``fast_collate``); the workers
-    persist from one pass (chunk) to the next, as in timm's ``create_loader``."""
-    from timm.data.loader import fast_collate
-
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world), num_workers=workers,
-        collate_fn=fast_collate, pin_memory=pin_memory, drop_last=False, persistent_workers=workers > 0,
-        # Its own generator: a DataLoader without one draws each pass's base seed from the global
-        # RNG, so validating inside training would shift the training's random draws.
-        generator=torch.Generator().manual_seed(0),
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,137 +200,16 @@ def one_at_a_time(net: SNNet, loader: Iterable, cfg_ids: Sequence[int], prep: Pr
     """The official way: a fresh pass over ``loader`` per network, ``net.select(i); net(x)``
     (the reference for tests and benchmarks)."""
     sums = MetricSums(sorted(set(cfg_ids)), device)
-    was, previous = net.training, net.cfg_id
+    was = net.training
     net.eval()
     try:
         for cfg_id in sums.cfg_ids:
-            net.select(cfg_id)
-            for x, y in loader:
-                x, y = prep(x, y)
-                with autocast():
-                    out = net(x)
-                sums.update(cfg_id, out, y)
+            with net.selecting(cfg_id):
+                for x, y in loader:
+                    x, y = prep(x, y)
+                    with autocast():
+                        out = net(x)
+                    sums.update(cfg_id, out, y)
     finally:
         net.train(was)
-        net.select(previous)
     return sums
-
-
-# ---------------------------------------------------------------------------------------------
-# latency
-# ---------------------------------------------------------------------------------------------
-@torch.no_grad()
-def measure_latency(net: SNNet, cfg_id: int, batch_size: int = 1, device: torch.device | str = "cpu",
-                    warmup: int = 10, repeats: int = 30, autocast: Callable[[], Any] = contextlib.nullcontext,
-                    channels_last: bool = False) -> float:
-    """Median wall time in ms of one forward of network ``cfg_id`` (alone, as deployed) on a
-    batch of ``batch_size`` random images, after ``warmup`` forwards; CUDA is synchronised
-    around every timed forward."""
-    device = torch.device(device)
-    x = torch.randn(batch_size, *net.input_size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    was, previous = net.training, net.cfg_id
-    net.eval().select(cfg_id)
-    times = []
-    try:
-        with autocast():
-            for _ in range(max(0, warmup)):
-                net(x)
-            sync()
-            for _ in range(max(1, repeats)):
-                start = time.perf_counter()
-                net(x)
-                sync()
-                times.append(time.perf_counter() - start)
-    finally:
-        net.train(was)
-        net.select(previous)
-    return 1000.0 * statistics.median(times)
-
-
-# ---------------------------------------------------------------------------------------------
-# partial results (resuming)
-# ---------------------------------------------------------------------------------------------
-def fingerprint(description: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class PartialResults:
-    """``DIR/sweep_partial.jsonl``: a header naming what is evaluated, then one JSON line per
-    finished network (``type: accuracy``, the sums) or latency measurement (``type: latency``).
-
-    Lines are appended and fsynced as soon as a chunk is complete; a truncated last line (a
-    process killed mid-write) is ignored. A header that describes another evaluation (other
-    checkpoint, data, model...) is refused unless ``overwrite`` discards the file.
-    """
-
-    def __init__(self, out_dir: str | Path, description: Mapping[str, Any], overwrite: bool = False):
-        self.path = Path(out_dir) / PARTIAL_NAME
-        self.description = json.loads(json.dumps(dict(description), sort_keys=True, default=str))
-        self.key = fingerprint(self.description)
-        self.accuracy: dict[int, dict[str, Any]] = {}
-        self.latency: dict[int, dict[str, Any]] = {}
-        if overwrite and self.path.exists():
-            self.path.unlink()
-        if self.path.exists():
-            self._load()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._append([{"type": "header", "version": PARTIAL_VERSION, "fingerprint": self.key,
-                           "description": self.description}])
-
-    def _load(self) -> None:
-        lines = self.path.read_text().splitlines()
-        records = []
-        for n, line in enumerate(lines):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if n == len(lines) - 1:
-                    break  # the last line of a killed write
-                raise ConfigError(f"{self.path} line {n + 1} is corrupt: delete the file or pass --overwrite") from None
-        if not records or records[0].get("type") != "header":
-            raise ConfigError(f"{self.path} is not a partial sweep file: delete it or pass --overwrite")
-        header = records[0]
-        if header.get("fingerprint") != self.key:
-            theirs = header.get("description", {})
-            diff = sorted(k for k in set(theirs) | set(self.description) if theirs.get(k) != self.description.get(k))
-            what = ", ".join(f"{k}: {theirs.get(k)!r} there vs {self.description.get(k)!r} now" for k in diff[:3])
-            raise ConfigError(
-                f"{self.path.parent} holds partial results of another evaluation ({what}): "
-                f"pass --overwrite to discard them, or choose another --output"
-            )
-        for r in records[1:]:
-            if r.get("type") == "accuracy":
-                self.accuracy[int(r["cfg_id"])] = r
-            elif r.get("type") == "latency":
-                self.latency[int(r["cfg_id"])] = r
-        if len(lines) and not self.path.read_text().endswith("\n"):
-            # drop the torn line so that appends start on a fresh line
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-    def _append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        with open(self.path, "a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def add_accuracy(self, records: Iterable[Mapping[str, Any]]) -> None:
-        records = [{"type": "accuracy", **r} for r in records]
-        self._append(records)
-        for r in records:
-            self.accuracy[int(r["cfg_id"])] = r
-
-    def add_latency(self, cfg_id: int, latency_ms: float, setting: Mapping[str, Any]) -> None:
-        record = {"type": "latency", "cfg_id": int(cfg_id), "latency_ms": float(latency_ms), **setting}
-        self._append([record])
-        self.latency[int(cfg_id)] = record
-
-    def latency_for(self, cfg_id: int, setting: Mapping[str, Any]) -> Optional[float]:
-        r = self.latency.get(cfg_id)
-        if r is None or any(r.get(k) != v for k, v in setting.items()):
-            return None
-        return float(r["latency_ms"])

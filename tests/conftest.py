@@ -34,6 +34,12 @@ TINY_PAIRS = {
 }
 
 
+def families(names, slow: Sequence[str] = ()) -> list:
+    """Parametrize values over anchor families, those in ``slow`` marked ``slow`` (their tiny
+    models are still heavy on 2 cores; ``make test-fast`` skips them, ``make test`` runs all)."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in sorted(names)]
+
+
 def _flag_values(kwargs: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in kwargs.items())
 

@@ -2,15 +2,14 @@
 import pytest
 import timm
 import torch
+from conftest import TINY_PAIRS, families
 
 from snnet import create_snnet
 from snnet.anchors import create_anchor
 from snnet.errors import IncompatibleAnchorsError, UnknownModelError
 
-from conftest import TINY_PAIRS
 
-
-@pytest.mark.parametrize("family", sorted(TINY_PAIRS))
+@pytest.mark.parametrize("family", families(TINY_PAIRS, slow=["resnet"]))
 def test_split_points_compose_to_timm_forward(family):
     cfg = TINY_PAIRS[family]
     for i, name in enumerate(cfg["anchors"]):
@@ -27,7 +26,7 @@ def test_split_points_compose_to_timm_forward(family):
             assert torch.equal(out, expected), (name, j)
 
 
-@pytest.mark.parametrize("family", sorted(TINY_PAIRS))
+@pytest.mark.parametrize("family", families(TINY_PAIRS, slow=["resnet"]))
 def test_every_stitch_runs(family):
     net = create_snnet(num_classes=5, **TINY_PAIRS[family]).eval()
     assert sum(not s.is_anchor for s in net.stitches) > 0

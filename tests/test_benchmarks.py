@@ -28,6 +28,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("script", sorted(CASES))
+@pytest.mark.slow
 def test_benchmark_runs_and_its_checks_hold(script, tmp_path):
     args, expected = CASES[script]
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

@@ -71,6 +71,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert load_checkpoint_file(path) == {"epoch": 1} and os.listdir(tmp_path) == ["c.pth.tar"]
 
 
+@pytest.mark.slow
 def test_killed_save_keeps_previous_checkpoint(tmp_path):
     path = tmp_path / "last.pth.tar"
     save_checkpoint({"epoch": 1, "w": torch.zeros(10)}, path)

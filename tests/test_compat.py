@@ -6,13 +6,13 @@ import csv
 
 import pytest
 import torch
-
 from conftest import TINY_DEIT_ARGS, TINY_PAIRS, run_entry
+
 from snnet import create_snnet
 from snnet.compat import junction_scores
 from snnet.evaluation import main as eval_main
-from snnet.evaluation import read_results
 from snnet.layers import to_rows
+from snnet.results import read_results
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,12 +22,12 @@ def cka_by_hsic(x: torch.Tensor, y: torch.Tensor) -> float:
     x, y = x.double(), y.double()
     n = x.shape[0]
     h = torch.eye(n, dtype=torch.float64) - 1.0 / n
-    k, l = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
-    return float((k * l).sum() / ((k * k).sum() * (l * l).sum()).sqrt())
+    kx, ky = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
+    return float((kx * ky).sum() / ((kx * kx).sum() * (ky * ky).sum()).sqrt())
 
 
 def junction(net, stitch, images):
-    front, back = net.adapters[stitch.front], net.adapters[stitch.back]
+    front, back = net.anchor_adapters[stitch.front], net.anchor_adapters[stitch.back]
     x = front.forward_until(images, stitch.front_block)
     y = back.forward_until(images, stitch.back_block - 1)  # features before block k
     return x, to_rows(x, front.layout), to_rows(y, back.layout)

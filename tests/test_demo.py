@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_shortened_demo_runs_end_to_end(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, DEMO_OUTPUT=str(tmp_path / "out"), DEMO_RESULTS=str(tmp_path / "res"),
                DEMO_ARGS="--epochs 1 --max-steps-per-epoch 3 --ls-init-images 20",
@@ -37,8 +38,7 @@ def readme_commands():
 
 
 def test_readme_configs_exist_and_flags_are_real():
-    from snnet.evaluation import build_eval_parser
-    from snnet.training import build_train_parser
+    from snnet.cli import build_eval_parser, build_train_parser
 
     train_flags = {o for a in build_train_parser()._actions for o in a.option_strings}
     eval_flags = {o for a in build_eval_parser()._actions for o in a.option_strings}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import PLAIN, PYTHON, REPO, TINY, load, read_steps, run_main
 
 from snnet.sampling import sampler_seed
-from test_train import PLAIN, PYTHON, REPO, TINY, load, read_steps, run_main
 
 SEED = 7
 STEPS = 8  # per epoch
@@ -50,6 +50,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_global_batch(runs):
     one, two = by_step(read_steps(runs / "one")), by_step(read_steps(runs / "two"))
     assert sorted(one) == sorted(two) == list(range(1, 2 * STEPS + 1))
@@ -66,6 +67,7 @@ def test_two_processes_train_like_one_with_the_global_batch(runs):
     assert "Eval: 1" in (runs / "two" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_every_rank_trains_the_network_the_sampling_rule_says(runs, tmp_path):
     num_networks = 12  # depth-4 DeiT pair: 2 anchors + 10 stitches
     records = by_step(read_steps(runs / "two"))
@@ -85,6 +87,7 @@ def test_every_rank_trains_the_network_the_sampling_rule_says(runs, tmp_path):
     assert got[0] != got[1]
 
 
+@pytest.mark.slow
 def test_ddp_find_unused_parameters_gives_the_same_training(runs, tmp_path):
     proc = torchrun(2, COMMON + ["-b", "16", "--stop-epoch", "1", "--grad-sync", "ddp", "--output", tmp_path,
                                  "--experiment", "ddp"])
@@ -97,6 +100,7 @@ def test_ddp_find_unused_parameters_gives_the_same_training(runs, tmp_path):
             assert r_ddp["loss"] == pytest.approx(r_ours["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_epoch_is_restarted_and_resumes_exactly(tmp_path):
     """torchrun --max-restarts 1 restarts both workers after rank 1 dies at global step 11 (epoch 1,
     step 3); they resume from the step-10 last.pth.tar and end with the uninterrupted run's weights."""
@@ -104,8 +108,8 @@ def test_worker_killed_mid_epoch_is_restarted_and_resumes_exactly(tmp_path):
                    "--reprob", "0.25", "--drop-path", "0.1", "--checkpoint-interval", "5", "--output", tmp_path]
     proc = torchrun(2, args + ["--experiment", "clean"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = torchrun(2, args + ["--experiment", "killed"],
-                    env={"SNNET_TEST_KILL_AT_STEP": "11", "TORCHRUN_ARGS": "--max-restarts 1"})
+    proc = torchrun(2, args + ["--experiment", "killed", "--kill-at-step", "11"],
+                    env={"TRAIN_SCRIPT": str(REPO / "tests" / "hooked_train.py"), "TORCHRUN_ARGS": "--max-restarts 1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "continuing at epoch 1 after step 2 (global step 10)" in log, log[-3000:]

@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import TINY_PAIRS, run_entry
+
 from snnet import create_snnet
 from snnet.checkpoint import save_checkpoint
-from snnet.evaluation import main, read_results
+from snnet.evaluation import main
 from snnet.pareto import pareto_frontier
+from snnet.results import read_results
 
 REPO = Path(__file__).resolve().parents[1]
-PUBLISHED = [json.loads(l) for l in (REPO / "tests" / "data" / "snnet_deit_published.jsonl").read_text().splitlines()]
+PUBLISHED = [json.loads(line) for line in (REPO / "tests" / "data" / "snnet_deit_published.jsonl").read_text().splitlines()]
 TINY_MODEL = TINY_PAIRS["deit"]
 
 
@@ -57,8 +58,8 @@ def checkpoint(tmp_path_factory):
 def reference_top1(net, cfg_ids):
     """top-1 of each network, one at a time, on the digits with the trainer's validation transform."""
     from snnet.data import create_dataset
-    from snnet.sweep import Normalize, eval_loader, eval_transform, metrics_of, one_at_a_time
-    from snnet.training import data_config_for
+    from snnet.loaders import Normalize, data_config_for, eval_loader, eval_transform
+    from snnet.sweep import metrics_of, one_at_a_time
 
     ds = create_dataset("digits", None, "validation")
     cfg = data_config_for(net, ds)
@@ -163,6 +164,7 @@ def test_training_config_keys_are_tolerated_unknown_keys_are_not(tmp_path, capsy
     assert len(err) == 1 and "unknown key 'ancors'" in err[0], err
 
 
+@pytest.mark.slow
 def test_flops_only_on_deit_ti_s_b_config_gives_the_papers_anchor_flops(tmp_path):
     """The real script on the paper's config: full-size DeiT-Ti/S/B at 224, no data, no weights."""
     config = REPO / "configs" / "deit_ti_s_b.yaml"

@@ -9,11 +9,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_PAIRS
 
 from snnet import create_snnet
 from snnet.export import export_network, standalone_network
-
-from conftest import TINY_PAIRS
 
 # Loads an exported file in a fresh interpreter (-I: no cwd or PYTHONPATH on sys.path) that never
 # imports snnet or timm, runs it on a saved batch and reports its parameter count.
@@ -70,6 +69,7 @@ def test_standalone_modules_hold_exactly_each_networks_parameters():
 
 @pytest.mark.parametrize("family,suffix", [("deit", ".pt"), ("deit", ".pt2"), ("resnet", ".pt"),
                                            ("resnet_swin", ".pt"), ("resnet_swin", ".pt2")])
+@pytest.mark.slow
 def test_exported_file_loads_with_plain_torch_and_matches(family, suffix, tmp_path):
     net = tiny_net(family)
     cfg_id = middle_stitch(net)

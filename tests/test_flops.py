@@ -5,14 +5,13 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import TINY_PAIRS, families
 from fvcore.nn import FlopCountAnalysis
 
 from snnet import create_snnet
 from snnet.flops import count_flops, flops_table, network_flops
 
-from conftest import TINY_PAIRS
-
-PUBLISHED = [json.loads(l) for l in (Path(__file__).parent / "data" / "snnet_deit_published.jsonl").read_text().splitlines()]
+PUBLISHED = [json.loads(line) for line in (Path(__file__).parent / "data" / "snnet_deit_published.jsonl").read_text().splitlines()]
 
 
 def test_deit_tiny_counts_fused_attention_like_the_paper():
@@ -41,7 +40,7 @@ def test_deit_ti_s_b_table_matches_published(deit_ti_s_b):
             assert row["params"] == pub["params"] + 198 * widths[s.front], row
 
 
-@pytest.mark.parametrize("family", sorted(TINY_PAIRS))
+@pytest.mark.parametrize("family", families(TINY_PAIRS, slow=["levit", "resnet", "resnet_swin", "swin"]))
 def test_flops_by_composition_equal_whole_network(family):
     net = create_snnet(num_classes=5, **TINY_PAIRS[family])
     rows = flops_table(net)
@@ -49,7 +48,7 @@ def test_flops_by_composition_equal_whole_network(family):
         assert row["flops"] == network_flops(net, row["cfg_id"]), row["name"]
 
 
-@pytest.mark.parametrize("family", sorted(TINY_PAIRS))
+@pytest.mark.parametrize("family", families(TINY_PAIRS, slow=["deit", "levit", "resnet", "resnet_swin"]))
 def test_params_are_exactly_those_that_get_gradients(family):
     # train mode, as in training (timm's LeViT caches attention biases in eval mode)
     net = create_snnet(num_classes=5, **TINY_PAIRS[family]).train()

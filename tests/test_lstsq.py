@@ -2,11 +2,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_PAIRS, families
 
 from snnet import create_snnet
 from snnet.lstsq import solve_least_squares
-
-from conftest import TINY_PAIRS
 
 
 def rows(t, layout):
@@ -58,14 +57,14 @@ TIMM_BLOCKS = {
 }
 
 
-@pytest.mark.parametrize("family", sorted(TIMM_BLOCKS))
+@pytest.mark.parametrize("family", families(TIMM_BLOCKS, slow=["resnet", "resnet_swin"]))
 def test_layers_reach_the_lstsq_residual(family):
     # kernel 1: one position per paired layer; unpaired layers may share, so solve jointly and
     # compare with numpy's lstsq over the stacked positions.
     net = create_snnet(num_classes=5, kernel_size=1, **TINY_PAIRS[family])
     images = torch.randn(12, 3, *net.input_size[1:])
     net.init_stitching_layers(images, batch_size=5, combine="joint")  # several batches: accumulation
-    (fa, fm), (ba, bm) = [(a, a.model) for a in net.adapters]
+    (fa, fm), (ba, bm) = [(a, a.model) for a in net.anchor_adapters]
     front_out = block_outputs(fm, TIMM_BLOCKS[family](fm), images)
     back_out = block_outputs(bm, TIMM_BLOCKS[family](bm), images)
     checked = 0
@@ -89,7 +88,7 @@ def test_layers_reach_the_lstsq_residual(family):
 def test_shared_layer_is_mean_of_position_solutions_or_joint():
     net = create_snnet(num_classes=5, **TINY_PAIRS["deit"])
     images = torch.randn(6, 3, 32, 32)
-    fa, ba = net.adapters
+    fa, ba = net.anchor_adapters
     with torch.no_grad():
         feats_a = [fa.forward_until(images, j - 1) for j in range(fa.num_blocks + 1)]  # index i: before block i
         feats_b = [ba.forward_until(images, k - 1) for k in range(ba.num_blocks + 1)]

@@ -4,23 +4,21 @@ compared network by network with the official forward written out by hand from i
 from __future__ import annotations
 
 import argparse
-import re
-from pathlib import Path
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
-
 from conftest import run_entry
+from test_official_rules import official_networks
+
 from snnet import create_snnet
 from snnet.checkpoint import extract_state_dict, load_checkpoint_file
 from snnet.errors import CheckpointError
 from snnet.evaluation import main as eval_main
-from snnet.evaluation import read_results
 from snnet.official import convert_official_state
+from snnet.results import read_results
 from snnet.sweep import SweepPlan, forward_networks
-from test_official_rules import official_networks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,11 +49,11 @@ def official_deit(tmp_path_factory):
     state = {f"anchors.{i}.{k}": v for i, a in enumerate(anchors) for k, v in a.state_dict().items()}
     layers = {}  # (pair, layer) -> (weight, bias): stitch_layers[pair][layer] of nn.Linear(front dim, back dim)
     for p in range(2):
-        for l in range(3):  # depth 4, kernel 2, stride 1: three windows with new positions
+        for lid in range(3):  # depth 4, kernel 2, stride 1: three windows with new positions
             w = torch.randn(DEIT_WIDTHS[p + 1][0], DEIT_WIDTHS[p][0]) * 0.3
             b = torch.randn(DEIT_WIDTHS[p + 1][0]) * 0.1
-            layers[(p, l)] = (w, b)
-            state[f"stitch_layers.{p}.{l}.transform.weight"], state[f"stitch_layers.{p}.{l}.transform.bias"] = w, b
+            layers[(p, lid)] = (w, b)
+            state[f"stitch_layers.{p}.{lid}.transform.weight"], state[f"stitch_layers.{p}.{lid}.transform.bias"] = w, b
     path = tmp_path_factory.mktemp("official") / "snnet_deit.pth"
     torch.save({"model": state, "epoch": 49, "args": argparse.Namespace(model="snnet_deit", lr=5e-5, epochs=50)}, path)
     return path, anchors, layers
@@ -106,8 +104,7 @@ def test_official_deit_checkpoint_gives_the_official_logits(official_deit):
 
 def test_eval_py_on_official_deit_checkpoint_reproduces_the_official_accuracies(official_deit, tmp_path, capsys):
     from snnet.data import create_dataset
-    from snnet.sweep import Normalize, eval_loader, eval_transform
-    from snnet.training import data_config_for
+    from snnet.loaders import Normalize, data_config_for, eval_loader, eval_transform
 
     path, anchors, layers = official_deit
     out = tmp_path / "eval"
@@ -128,7 +125,7 @@ def test_eval_py_on_official_deit_checkpoint_reproduces_the_official_accuracies(
         for x, y in eval_loader(ds, 120):
             x, y = prep(x, y)
             logits = [a(x) for a in anchors] + [official_deit_logits(anchors, layers, e, x) for e in entries]
-            correct += torch.tensor([float((l.argmax(-1) == y).sum()) for l in logits])
+            correct += torch.tensor([float((out.argmax(-1) == y).sum()) for out in logits])
     expected = {i: round(100 * float(c) / len(ds), 4) for i, c in enumerate(correct)}
     assert got == expected
 
@@ -153,12 +150,12 @@ def official_resnet(tmp_path_factory):
     dims = {1: (128, 512), 2: (256, 1024)}  # stage_dims of ResNet-18 / ResNet-50 at stages 1, 2
     layers = {}
     for group, stage in enumerate((1, 2)):  # the official stitch_layers[stage - 1]
-        for l in range(2):  # ResNet-18's stage depth: one 1x1 conv per front block
+        for lid in range(2):  # ResNet-18's stage depth: one 1x1 conv per front block
             w = torch.randn(dims[stage][1], dims[stage][0], 1, 1) * 0.05
             b = torch.randn(dims[stage][1]) * 0.1
-            layers[(stage, l)] = (w, b)
-            state[f"stitch_layers.{group}.0.{l}.transform.weight"] = w
-            state[f"stitch_layers.{group}.0.{l}.transform.bias"] = b
+            layers[(stage, lid)] = (w, b)
+            state[f"stitch_layers.{group}.0.{lid}.transform.weight"] = w
+            state[f"stitch_layers.{group}.0.{lid}.transform.bias"] = b
     path = tmp_path_factory.mktemp("official") / "resnet_18_50.pth"
     torch.save({"state_dict": state, "epoch": 29, "args": argparse.Namespace(model="snnet_resnet18_50")}, path)
     return path, anchors, layers
@@ -243,11 +240,11 @@ def test_official_resnet_swin_checkpoint_gives_the_official_logits(tmp_path):
     state.update({f"anchors.1.{k}": v for k, v in _original_swin_layout(swin.state_dict())["model"].items()})
     layers = {}
     for group, stage in enumerate((1, 2)):
-        for l in range(2 if stage == 2 else 1):
+        for lid in range(2 if stage == 2 else 1):
             w, b = torch.randn(24 * 2 ** stage, 64 * 2 ** stage, 1, 1) * 0.05, torch.randn(24 * 2 ** stage) * 0.1
-            layers[(stage, l)] = (w, b)
-            state[f"stitch_layers.{group}.0.{l}.transform.weight"] = w
-            state[f"stitch_layers.{group}.0.{l}.transform.bias"] = b
+            layers[(stage, lid)] = (w, b)
+            state[f"stitch_layers.{group}.0.{lid}.transform.weight"] = w
+            state[f"stitch_layers.{group}.0.{lid}.transform.bias"] = b
     path = tmp_path / "resnet18_swin_ti.pth"
     torch.save({"state_dict": state, "args": argparse.Namespace(model="snnet_resnet18_swin_ti")}, path)
 

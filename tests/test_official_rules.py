@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from snnet import create_snnet
+from snnet.cli import build_train_parser
 from snnet.config import parse_args_with_config
-from snnet.training import build_train_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,14 +92,14 @@ def config_net(request):
 
 def test_shipped_configs_give_the_official_networks_in_official_order(config_net):
     name, net = config_net
-    stage_depths = [[len(a.stage_block_ids(s)) for s in range(a.num_stages)] for a in net.adapters]
+    stage_depths = [[len(a.stage_block_ids(s)) for s in range(a.num_stages)] for a in net.anchor_adapters]
     stages, forward_only = TREES[name]
     expected = [(stage, front, cfg) for stage, front, cfg, _ in official_networks(stage_depths, stages, forward_only)]
     stitched = [s for s in net.stitches if not s.is_anchor]
-    got = [(s.stage if net.adapters[0].num_stages > 1 else 0, s.front,
-            (_local(net.adapters[s.front], s.front_block, s.stage), _local(net.adapters[s.back], s.back_block, s.stage)))
+    got = [(s.stage if net.anchor_adapters[0].num_stages > 1 else 0, s.front,
+            (_local(net.anchor_adapters[s.front], s.front_block, s.stage), _local(net.anchor_adapters[s.back], s.back_block, s.stage)))
            for s in stitched]
     assert got == expected
-    assert [s.cfg_id for s in net.stitches[:len(net.adapters)]] == list(range(len(net.adapters)))
+    assert [s.cfg_id for s in net.stitches[:len(net.anchor_adapters)]] == list(range(len(net.anchor_adapters)))
     if name in OFFICIAL_COUNTS:
         assert net.num_stitches == OFFICIAL_COUNTS[name]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_train import TINY, load, read_steps, run_main
 
 RECIPE = TINY + [

@@ -1,11 +1,10 @@
 """The paper's stitching rules: counts, order and names against hand counts and the paper."""
 import pytest
+from conftest import TINY_PAIRS
 
 from snnet import create_snnet
 from snnet.errors import ConfigError
 from snnet.stitches import paired_positions, parse_stitch_ids, unpaired_positions
-
-from conftest import TINY_PAIRS
 
 
 def brute_force_paired(depth, kernel, stride):
@@ -57,7 +56,7 @@ def test_deit_ti_s_b_order_and_names(deit_ti_s_b):
 def test_hierarchical_stitches_stay_inside_middle_stages():
     net = create_snnet(num_classes=5, **TINY_PAIRS["swin"])
     stitched = [s for s in net.stitches if not s.is_anchor]
-    front, back = net.adapters
+    front, back = net.anchor_adapters
     for s in stitched:
         assert front.block_stages[s.front_block] == back.block_stages[s.back_block] == s.stage
         assert s.stage != front.num_stages - 1
@@ -71,3 +70,21 @@ def test_parse_stitch_ids():
         parse_stitch_ids("0,25", 20)
     with pytest.raises(ConfigError, match="bad stitch id"):
         parse_stitch_ids("x", 20)
+
+
+def test_selecting_runs_that_network_and_restores_the_previous_one():
+    import torch
+
+    net = create_snnet(**TINY_PAIRS["deit"], num_classes=10).eval()
+    x = torch.randn(2, *net.input_size)
+    net.select(2)
+    with torch.no_grad(), net.selecting(1) as selected:
+        assert selected is net and net.cfg_id == 1
+        assert torch.equal(net(x), net.anchors[1](x))  # anchor 1 runs as the timm model itself
+    assert net.cfg_id == 2
+    with pytest.raises(RuntimeError, match="inside"), net.selecting(0):
+        raise RuntimeError("inside")
+    assert net.cfg_id == 2
+    with pytest.raises(ConfigError, match="out of range"), net.selecting(net.num_stitches):
+        pass
+    assert net.cfg_id == 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -11,18 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_DEIT_ARGS, TINY_PAIRS, run_entry
 from PIL import Image
 
 from snnet import create_snnet
 from snnet.data import create_dataset
 from snnet.evaluation import main
-from snnet.sweep import (
-    Normalize, PartialResults, ShardSampler, SweepPlan, eval_loader, eval_transform, exit_block, forward_networks,
-    make_chunks,
-    one_at_a_time, sweep_pass,
-)
-
-from conftest import TINY_DEIT_ARGS, TINY_PAIRS, run_entry
+from snnet.loaders import Normalize, ShardSampler, data_config_for, eval_loader, eval_transform
+from snnet.results import PartialResults
+from snnet.sweep import SweepPlan, exit_block, forward_networks, make_chunks, one_at_a_time, sweep_pass
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -62,8 +60,6 @@ def test_shared_prefix_logits_equal_select_forward(family):
 
 
 def digits_loader(net, batch_size, n=150):
-    from snnet.training import data_config_for
-
     ds = create_dataset("digits", None, "validation")
     cfg = data_config_for(net, ds)  # the trainer's validation data config
     ds.transform = eval_transform(cfg)
@@ -157,18 +153,20 @@ def test_written_pareto_sets_equal_brute_force_of_written_table(tmp_path):
 def test_interrupted_sweep_resumes_to_the_full_sweep(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     assert run_main(TINY + ["--output", full, "-b", "128"]) == 0
-    # a crash right after the first chunk of 5 networks was saved (test hook)
-    os.environ["SNNET_TEST_EXIT_AFTER_CHUNKS"] = "1"
-    try:
-        assert run_main(TINY + ["--output", part, "-b", "128", "--sweep-chunk", "5"]) == 17
-    finally:
-        del os.environ["SNNET_TEST_EXIT_AFTER_CHUNKS"]
-    records = [json.loads(l) for l in (part / "sweep_partial.jsonl").read_text().splitlines()]
+    # a crash right after the first chunk of 5 networks was saved (of 3 chunks)
+
+    def crash_after_first_chunk(done: int, chunks: int) -> None:
+        if done == 1 and chunks > 1:
+            raise SystemExit(17)  # as if killed here: nothing else is written
+
+    crashing_main = functools.partial(main, on_chunk_saved=[crash_after_first_chunk])
+    assert run_entry(crashing_main, TINY + ["--output", part, "-b", "128", "--sweep-chunk", "5"]) == 17
+    records = [json.loads(line) for line in (part / "sweep_partial.jsonl").read_text().splitlines()]
     assert [r["type"] for r in records] == ["header"] + ["accuracy"] * 5
     assert not (part / "stitches.csv").exists()
     # the rerun evaluates the 7 others only (chunks of 5 and 2) and writes the same table
     assert run_main(TINY + ["--output", part, "-b", "128", "--sweep-chunk", "5"]) == 0
-    records = [json.loads(l) for l in (part / "sweep_partial.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (part / "sweep_partial.jsonl").read_text().splitlines()]
     assert len(records) == 13 and sorted(r["cfg_id"] for r in records[1:]) == list(range(12))
     for name in ("stitches.csv", "pareto.csv", "stitches_res.txt"):
         assert (part / name).read_text() == (full / name).read_text(), name
@@ -184,6 +182,7 @@ def write_image_folder(root: Path, n: int, classes: int = 3) -> None:
         Image.fromarray(rng.randint(0, 255, (20, 20, 3), dtype=np.uint8)).save(d / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_two_processes_count_every_sample_once(tmp_path):
     """47 images, batch 8 per rank: timm's eval sampler would pad rank 1 with a repeated image."""
     write_image_folder(tmp_path / "data", 47)
@@ -200,7 +199,7 @@ def test_two_processes_count_every_sample_once(tmp_path):
     assert "2 process(es)" in proc.stdout
 
     def sums(d):
-        recs = [json.loads(l) for l in (d / "sweep_partial.jsonl").read_text().splitlines()[1:]]
+        recs = [json.loads(line) for line in (d / "sweep_partial.jsonl").read_text().splitlines()[1:]]
         return {r["cfg_id"]: r for r in recs}
 
     a, b = sums(one), sums(two)

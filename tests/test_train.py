@@ -1,6 +1,7 @@
 """train.py on tiny anchors (CPU, digits): it learns, writes timm's run folder, refuses bad input clearly."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_DEIT_ARGS, run_entry
+from hooked_train import nan_at_step
+
 from snnet.training import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,8 +68,7 @@ def test_loss_goes_down_and_run_folder_is_timms(tmp_path):
 
 def test_single_anchor_run_feeds_anchor_checkpoints(tmp_path):
     """A one-anchor train.py run is plain timm training; its checkpoint loads as --anchor-checkpoints."""
-    from snnet.cli import build_snnet
-    from snnet.training import build_train_parser
+    from snnet.cli import build_snnet, build_train_parser
 
     code = run_main(["--dataset", "digits", "--img-size", "32", "--anchors", "deit_tiny_patch16_224",
                      "--model-kwargs", "patch_size=4", "depth=4", "embed_dim=32", "num_heads=2", "--workers", "0",
@@ -92,13 +93,10 @@ def test_divergence_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "non-finite loss" in err[0] and "cfg_id" in err[0]
 
-    # a NaN at a known step (test hook) after a step-level checkpoint
-    os.environ["SNNET_TEST_NAN_AT_STEP"] = "6"
-    try:
-        code = run_main(TINY + PLAIN + ["--lr", "1e-3", "-b", "16", "--epochs", "1", "--max-steps-per-epoch", "20",
-                                        "--checkpoint-interval", "4", "--output", tmp_path, "--experiment", "nan"])
-    finally:
-        del os.environ["SNNET_TEST_NAN_AT_STEP"]
+    # a NaN at a known step (a step callback) after a step-level checkpoint
+    code = run_entry(functools.partial(main, step_callbacks=[nan_at_step(6)]),
+                     TINY + PLAIN + ["--lr", "1e-3", "-b", "16", "--epochs", "1", "--max-steps-per-epoch", "20",
+                                     "--checkpoint-interval", "4", "--output", tmp_path, "--experiment", "nan"])
     err = capsys.readouterr().err.strip().splitlines()
     steps = read_steps(tmp_path / "nan")
     assert code == 2 and len(err) == 1
@@ -109,6 +107,7 @@ def test_divergence_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path,
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_unknown_yaml_key_is_a_one_line_error(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("anchors: [deit_tiny_patch16_224]\nlearning_rate_typo: 0.1\n")
@@ -119,10 +118,10 @@ def test_unknown_yaml_key_is_a_one_line_error(tmp_path):
     assert len(lines) == 1 and "learning_rate_typo" in lines[0], proc.stderr
 
 
+@pytest.mark.slow
 def test_every_config_parses_and_builds(monkeypatch):
-    from snnet.cli import build_snnet
+    from snnet.cli import build_snnet, build_train_parser
     from snnet.config import parse_args_with_config
-    from snnet.training import build_train_parser
 
     configs = sorted((REPO / "configs").glob("*.yaml"))
     names = {c.stem for c in configs}
@@ -144,9 +143,10 @@ def test_every_config_parses_and_builds(monkeypatch):
 def test_size_and_option_checks():
     from argparse import Namespace
 
+    from snnet.cli import build_train_parser
     from snnet.distributed import DistInfo
     from snnet.errors import ConfigError
-    from snnet.training import build_train_parser, resolve_args
+    from snnet.training import resolve_args
 
     parser = build_train_parser()
 

@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 
 from snnet.anchors import create_anchor
 from snnet.checkpoint import load_model_weights
+from snnet.cli import build_train_parser
 from snnet.errors import CheckpointError
-from snnet.training import build_train_parser
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VIT = dict(patch_size=4, depth=2, embed_dim=24, num_heads=2)
@@ -42,7 +42,7 @@ def test_missing_pretrained_weights_fail_fast_with_one_line(tmp_path, how):
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=_offline_env(tmp_path, **how), capture_output=True, text=True, timeout=60)
     elapsed = time.perf_counter() - start
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1]
     line = errors[0]

@@ -1,0 +1,422 @@
+"""The training loop of train.py: a :class:`Trainer` holds everything one process trains with.
+
+One optimizer step trains ONE network of the SN-Net, drawn by :class:`snnet.sampling.NetworkSampler`
+(every rank the same network by default): :meth:`Trainer.step` is that step and may be overridden,
+as in timm's training tasks. ``step_callbacks`` run after each forward with ``(trainer, step,
+loss)`` (``step``: the global step being trained, from 1) and may return a replacement loss or
+raise; tests use them to inject NaNs and kill workers.
+
+Resuming
+--------
+A checkpoint holds only tensors and plain Python data (``torch.load(weights_only=True)``):
+``version, arch, args, snnet_config, epoch, epoch_complete, step_in_epoch, global_step,
+world_size, state_dict, [aux_bn_state_dict], [state_dict_ema], optimizer, scheduler, [scaler],
+network_sampler (one state per rank), rng_states (one per rank), [metric], saver``.
+
+Step-level resume: with ``--checkpoint-interval N`` every rank pauses after each N-th optimizer
+step inside an epoch, rank 0 gathers every rank's RNG and network-sampler states, and
+``last.pth.tar`` is written atomically with ``epoch_complete=False`` and ``step_in_epoch=k``.
+A run resumed from it (``--resume auto``, the default when the run folder has ``last.pth.tar``;
+this is what ``torchrun --max-restarts`` relies on) restores weights, optimizer, scheduler,
+scaler, EMA, the network sampler and the RNGs, then starts epoch ``epoch`` after its first ``k``
+batches: the data order is a function of ``(seed, epoch)`` only (:class:`EpochSampler`), the
+skipped batches are never loaded, and each sample's augmentation is seeded from
+``(seed, epoch, index)`` (:class:`SeededSamples`) whatever worker loads it. Batch-level random
+erasing, Mixup/CutMix and drop-path run in the training process on the restored RNGs. Hence the
+final weights equal those of an uninterrupted run with the same seed (tested on CPU).
+
+A non-finite loss on any rank stops every rank with :class:`DivergenceError` before the
+optimizer step, so the last checkpoint on disk is the last good state.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from argparse import Namespace
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import plain
+from .distributed import DistInfo, GradAllReduce, all_reduce_sum, broadcast_state
+from .errors import DataError, DivergenceError
+from .loaders import Normalize, build_loaders, data_config_for
+from .model import SNNet
+from .recipe import (
+    apply_split_bn,
+    build_loss,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    build_teacher,
+    default_val_ids,
+)
+from .sampling import NetworkSampler, resolve_sample_weights, seed_everything
+from .stitches import parse_stitch_ids
+from .sweep import metrics_of, sweep_pass
+from .train_checkpoint import checkpoint_saver_class, restore_training_state, training_state
+
+_logger = logging.getLogger("train")
+
+# (trainer, global step being trained, loss) -> a replacement loss or None; may raise.
+StepCallback = Callable[["Trainer", int, torch.Tensor], Optional[torch.Tensor]]
+
+
+class StepLog:
+    """Per-step records (one JSON line per rank and optimizer step) in the run folder's steps.jsonl."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, record: dict) -> None:
+        os.write(self.fd, (json.dumps(record) + "\n").encode())
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class Trainer:
+    """Everything one process holds while training, built from train.py's resolved arguments;
+    :meth:`fit` trains to ``--epochs`` (or ``--stop-epoch``), :meth:`train_one_epoch` one epoch,
+    :meth:`step` one optimizer step. ``resume`` is a checkpoint to continue from ('' for none)."""
+
+    def __init__(self, args: Namespace, info: DistInfo, out_dir: Path, resume: str = "",
+                 step_callbacks: Sequence[StepCallback] = ()):
+        from timm.utils import ModelEmaV3
+
+        from .config import save_args_yaml
+        from .data import create_dataset, resolve_num_classes, sample_images
+
+        self.args, self.info, self.out_dir = args, info, out_dir
+        self.step_callbacks = list(step_callbacks)
+        self.epoch = 0
+        self.step_in_epoch = 0  # optimizer steps done in self.epoch
+        self.global_step = 0
+        self.saver_state = None
+
+        seed_everything(args.seed + info.rank)
+        train_ds = create_dataset(args.dataset, args.data_dir, args.train_split, args.img_size, args.seed)
+        val_ds = create_dataset(args.dataset, args.data_dir, args.val_split, args.img_size, args.seed)
+        num_classes = resolve_num_classes(args.num_classes, train_ds)
+        args.num_classes = num_classes  # recorded in args.yaml and the checkpoints (eval.py reads it)
+
+        initial = None
+        if args.initial_checkpoint:
+            from .checkpoint import load_checkpoint_file
+            from .official import official_state_of
+
+            initial = load_checkpoint_file(args.initial_checkpoint)
+            args.official_forward = args.official_forward or official_state_of(initial) is not None
+        torch.manual_seed(args.seed)  # the same initial weights on every rank
+        self.net = net = build_model(args, num_classes)
+        if initial is not None:
+            from .official import load_initial_weights
+
+            load_initial_weights(net, initial, args.initial_checkpoint)
+            del initial
+        if args.split_bn:
+            apply_split_bn(net)
+        teacher = build_teacher(args, num_classes, info.device)  # before LS init: fail fast on missing weights
+        seed_everything(args.seed + info.rank)  # per-rank randomness from here on (drop-path, erasing, mixup)
+        data_cfg = data_config_for(net, train_ds)
+        if info.is_primary:
+            save_args_yaml(args, out_dir / "args.yaml")  # after resolve_args: the values the run uses
+            _logger.info(f"Run folder {out_dir}; {info.world_size} process(es) on {info.device.type}, batch "
+                         f"{args.batch_size} per process ({args.batch_size * info.world_size} global), lr {args.lr:.3g}")
+            _logger.info(f"SN-Net over {net.config['anchors']}: {net.num_stitches} networks, "
+                         f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters")
+
+        if args.ls_init and not resume and not args.initial_checkpoint and net.layer_specs:
+            if args.ls_init_images > len(train_ds):
+                raise DataError(f"--ls-init-images {args.ls_init_images} is larger than the training set "
+                                f"({len(train_ds)} images): use at most {len(train_ds)}")
+            if info.is_primary:
+                start = time.perf_counter()
+                images = sample_images(train_ds, args.ls_init_images, data_cfg["input_size"][-1], args.seed,
+                                       mean=data_cfg["mean"], std=data_cfg["std"],
+                                       interpolation=data_cfg["interpolation"], crop_pct=data_cfg["crop_pct"])
+                net.init_stitching_layers(images, batch_size=args.ls_init_batch_size, combine=args.ls_init_combine,
+                                          progress=True)
+                _logger.info(f"Least-squares init of {len(net.stitch_layers)} stitching layers on {len(images)} "
+                             f"training images in {time.perf_counter() - start:.1f} s")
+        net.to(info.device)
+        if args.channels_last:
+            net.to(memory_format=torch.channels_last)
+        if info.distributed:
+            broadcast_state(net)  # rank 0's LS-initialised weights to every rank
+
+        self.net_sampler = NetworkSampler(net.num_stitches, args.seed, info.rank, args.sample_per_rank,
+                                          resolve_sample_weights(args.sample_weights, net))
+        self.optimizer = build_optimizer(net, args)
+        self.apex_amp = None
+        if args.amp and args.amp_impl == "apex":  # legacy: NVIDIA apex AMP O1 (patches net in place)
+            from apex import amp as apex_amp  # checked in resolve_args
+
+            net, self.optimizer = apex_amp.initialize(net, self.optimizer, opt_level="O1")
+            self.apex_amp = apex_amp
+        self.amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
+        self.native_amp = args.amp and args.amp_impl == "native"
+        # GradScaler for float16 on CUDA only (bfloat16 and CPU autocast need none)
+        cuda_fp16 = self.native_amp and self.amp_dtype == torch.float16 and info.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if cuda_fp16 else None
+        self.ema = None
+        if args.model_ema:
+            self.ema = ModelEmaV3(net, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+                                  device=torch.device("cpu") if args.model_ema_force_cpu else None)
+
+        loaders = build_loaders(train_ds, val_ds, args, info, data_cfg)
+        self.data_sampler, self.train_loader, self.train_prep, self.val_loader, self.val_prep = loaders
+        full_steps = self.data_sampler.num_samples // args.batch_size
+        self.steps_per_epoch = min(full_steps, args.max_steps_per_epoch or full_steps)
+        if self.steps_per_epoch < 1:
+            raise DataError(f"{self.data_sampler.num_samples} training images per process give no full batch of "
+                            f"{args.batch_size}: lower --batch-size")
+        self.scheduler = build_scheduler(self.optimizer, args, self.steps_per_epoch)
+
+        if resume:
+            self.load(resume, resume_opt=not args.no_resume_opt)
+            if info.distributed:
+                dist.barrier()
+        # the schedule is a function of (epoch, update): set the lr of every group (lr_scale included)
+        self.scheduler.step(self.epoch)
+        self.scheduler.step_update(self.global_step)
+
+        if info.distributed and args.grad_sync == "ddp":
+            self.model = nn.parallel.DistributedDataParallel(
+                net, device_ids=[info.device.index] if info.device.type == "cuda" else None, find_unused_parameters=True)
+            self.grad_sync = lambda: None
+        else:
+            self.model = net
+            self.grad_sync = GradAllReduce(net.parameters(), info.world_size, union=args.sample_per_rank)
+        self.mixup_fn, self.criterion = build_loss(args, teacher, num_classes)
+
+        self.val_ids = (list(range(net.num_stitches)) if args.val_stitches == "all" else
+                        parse_stitch_ids(args.val_stitches, net.num_stitches) if args.val_stitches
+                        else default_val_ids(net))
+        self.saver = checkpoint_saver_class()(
+            lambda metric: self.checkpoint_state(True, metric), checkpoint_dir=str(out_dir), recovery_dir=str(out_dir),
+            decreasing=args.eval_metric == "loss", max_history=args.checkpoint_hist)
+        if self.saver_state and Path(resume).resolve().parent == out_dir.resolve():
+            self.saver.load_state_dict(self.saver_state)
+        self.writer = None
+        if info.is_primary:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(out_dir))
+        self.step_log = StepLog(out_dir / "steps.jsonl")
+        if self.epoch >= args.epochs:
+            _logger.info(f"Nothing to do: {resume} already finished epoch {self.epoch - 1} of --epochs {args.epochs}")
+
+    # -- the epochs --------------------------------------------------------------------------
+    def fit(self) -> int:
+        """Train and validate each epoch up to ``--epochs`` (or ``--stop-epoch``); 0 when done."""
+        from timm.utils import distribute_bn, update_summary
+
+        args, info, net = self.args, self.info, self.net
+        out_dir = self.out_dir
+        if info.is_primary:
+            _logger.info(f"Training {args.epochs - self.epoch} epoch(s) of {self.steps_per_epoch} steps; "
+                         f"validating cfg_ids {self.val_ids}")
+        best = None
+        try:
+            end = args.epochs if args.stop_epoch is None else min(args.epochs, args.stop_epoch)
+            while self.epoch < end:
+                train_metrics = self.train_one_epoch()
+                if info.distributed and args.dist_bn:
+                    distribute_bn(net, info.world_size, args.dist_bn == "reduce")
+                per_net = validate(net, self.val_loader, self.val_prep, self.val_ids, self.autocast,
+                                   args.max_val_batches)
+                eval_metrics = summarize(per_net)
+                metric = eval_metrics[args.eval_metric]
+                if self.ema is not None and not args.model_ema_force_cpu:
+                    if info.distributed and args.dist_bn:
+                        distribute_bn(self.ema, info.world_size, args.dist_bn == "reduce")
+                    ema_net = validate(self.ema.module, self.val_loader, self.val_prep, self.val_ids, self.autocast,
+                                       args.max_val_batches)
+                    eval_metrics.update(summarize(ema_net, "ema_"))
+                    metric = eval_metrics["ema_" + args.eval_metric]
+                lr = self.optimizer.param_groups[0]["lr"]
+                if info.is_primary:
+                    desc = "  ".join(f"{cfg}: {v['top1']:.2f}" for cfg, v in per_net.items())
+                    _logger.info(f"Eval: {self.epoch}  mean top-1 {eval_metrics['top1']:.2f}  top-5 "
+                                 f"{eval_metrics['top5']:.2f}  loss {eval_metrics['loss']:.4f}  per network top-1 [{desc}]")
+                    update_summary(self.epoch, train_metrics, eval_metrics, filename=str(out_dir / "summary.csv"),
+                                   lr=lr, write_header=not (out_dir / "summary.csv").exists())
+                    for k, v in eval_metrics.items():
+                        self.writer.add_scalar(f"eval/{k}", v, self.epoch)
+                    self.writer.add_scalar("train/epoch_loss", train_metrics["loss"], self.epoch)
+                    self.writer.flush()
+                self.scheduler.step(self.epoch + 1, metric)
+                best = self.saver.save_checkpoint(self.epoch, metric=metric) if info.is_primary else None
+                if not info.is_primary:
+                    self.checkpoint_state(True, metric)  # the collective half of the save
+                if info.distributed:
+                    dist.barrier()
+                self.epoch += 1
+                self.step_in_epoch = 0
+        finally:
+            self.step_log.close()
+            if self.writer is not None:
+                self.writer.close()
+        if info.is_primary and best and best[0] is not None:
+            _logger.info(f"*** Best metric: {best[0]:.4f} (epoch {best[1]})")
+        return 0
+
+    def train_one_epoch(self) -> dict:
+        """Train ``self.epoch`` from step ``self.step_in_epoch``; returns the epoch's mean loss."""
+        args, info, net = self.args, self.info, self.net
+        self.model.train()
+        if self.mixup_fn is not None and args.mixup_off_epoch and self.epoch >= args.mixup_off_epoch:
+            self.mixup_fn.mixup_enabled = False
+        self.data_sampler.set_epoch(self.epoch, skip_batches=self.step_in_epoch)
+        steps = self.steps_per_epoch
+        loss_sum, loss_n = 0.0, 0
+        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # torchrun's restart count, logged
+        t_last, n_since = time.perf_counter(), 0
+        it = iter(self.train_loader)
+        while self.step_in_epoch < steps:
+            try:
+                x, y = next(it)
+            except StopIteration:
+                break
+            x, y = self.train_prep(x, y)
+            if self.mixup_fn is not None:
+                x, y = self.mixup_fn(x, y)
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            cfg_id = self.net_sampler.draw()
+            local, global_loss = self.step(x, y, cfg_id)
+            loss_sum += global_loss
+            loss_n += 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.step_log.write({"epoch": self.epoch, "step": self.global_step, "step_in_epoch": self.step_in_epoch,
+                                 "rank": info.rank, "cfg_id": cfg_id, "loss": local, "global_loss": global_loss,
+                                 "lr": lr, "attempt": attempt})
+            n_since += 1
+            if self.step_in_epoch % args.log_interval == 0 or self.step_in_epoch == steps:
+                now = time.perf_counter()
+                ips = n_since * x.shape[0] * info.world_size / max(now - t_last, 1e-9)
+                t_last, n_since = now, 0
+                _logger.info(
+                    f"Train: {self.epoch} [{self.step_in_epoch:>4d}/{steps} ({100.0 * self.step_in_epoch / steps:>3.0f}%)]  "
+                    f"Loss: {global_loss:#.4g} ({loss_sum / loss_n:#.4g})  {ips:>7.1f} img/s  LR: {lr:.3e}  "
+                    f"Net: {cfg_id} {net.stitches[cfg_id].name}"
+                )
+                if self.writer is not None:
+                    self.writer.add_scalar("train/loss", global_loss, self.global_step)
+                    self.writer.add_scalar("train/lr", lr, self.global_step)
+            if args.checkpoint_interval and self.global_step % args.checkpoint_interval == 0 and self.step_in_epoch < steps:
+                self.save_last()
+        return OrderedDict(loss=loss_sum / max(loss_n, 1))
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, cfg_id: int) -> tuple[float, float]:
+        """One optimizer step of network ``cfg_id`` on the prepared batch; returns this process's
+        loss and the loss averaged over processes. A non-finite loss on any process raises
+        :class:`DivergenceError` before the optimizer step."""
+        info, net = self.info, self.net
+        net.select(cfg_id)
+        with self.autocast():
+            out = self.model(x)
+            loss = self.criterion(x, out, y)
+        for callback in self.step_callbacks:
+            replaced = callback(self, self.global_step + 1, loss)
+            if replaced is not None:
+                loss = replaced
+        local = loss.detach().float()
+        stats = torch.stack([local, (~torch.isfinite(local)).float()])
+        all_reduce_sum(stats)
+        global_loss = float(stats[0]) / info.world_size
+        if stats[1] > 0 or not math.isfinite(global_loss):
+            raise DivergenceError(
+                f"non-finite loss at epoch {self.epoch} step {self.step_in_epoch + 1}/{self.steps_per_epoch} (global "
+                f"step {self.global_step + 1}) training network cfg_id {cfg_id} ({net.stitches[cfg_id].name}); last "
+                f"good checkpoint kept in {self.out_dir}: lower --lr, add --clip-grad or use --amp-dtype bfloat16"
+            )
+        self.backward_and_step(loss)
+        self.global_step += 1
+        self.step_in_epoch += 1
+        if self.ema is not None:
+            self.ema.update(net, step=self.global_step)
+        self.scheduler.step_update(num_updates=self.global_step)
+        return float(local), global_loss
+
+    # -- precision, backward, optimizer step -------------------------------------------------
+    def autocast(self):
+        if self.native_amp:
+            return torch.autocast(device_type=self.info.device.type, dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """backward, gradient averaging over processes, clipping, optimizer step, grads to None."""
+        from timm.utils import dispatch_clip_grad
+
+        opt = self.optimizer
+        if self.apex_amp is not None:
+            with self.apex_amp.scale_loss(loss, opt) as scaled:
+                scaled.backward()
+        elif self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        self.grad_sync()
+        if self.args.clip_grad is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(opt)
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            dispatch_clip_grad(params, value=self.args.clip_grad, mode=self.args.clip_mode)
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)  # unused parameters keep grad None: the optimizer skips them
+
+    def save_last(self) -> None:
+        """Step-level checkpoint: last.pth.tar inside an epoch (collective; rank 0 writes)."""
+        from .checkpoint import save_checkpoint
+
+        state = self.checkpoint_state(epoch_complete=False)
+        if state is not None:
+            state["saver"] = plain(self.saver.state_dict())
+            save_checkpoint(state, self.out_dir / "last.pth.tar")
+        if self.info.distributed:
+            dist.barrier()
+
+    # -- state ------------------------------------------------------------------------------
+    def checkpoint_state(self, epoch_complete: bool, metric: Optional[float] = None) -> Optional[dict]:
+        """Collective (all ranks call it); the checkpoint on rank 0, None elsewhere."""
+        return training_state(self, epoch_complete, metric)
+
+    def load(self, path: str, resume_opt: bool) -> None:
+        restore_training_state(self, path, resume_opt)
+
+
+@torch.no_grad()
+def validate(net: SNNet, loader, prep: Normalize, cfg_ids: list[int], autocast,
+             max_batches: Optional[int] = None) -> dict[int, dict[str, float]]:
+    """Top-1/top-5/loss of each network in ``cfg_ids``, in that order, from one pass over the
+    (sharded) data that shares the networks' common prefixes (eval.py's sweep), summed over
+    processes."""
+    batches = loader if max_batches is None else itertools.islice(loader, max_batches)
+    sums = sweep_pass(net, batches, cfg_ids, prep, autocast, device=prep.device).all_reduce()
+    by_id = {r["cfg_id"]: metrics_of(r) for r in sums.records()}
+    return {c: by_id[c] for c in cfg_ids}
+
+
+def summarize(per_net: dict[int, dict[str, float]], prefix: str = "") -> OrderedDict:
+    """Mean top-1/top-5/loss over the validated networks, and each network's top-1."""
+    row: OrderedDict = OrderedDict()
+    for m in ("top1", "top5", "loss"):
+        row[prefix + m] = sum(v[m] for v in per_net.values()) / len(per_net)
+    for cfg, v in per_net.items():
+        row[f"{prefix}top1_net{cfg}"] = v["top1"]
+    return row
