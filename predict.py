@@ -7,6 +7,7 @@
 
 See ``snnet/predict.py`` for the options.
 """
+
 import sys
 
 from snnet.predict import main

@@ -11,6 +11,7 @@ the stitched networks (anchors left out):
 Other arguments go to eval.py. Writes ``OUT/compat.csv`` (eval.py's) and ``OUT/correlation.md``.
 FLOPs, the score anyone has for free, is ranked too as the baseline.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,24 @@ from snnet.evaluation import main as eval_main
 from snnet.results import read_results
 
 # score column -> (label, sign: +1 if higher should mean more accurate)
-SCORES = {"cka": ("linear CKA at the junction", 1), "ls_residual": ("LS relative residual (negated)", -1),
-          "ls_top1": ("top-1 after LS init, before training", 1), "flops": ("FLOPs (baseline)", 1)}
+SCORES = {
+    "cka": ("linear CKA at the junction", 1),
+    "ls_residual": ("LS relative residual (negated)", -1),
+    "ls_top1": ("top-1 after LS init, before training", 1),
+    "flops": ("FLOPs (baseline)", 1),
+}
 
 
 def main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trained", required=True, nargs="+", metavar="CSV",
-                        help="stitches.csv of trained SN-Nets over these anchors (eval.py); one column each")
+    parser.add_argument(
+        "--trained",
+        required=True,
+        nargs="+",
+        metavar="CSV",
+        help="stitches.csv of trained SN-Nets over these anchors (eval.py); one column each",
+    )
     parser.add_argument("--output", required=True, help="folder for compat.csv and correlation.md")
     ours, eval_args = parser.parse_known_args(argv)
     out = Path(ours.output)
@@ -52,17 +62,27 @@ def main(argv: list[str]) -> int:
     # all stitches, then each anchor pair alone (FLOPs differ mostly between pairs)
     groups = {"all": ids}
     for i in ids:
-        groups.setdefault(compat[i]["name"].split("[")[0] + " > " + compat[i]["name"].split(">")[1].split("[")[0], []).append(i)
-    lines = ["Spearman rank correlation (rho, p-value) of each score with the trained top-1 of the stitched networks:", ""]
+        groups.setdefault(
+            compat[i]["name"].split("[")[0] + " > " + compat[i]["name"].split(">")[1].split("[")[0], []
+        ).append(i)
+    lines = [
+        "Spearman rank correlation (rho, p-value) of each score with the trained top-1 of the stitched networks:",
+        "",
+    ]
     for group, members in groups.items():
-        lines += [f"{group} ({len(members)} stitches):", "",
-                  "| score (before training) | " + " | ".join(f"vs {p}" for p in ours.trained) + " |",
-                  "| --- |" + " --- |" * len(ours.trained)]
+        lines += [
+            f"{group} ({len(members)} stitches):",
+            "",
+            "| score (before training) | " + " | ".join(f"vs {p}" for p in ours.trained) + " |",
+            "| --- |" + " --- |" * len(ours.trained),
+        ]
         for column, (label, sign) in SCORES.items():
             cells = []
             for trained in tables.values():
-                values = [sign * (float(trained[i][column]) if column == "flops" else float(compat[i][column]))
-                          for i in members]
+                values = [
+                    sign * (float(trained[i][column]) if column == "flops" else float(compat[i][column]))
+                    for i in members
+                ]
                 rho, p = spearmanr(values, [trained[i]["top1"] for i in members])
                 cells.append(f"{rho:+.3f} (p {p:.2g})")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")

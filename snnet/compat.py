@@ -15,6 +15,7 @@ For every stitch ``A[:j+1]>B[k:]`` of an untrained SN-Net, on a set of images:
 eval.py --compatibility adds the top-1 of each LS-initialised network (its sweep) and writes
 ``compat.csv``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -56,7 +57,9 @@ class _Moments:
 
 
 @torch.no_grad()
-def junction_scores(net: SNNet, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 32) -> dict[int, dict[str, float]]:
+def junction_scores(
+    net: SNNet, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 32
+) -> dict[int, dict[str, float]]:
     """``{cfg_id: {"cka": ..., "ls_residual": ...}}`` for every stitched network of ``net`` on
     ``images`` (an ``(N, 3, H, W)`` tensor or an iterable of batches), in eval mode."""
     stitched = [s for s in net.stitches if not s.is_anchor]
@@ -84,13 +87,14 @@ def junction_scores(net: SNNet, images: torch.Tensor | Iterable[torch.Tensor], b
     out = {}
     for s in stitched:
         m = moments[s.cfg_id]
-        spread = float(m.yy.diagonal().sum() - (m.sy ** 2).sum() / m.n)  # ||Y - mean(Y)||_F^2
+        spread = float(m.yy.diagonal().sum() - (m.sy**2).sum() / m.n)  # ||Y - mean(Y)||_F^2
         out[s.cfg_id] = {"cka": m.cka(), "ls_residual": (residual[s.cfg_id] / spread) ** 0.5}
     return out
 
 
-def ls_initialise_and_score(net: SNNet, dataset: str, data_dir: str | None, n_images: int,
-                            seed: int) -> dict[int, dict[str, float]]:
+def ls_initialise_and_score(
+    net: SNNet, dataset: str, data_dir: str | None, n_images: int, seed: int
+) -> dict[int, dict[str, float]]:
     """Least-squares init of every stitching layer on ``n_images`` training images (as train.py's
     ``--ls-init``: same sampling from ``seed``, same transform), then :func:`junction_scores` on them."""
     from .data import create_dataset, sample_images
@@ -98,13 +102,23 @@ def ls_initialise_and_score(net: SNNet, dataset: str, data_dir: str | None, n_im
 
     train_ds = create_dataset(dataset, data_dir, "train")
     cfg = data_config_for(net, train_ds)
-    images = sample_images(train_ds, n_images, cfg["input_size"][-1], seed, mean=cfg["mean"], std=cfg["std"],
-                           interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"])
+    images = sample_images(
+        train_ds,
+        n_images,
+        cfg["input_size"][-1],
+        seed,
+        mean=cfg["mean"],
+        std=cfg["std"],
+        interpolation=cfg["interpolation"],
+        crop_pct=cfg["crop_pct"],
+    )
     net.init_stitching_layers(images)
     return junction_scores(net, images)
 
 
-def compat_rows(net: SNNet, scores: dict[int, dict[str, float]], results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def compat_rows(
+    net: SNNet, scores: dict[int, dict[str, float]], results: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """One row per network: the junction scores (empty for anchors) and the sweep's top-1."""
     top1 = {r["cfg_id"]: r["top1"] for r in results}
     rows = []
@@ -112,10 +126,16 @@ def compat_rows(net: SNNet, scores: dict[int, dict[str, float]], results: Sequen
         if s.cfg_id not in top1:
             continue
         score = scores.get(s.cfg_id, {})
-        rows.append({"cfg_id": s.cfg_id, "name": s.name, "stage": "" if s.stage is None else s.stage,
-                     "cka": round(score["cka"], 6) if score else "",
-                     "ls_residual": round(score["ls_residual"], 6) if score else "",
-                     "ls_top1": top1[s.cfg_id]})
+        rows.append(
+            {
+                "cfg_id": s.cfg_id,
+                "name": s.name,
+                "stage": "" if s.stage is None else s.stage,
+                "cka": round(score["cka"], 6) if score else "",
+                "ls_residual": round(score["ls_residual"], 6) if score else "",
+                "ls_top1": top1[s.cfg_id],
+            }
+        )
     return rows
 
 

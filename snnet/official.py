@@ -18,6 +18,7 @@ checkpoint's ``snnet_config`` and shown by eval.py):
 The files pickle the training ``argparse.Namespace`` under ``args``; :func:`snnet.checkpoint.load_checkpoint_file`
 allows exactly that class, and only for files whose weights have this layout.
 """
+
 from __future__ import annotations
 
 import re
@@ -109,11 +110,13 @@ def convert_official_state(state: Mapping[str, torch.Tensor], net) -> dict[str, 
     out: dict[str, torch.Tensor] = {}
     for i, model in enumerate(net.anchors):
         prefix = f"anchors.{i}."
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         sub, problem = convert_with_timm_filter(sub, model)
         if problem:
-            raise CheckpointError(f"anchor {i} ({net.anchor_adapters[i].name}) of the official checkpoint does not match: {problem}; "
-                                  f"pass the config of the official run (-c configs/...yaml)")
+            raise CheckpointError(
+                f"anchor {i} ({net.anchor_adapters[i].name}) of the official checkpoint does not match: {problem}; "
+                f"pass the config of the official run (-c configs/...yaml)"
+            )
         out.update({prefix + k: v for k, v in sub.items()})
     index = official_layer_index(net)
     hierarchical = net.anchor_adapters[0].num_stages > 1
@@ -123,8 +126,10 @@ def convert_official_state(state: Mapping[str, torch.Tensor], net) -> dict[str, 
             continue
         a, b, c, what = m.groups()
         if (c is not None) != hierarchical:
-            raise CheckpointError(f"official key {key} is not of the {'hierarchical' if hierarchical else 'DeiT'} "
-                                  f"layout these anchors use: pass the config of the official run")
+            raise CheckpointError(
+                f"official key {key} is not of the {'hierarchical' if hierarchical else 'DeiT'} "
+                f"layout these anchors use: pass the config of the official run"
+            )
         where = (int(a), int(b), int(c)) if hierarchical else (0, int(a), int(b))
         if where not in index:
             continue  # a layer the official code allocates but no stitch uses
@@ -133,8 +138,10 @@ def convert_official_state(state: Mapping[str, torch.Tensor], net) -> dict[str, 
         out[f"stitch_layers.{index[where]}.transform.{what}"] = value
     problem = describe_mismatch(out, net)
     if problem:
-        raise CheckpointError(f"the official checkpoint does not match this SN-Net: {problem}; pass the config of the "
-                              f"official run (its anchors, and --stages where it differs)")
+        raise CheckpointError(
+            f"the official checkpoint does not match this SN-Net: {problem}; pass the config of the "
+            f"official run (its anchors, and --stages where it differs)"
+        )
     return out
 
 
@@ -148,6 +155,8 @@ def load_initial_weights(net, ckpt: Mapping[str, Any], path: str) -> None:
         state = convert_official_state(state, net)
     problem = describe_mismatch(state, net)
     if problem:
-        raise CheckpointError(f"--initial-checkpoint {path} does not match the model: {problem}; check --anchors, "
-                              f"--model-kwargs, --anchor-kwargs and --num-classes")
+        raise CheckpointError(
+            f"--initial-checkpoint {path} does not match the model: {problem}; check --anchors, "
+            f"--model-kwargs, --anchor-kwargs and --num-classes"
+        )
     net.load_state_dict(state)

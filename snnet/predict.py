@@ -15,6 +15,7 @@ An exported file (``eval.py --export``) is run with the preprocessing and class 
 eval.py saved beside it as ``<file>.json``; ``.onnx`` files need onnxruntime (``pip install
 '.[onnx]'``) or fall back to onnx's slow reference evaluator.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,22 +35,42 @@ INFO_SUFFIX = ".json"
 def build_predict_parser() -> argparse.ArgumentParser:
     from .cli import add_data_args, add_model_args
 
-    parser = argparse.ArgumentParser(description="Top-5 classes of image files from one network of an SN-Net "
-                                                 "or an exported network.")
-    parser.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (searched recursively)")
+    parser = argparse.ArgumentParser(
+        description="Top-5 classes of image files from one network of an SN-Net or an exported network."
+    )
+    parser.add_argument(
+        "images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (searched recursively)"
+    )
     parser.add_argument("-c", "--config", default="", metavar="FILE.yaml", help="the training config (optional)")
     add_model_args(parser)
     add_data_args(parser)
     g = parser.add_argument_group("prediction")
-    g.add_argument("--resume", "--checkpoint", dest="checkpoint", default="", metavar="CKPT", help="train.py checkpoint")
+    g.add_argument(
+        "--resume", "--checkpoint", dest="checkpoint", default="", metavar="CKPT", help="train.py checkpoint"
+    )
     g.add_argument("--use-ema", action="store_true", default=False, help="the checkpoint's EMA weights")
-    g.add_argument("--stitch", default=None, metavar="CFG_ID|best",
-                   help="the network: a cfg_id, or 'best' (most accurate of the sweep, within the budgets)")
-    g.add_argument("--budget-flops", default=None, metavar="FLOPS", help="with --stitch best: most accurate within this")
-    g.add_argument("--budget-latency", type=float, default=None, metavar="MS",
-                   help="with --stitch best: most accurate within this latency (a sweep with --measure-latency)")
-    g.add_argument("--results", default="", metavar="DIR",
-                   help="eval.py output folder with stitches.csv, for --stitch best (default: eval.py's default for CKPT)")
+    g.add_argument(
+        "--stitch",
+        default=None,
+        metavar="CFG_ID|best",
+        help="the network: a cfg_id, or 'best' (most accurate of the sweep, within the budgets)",
+    )
+    g.add_argument(
+        "--budget-flops", default=None, metavar="FLOPS", help="with --stitch best: most accurate within this"
+    )
+    g.add_argument(
+        "--budget-latency",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="with --stitch best: most accurate within this latency (a sweep with --measure-latency)",
+    )
+    g.add_argument(
+        "--results",
+        default="",
+        metavar="DIR",
+        help="eval.py output folder with stitches.csv, for --stitch best (default: eval.py's default for CKPT)",
+    )
     g.add_argument("--exported", default="", metavar="FILE", help="an eval.py --export file (.pt, .pt2 or .onnx)")
     g.add_argument("--csv", default="", metavar="FILE", help="also write the predictions to this CSV file")
     g.add_argument("--top-k", type=int, default=5, metavar="K", help="classes shown per image")
@@ -66,11 +87,15 @@ def parse_predict_args(argv: Optional[Sequence[str]] = None) -> Namespace:
     args, _ = parse_args_with_config(parser, argv, extra_known_keys=_train_keys())
     args._defaults = {a.dest: a.default for a in parser._actions}
     if not args.images:
-        raise ConfigError("no images given: pass image files or folders, e.g. predict.py --resume CKPT --stitch 0 photo.jpg")
+        raise ConfigError(
+            "no images given: pass image files or folders, e.g. predict.py --resume CKPT --stitch 0 photo.jpg"
+        )
     if bool(args.checkpoint) == bool(args.exported):
         raise ConfigError("pass either --resume CKPT (with --stitch) or --exported FILE")
     if args.checkpoint and args.stitch is None:
-        raise ConfigError("--resume needs --stitch CFG_ID or --stitch best (optionally with --budget-flops / --budget-latency)")
+        raise ConfigError(
+            "--resume needs --stitch CFG_ID or --stitch best (optionally with --budget-flops / --budget-latency)"
+        )
     if args.exported and args.stitch is not None:
         raise ConfigError("an exported file is one network already: drop --stitch")
     if (args.budget_flops is not None or args.budget_latency is not None) and args.stitch != "best":
@@ -112,7 +137,9 @@ def load_batch(files: Sequence[Path], transform: Callable) -> torch.Tensor:
             with Image.open(f) as im:
                 image = im.convert("RGB")
         except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"cannot read image '{f}' ({type(e).__name__}): give image files (JPEG, PNG, ...)") from None
+            raise DataError(
+                f"cannot read image '{f}' ({type(e).__name__}): give image files (JPEG, PNG, ...)"
+            ) from None
         out.append(torch.as_tensor(transform(image)))
     return torch.stack(out)
 
@@ -191,12 +218,17 @@ def choose_network(args: Namespace, net) -> int:
             raise ConfigError(f"--stitch '{args.stitch}' is not a cfg_id: pass a number or 'best'") from None
         net.select(cfg_id)
         return cfg_id
-    results = Path(args.results) if args.results else default_out_dir(Namespace(checkpoint=args.checkpoint, use_ema=args.use_ema,
-                                                                               flops_only=False))
+    results = (
+        Path(args.results)
+        if args.results
+        else default_out_dir(Namespace(checkpoint=args.checkpoint, use_ema=args.use_ema, flops_only=False))
+    )
     table = results / "stitches.csv"
     if not table.is_file():
-        raise DataError(f"--stitch best picks from the sweep's {table}, which does not exist: run eval.py --resume "
-                        f"{args.checkpoint} --output {results} first, or pass --results DIR")
+        raise DataError(
+            f"--stitch best picks from the sweep's {table}, which does not exist: run eval.py --resume "
+            f"{args.checkpoint} --output {results} first, or pass --results DIR"
+        )
     rows = read_results(table)
     if rows and "top1" not in rows[0]:
         raise DataError(f"{table} has no accuracies (an eval.py --flops-only table): run the sweep with data")
@@ -208,8 +240,10 @@ def choose_network(args: Namespace, net) -> int:
     else:
         row = pick(rows, flops, args.budget_latency)
     if row["cfg_id"] >= net.num_stitches or net.stitches[row["cfg_id"]].name != row["name"]:
-        raise DataError(f"{table} is not a sweep of this SN-Net (cfg_id {row['cfg_id']} is {row['name']} there): "
-                        f"pass the --results DIR of this checkpoint")
+        raise DataError(
+            f"{table} is not a sweep of this SN-Net (cfg_id {row['cfg_id']} is {row['name']} there): "
+            f"pass the --results DIR of this checkpoint"
+        )
     net.select(row["cfg_id"])
     return row["cfg_id"]
 
@@ -237,8 +271,10 @@ def load_exported(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tens
         raise ConfigError(f"--exported '{path}' has an unknown suffix: use an eval.py --export file (.pt, .pt2, .onnx)")
     info_path = Path(str(path) + INFO_SUFFIX)
     if not info_path.is_file():
-        raise CheckpointError(f"'{info_path}' is missing: predict.py needs the preprocessing and class names eval.py "
-                              f"--export writes beside the file; export again with eval.py, or predict with --resume CKPT")
+        raise CheckpointError(
+            f"'{info_path}' is missing: predict.py needs the preprocessing and class names eval.py "
+            f"--export writes beside the file; export again with eval.py, or predict with --resume CKPT"
+        )
     info = json.loads(info_path.read_text())
     if fmt == "torchscript":
         module = torch.jit.load(str(path), map_location="cpu")
@@ -252,8 +288,14 @@ def load_exported(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tens
 # main
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict(forward: Callable[[torch.Tensor], torch.Tensor], files: Sequence[Path], info: dict[str, Any],
-            top_k: int = 5, batch_size: int = 64, device: str | torch.device = "cpu") -> list[dict[str, Any]]:
+def predict(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    files: Sequence[Path],
+    info: dict[str, Any],
+    top_k: int = 5,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> list[dict[str, Any]]:
     """Per image: its top-k class indices, names and probabilities."""
     from .loaders import Normalize
 
@@ -262,7 +304,7 @@ def predict(forward: Callable[[torch.Tensor], torch.Tensor], files: Sequence[Pat
     names = info["class_names"]
     rows = []
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
+        chunk = files[start : start + batch_size]
         x, _ = prep(load_batch(chunk, transform), torch.zeros(len(chunk)))
         probs = torch.softmax(forward(x).float(), dim=-1)
         top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
@@ -278,8 +320,10 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
         w = csv.writer(f)
         w.writerow(header)
         for r in rows:
-            w.writerow([r["image"]] + [v for c, i, p in zip(r["classes"], r["indices"], r["probs"])
-                                       for v in (c, i, f"{p:.6f}")])
+            w.writerow(
+                [r["image"]]
+                + [v for c, i, p in zip(r["classes"], r["indices"], r["probs"]) for v in (c, i, f"{p:.6f}")]
+            )
 
 
 @exit_on_user_error

@@ -8,6 +8,7 @@ download folder for timm's legacy URLs); a cached file is loaded safely
 dict, so timm's own checkpoint filter and classifier handling still apply. Only when nothing
 is cached is the hub asked, after a short connection probe, and a failure is one clear line.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,20 +79,23 @@ def _unreachable(host: str, port: int) -> Optional[str]:
     return None
 
 
-def weights_unavailable(model_name: str, why: str, checkpoint_flag: str = "--anchor-checkpoints FILE ...") -> CheckpointError:
+def weights_unavailable(
+    model_name: str, why: str, checkpoint_flag: str = "--anchor-checkpoints FILE ..."
+) -> CheckpointError:
     """The one-line error naming the three ways out."""
     cfg = _pretrained_cfg(model_name)
     where = f" ({cfg.hf_hub_id})" if cfg is not None and cfg.hf_hub_id else ""
     return CheckpointError(
         f"cannot get timm's pretrained weights of {model_name}{where}: {why}. Either download them on a "
-        f"machine with internet into the Hugging Face cache (python -c \"import timm; "
+        f'machine with internet into the Hugging Face cache (python -c "import timm; '
         f"timm.create_model('{model_name}', pretrained=True)\", then copy HF_HOME) and set HF_HUB_OFFLINE=1, "
         f"or pass {checkpoint_flag} (local weights), or --no-pretrained"
     )
 
 
-def create_pretrained_model(model_name: str, checkpoint_flag: str = "--anchor-checkpoints FILE ...",
-                            **kwargs: Any) -> nn.Module:
+def create_pretrained_model(
+    model_name: str, checkpoint_flag: str = "--anchor-checkpoints FILE ...", **kwargs: Any
+) -> nn.Module:
     """``timm.create_model(model_name, pretrained=True, **kwargs)``, from the local cache when it
     holds the weights; otherwise from the hub, failing within seconds when it is unreachable."""
     import timm
@@ -99,7 +103,9 @@ def create_pretrained_model(model_name: str, checkpoint_flag: str = "--anchor-ch
     from .checkpoint import extract_state_dict, load_checkpoint_file
 
     if _pretrained_cfg(model_name) is None:
-        raise CheckpointError(f"timm has no pretrained weights for {model_name}: use --no-pretrained or {checkpoint_flag}")
+        raise CheckpointError(
+            f"timm has no pretrained weights for {model_name}: use --no-pretrained or {checkpoint_flag}"
+        )
     cached = cached_weights_file(model_name)
     if cached is not None:
         state = extract_state_dict(load_checkpoint_file(cached))
@@ -109,14 +115,19 @@ def create_pretrained_model(model_name: str, checkpoint_flag: str = "--anchor-ch
                 cfg.pop("state_dict", None)  # the model holds the weights now; do not keep a second copy
         return model
     if _hub_offline():
-        raise weights_unavailable(model_name, "HF_HUB_OFFLINE is set and they are not in the local cache", checkpoint_flag)
+        raise weights_unavailable(
+            model_name, "HF_HUB_OFFLINE is set and they are not in the local cache", checkpoint_flag
+        )
     host, port = _source_host(model_name)
     why = _unreachable(host, port)
     if why is not None:
-        raise weights_unavailable(model_name, f"{host} is unreachable ({why}) and they are not in the local cache",
-                                  checkpoint_flag)
+        raise weights_unavailable(
+            model_name, f"{host} is unreachable ({why}) and they are not in the local cache", checkpoint_flag
+        )
     try:
         return timm.create_model(model_name, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:  # hub / HTTP errors subclass these
         first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise weights_unavailable(model_name, f"the download failed ({type(e).__name__}: {first})", checkpoint_flag) from None
+        raise weights_unavailable(
+            model_name, f"the download failed ({type(e).__name__}: {first})", checkpoint_flag
+        ) from None

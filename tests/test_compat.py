@@ -1,5 +1,6 @@
 """Stitch compatibility scores: linear CKA against the kernel (HSIC) formula, the LS residual
 against torch.linalg.lstsq, and eval.py --compatibility end to end."""
+
 from __future__ import annotations
 
 import csv
@@ -79,8 +80,11 @@ def test_unshared_layer_fitted_on_the_images_has_the_lstsq_residual():
 
 def test_eval_compatibility_writes_compat_csv(tmp_path, capsys):
     out = tmp_path / "compat"
-    code = run_entry(eval_main, TINY_DEIT_ARGS + ["--compatibility", "--compat-images", "20", "--output", out,
-                                                  "--log-interval", "0", "--num-classes", "10"])
+    code = run_entry(
+        eval_main,
+        TINY_DEIT_ARGS
+        + ["--compatibility", "--compat-images", "20", "--output", out, "--log-interval", "0", "--num-classes", "10"],
+    )
     assert code == 0
     with open(out / "compat.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -1,6 +1,7 @@
 """Checkpoints of the official SN-Net code: built here in its key layout, loaded by snnet, and
 compared network by network with the official forward written out by hand from its code
 (stitching_deit/snnet.py, stitching_resnet_swin/timm/models/{snnet,resnet}.py)."""
+
 from __future__ import annotations
 
 import argparse
@@ -74,9 +75,14 @@ def official_deit_logits(anchors, layers, entry, x):
 
 
 def _deit_net(official_forward=True):
-    return create_snnet(DEIT, num_classes=10, img_size=32, model_kwargs=dict(patch_size=4, depth=4),
-                        anchor_kwargs=[dict(embed_dim=d, num_heads=h) for d, h in DEIT_WIDTHS],
-                        official_forward=official_forward).eval()
+    return create_snnet(
+        DEIT,
+        num_classes=10,
+        img_size=32,
+        model_kwargs=dict(patch_size=4, depth=4),
+        anchor_kwargs=[dict(embed_dim=d, num_heads=h) for d, h in DEIT_WIDTHS],
+        official_forward=official_forward,
+    ).eval()
 
 
 def test_official_deit_checkpoint_gives_the_official_logits(official_deit):
@@ -108,9 +114,30 @@ def test_eval_py_on_official_deit_checkpoint_reproduces_the_official_accuracies(
 
     path, anchors, layers = official_deit
     out = tmp_path / "eval"
-    code = run_entry(eval_main, ["--resume", path, "--anchors", *DEIT, "--img-size", "32", "--model-kwargs", "patch_size=4",
-                                 "depth=4", "--anchor-kwargs", *[f"embed_dim={d} num_heads={h}" for d, h in DEIT_WIDTHS],
-                                 "--dataset", "digits", "--workers", "0", "--output", out, "--log-interval", "0"])
+    code = run_entry(
+        eval_main,
+        [
+            "--resume",
+            path,
+            "--anchors",
+            *DEIT,
+            "--img-size",
+            "32",
+            "--model-kwargs",
+            "patch_size=4",
+            "depth=4",
+            "--anchor-kwargs",
+            *[f"embed_dim={d} num_heads={h}" for d, h in DEIT_WIDTHS],
+            "--dataset",
+            "digits",
+            "--workers",
+            "0",
+            "--output",
+            out,
+            "--log-interval",
+            "0",
+        ],
+    )
     assert code == 0
     assert "23 networks selected (official SN-Net forward)" in capsys.readouterr().out
     got = {r["cfg_id"]: r["top1"] for r in read_results(out / "stitches.csv")}
@@ -133,8 +160,13 @@ def test_eval_py_on_official_deit_checkpoint_reproduces_the_official_accuracies(
 def test_namespace_is_allowed_only_in_official_layout(tmp_path):
     # same pickled Namespace, snnet-style weights: refused as before
     path = tmp_path / "not_official.pth"
-    torch.save({"model": {"anchors.0.w": torch.ones(1), "stitch_layers.0.transform.weight": torch.ones(1)},
-                "args": argparse.Namespace(lr=0.1)}, path)
+    torch.save(
+        {
+            "model": {"anchors.0.w": torch.ones(1), "stitch_layers.0.transform.weight": torch.ones(1)},
+            "args": argparse.Namespace(lr=0.1),
+        },
+        path,
+    )
     with pytest.raises(CheckpointError, match=r"holds pickled Python objects \(argparse.Namespace\)"):
         load_checkpoint_file(path)
 
@@ -177,7 +209,7 @@ def official_resnet_logits(anchors, layers, entry, x):
     for s, blocks in enumerate([b.layer1, b.layer2, b.layer3, b.layer4]):
         if s < stage:
             continue
-        for blk in (blocks[k:] if s == stage else blocks):
+        for blk in blocks[k:] if s == stage else blocks:
             h = blk(h)
     return b.forward_head(h)
 
@@ -209,11 +241,40 @@ def test_train_py_starts_from_an_official_checkpoint(official_deit, tmp_path):
 
     path, anchors, layers = official_deit
     out = tmp_path / "train"
-    code = run_entry(train_main, ["--initial-checkpoint", path, "--anchors", *DEIT, "--img-size", "32",
-                                  "--model-kwargs", "patch_size=4", "depth=4", "--anchor-kwargs",
-                                  *[f"embed_dim={d} num_heads={h}" for d, h in DEIT_WIDTHS], "--dataset", "digits",
-                                  "--workers", "0", "--epochs", "1", "--max-steps-per-epoch", "1", "--lr", "0",
-                                  "--warmup-epochs", "0", "--max-val-batches", "1", "--output", out, "--experiment", "r"])
+    code = run_entry(
+        train_main,
+        [
+            "--initial-checkpoint",
+            path,
+            "--anchors",
+            *DEIT,
+            "--img-size",
+            "32",
+            "--model-kwargs",
+            "patch_size=4",
+            "depth=4",
+            "--anchor-kwargs",
+            *[f"embed_dim={d} num_heads={h}" for d, h in DEIT_WIDTHS],
+            "--dataset",
+            "digits",
+            "--workers",
+            "0",
+            "--epochs",
+            "1",
+            "--max-steps-per-epoch",
+            "1",
+            "--lr",
+            "0",
+            "--warmup-epochs",
+            "0",
+            "--max-val-batches",
+            "1",
+            "--output",
+            out,
+            "--experiment",
+            "r",
+        ],
+    )
     assert code == 0
     saved = load_checkpoint_file(out / "r" / "last.pth.tar")
     assert saved["snnet_config"]["official_forward"] is True
@@ -241,16 +302,20 @@ def test_official_resnet_swin_checkpoint_gives_the_official_logits(tmp_path):
     layers = {}
     for group, stage in enumerate((1, 2)):
         for lid in range(2 if stage == 2 else 1):
-            w, b = torch.randn(24 * 2 ** stage, 64 * 2 ** stage, 1, 1) * 0.05, torch.randn(24 * 2 ** stage) * 0.1
+            w, b = torch.randn(24 * 2**stage, 64 * 2**stage, 1, 1) * 0.05, torch.randn(24 * 2**stage) * 0.1
             layers[(stage, lid)] = (w, b)
             state[f"stitch_layers.{group}.0.{lid}.transform.weight"] = w
             state[f"stitch_layers.{group}.0.{lid}.transform.bias"] = b
     path = tmp_path / "resnet18_swin_ti.pth"
     torch.save({"state_dict": state, "args": argparse.Namespace(model="snnet_resnet18_swin_ti")}, path)
 
-    net = create_snnet(["resnet18", "swin_tiny_patch4_window7_224"], num_classes=10, img_size=64,
-                       anchor_kwargs=[{}, {k: v for k, v in SWIN_KW.items() if k not in ("num_classes", "img_size")}],
-                       official_forward=True).eval()
+    net = create_snnet(
+        ["resnet18", "swin_tiny_patch4_window7_224"],
+        num_classes=10,
+        img_size=64,
+        anchor_kwargs=[{}, {k: v for k, v in SWIN_KW.items() if k not in ("num_classes", "img_size")}],
+        official_forward=True,
+    ).eval()
     net.load_state_dict(convert_official_state(extract_state_dict(load_checkpoint_file(path)), net))
     entries = official_networks([[2, 2, 2, 2], [2, 2, 6, 2]], [1, 2], forward_only=True)
     assert net.num_stitches == 2 + len(entries) == 8
@@ -260,12 +325,12 @@ def test_official_resnet_swin_checkpoint_gives_the_official_logits(tmp_path):
         stage, _, (j, k), layer = entry
         h = resnet.maxpool(resnet.act1(resnet.bn1(resnet.conv1(x))))
         for s, blocks in enumerate([resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4][: stage + 1]):
-            for blk in (blocks[: j + 1] if s == stage else blocks):
+            for blk in blocks[: j + 1] if s == stage else blocks:
                 h = blk(h)
         h = F.conv2d(h, *layers[(stage, layer)]).permute(0, 2, 3, 1)  # tokens on the map's grid (timm: NHWC)
         for blk in swin.layers[stage].blocks[k:]:
             h = blk(h)
-        for later in swin.layers[stage + 1:]:
+        for later in swin.layers[stage + 1 :]:
             h = later(h)  # old layout: this merge ended the previous stage; timm runs it first here
         return swin.forward_head(swin.norm(h))
 

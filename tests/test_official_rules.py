@@ -7,6 +7,7 @@ one onto the deep one with ``F.interpolate`` (nearest) and assign stitching laye
 position (``zip(stitch_cfgs, end_mapping_ids)``). The rules are restated here from that code,
 independently of snnet.stitches.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,7 +29,7 @@ def official_paired(depth: int, forward_only: bool, kernel_size: int = 2, stride
     """(cfgs, layer ids) of the official ``paired_stitching``."""
     cfgs, layers, layer = [], [], -1
     for i in range(0, depth, stride):
-        ids = list(range(depth))[i:i + kernel_size]
+        ids = list(range(depth))[i : i + kernel_size]
         new = False
         for j in ids:
             for k in ids:
@@ -71,8 +72,13 @@ NARROW = {  # the configs' anchors at small widths: the rules depend on depths o
     "levit_192_256": None,
 }
 # which official tree covers each config: (stages stitched, forward only)
-TREES = {"deit_ti_s_b": ([0], False), "swin_t_s_b": ([0, 1, 2], True), "resnet18_resnet50": ([1, 2], True),
-         "resnet18_swin_t": ([1, 2], True), "levit_192_256": ([0, 1], True)}
+TREES = {
+    "deit_ti_s_b": ([0], False),
+    "swin_t_s_b": ([0, 1, 2], True),
+    "resnet18_resnet50": ([1, 2], True),
+    "resnet18_swin_t": ([1, 2], True),
+    "levit_192_256": ([0, 1], True),
+}
 # network counts of the official results files (stitches_res*.txt) where the repo has them
 OFFICIAL_COUNTS = {"deit_ti_s_b": 71, "resnet18_resnet50": 10, "resnet18_swin_t": 8}
 
@@ -85,8 +91,9 @@ def _local(adapter, block: int, stage: int) -> int:
 def config_net(request):
     name = request.param
     args, _ = parse_args_with_config(build_train_parser(), ["-c", str(REPO / "configs" / f"{name}.yaml")])
-    net = create_snnet(args.anchors, num_classes=10, img_size=args.img_size, anchor_kwargs=NARROW[name],
-                       stages=args.stages)
+    net = create_snnet(
+        args.anchors, num_classes=10, img_size=args.img_size, anchor_kwargs=NARROW[name], stages=args.stages
+    )
     return name, net
 
 
@@ -96,10 +103,18 @@ def test_shipped_configs_give_the_official_networks_in_official_order(config_net
     stages, forward_only = TREES[name]
     expected = [(stage, front, cfg) for stage, front, cfg, _ in official_networks(stage_depths, stages, forward_only)]
     stitched = [s for s in net.stitches if not s.is_anchor]
-    got = [(s.stage if net.anchor_adapters[0].num_stages > 1 else 0, s.front,
-            (_local(net.anchor_adapters[s.front], s.front_block, s.stage), _local(net.anchor_adapters[s.back], s.back_block, s.stage)))
-           for s in stitched]
+    got = [
+        (
+            s.stage if net.anchor_adapters[0].num_stages > 1 else 0,
+            s.front,
+            (
+                _local(net.anchor_adapters[s.front], s.front_block, s.stage),
+                _local(net.anchor_adapters[s.back], s.back_block, s.stage),
+            ),
+        )
+        for s in stitched
+    ]
     assert got == expected
-    assert [s.cfg_id for s in net.stitches[:len(net.anchor_adapters)]] == list(range(len(net.anchor_adapters)))
+    assert [s.cfg_id for s in net.stitches[: len(net.anchor_adapters)]] == list(range(len(net.anchor_adapters)))
     if name in OFFICIAL_COUNTS:
         assert net.num_stitches == OFFICIAL_COUNTS[name]

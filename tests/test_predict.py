@@ -1,4 +1,5 @@
 """predict.py: image files in, top-5 classes out; the sweep's accuracy is reproduced from PNG files."""
+
 from __future__ import annotations
 
 import csv
@@ -25,15 +26,48 @@ def trained(tmp_path_factory):
     """A briefly trained tiny SN-Net on the digits, its eval.py sweep, and the validation
     images written as PNG files into class folders."""
     root = tmp_path_factory.mktemp("predict")
-    code = run_entry(train_main, TINY_DEIT_ARGS + [
-        "--no-aug", "--smoothing", "0", "--reprob", "0", "--warmup-epochs", "0", "--lr", "2e-3", "--min-lr", "2e-3", "--opt", "adamw", "-b", "32",
-        "--epochs", "2", "--max-steps-per-epoch", "40", "--ls-init", "--max-val-batches", "1",
-        "--output", root, "--experiment", "run"])
+    code = run_entry(
+        train_main,
+        TINY_DEIT_ARGS
+        + [
+            "--no-aug",
+            "--smoothing",
+            "0",
+            "--reprob",
+            "0",
+            "--warmup-epochs",
+            "0",
+            "--lr",
+            "2e-3",
+            "--min-lr",
+            "2e-3",
+            "--opt",
+            "adamw",
+            "-b",
+            "32",
+            "--epochs",
+            "2",
+            "--max-steps-per-epoch",
+            "40",
+            "--ls-init",
+            "--max-val-batches",
+            "1",
+            "--output",
+            root,
+            "--experiment",
+            "run",
+        ],
+    )
     assert code == 0
     ckpt = root / "run" / "last.pth.tar"
     sweep = root / "sweep"
-    assert run_entry(eval_main, ["--resume", ckpt, "--dataset", "digits", "--workers", "0", "--output", sweep,
-                                 "--log-interval", "0"]) == 0
+    assert (
+        run_entry(
+            eval_main,
+            ["--resume", ckpt, "--dataset", "digits", "--workers", "0", "--output", sweep, "--log-interval", "0"],
+        )
+        == 0
+    )
     images = root / "val"
     for i, (image, label) in enumerate(load_digits_split("validation")):
         folder = images / str(label)
@@ -77,8 +111,9 @@ def test_best_and_budget_pick_from_the_sweep(trained, tmp_path):
     budget = sorted(r["flops"] for r in rows)[len(rows) // 2]
     within = max((r for r in rows if r["flops"] <= budget), key=lambda r: (r["top1"], -r["flops"], -r["cfg_id"]))
     for extra, row in (([], best), (["--budget-flops", str(budget)], within)):
-        preds = predict_csv(["--resume", ckpt, "--stitch", "best", "--results", sweep, *extra, images],
-                            tmp_path / "p.csv")
+        preds = predict_csv(
+            ["--resume", ckpt, "--stitch", "best", "--results", sweep, *extra, images], tmp_path / "p.csv"
+        )
         assert accuracy(preds) == row["top1"]
 
 
@@ -103,14 +138,18 @@ def test_bad_paths_fail_with_one_line(trained, tmp_path):
         (["--resume", ckpt, "--stitch", "0", tmp_path / "missing.png"], "image '.*missing.png' does not exist"),
         (["--resume", ckpt, "--stitch", "0", tmp_path / "empty"], "folder '.*empty' holds no image files"),
         (["--resume", ckpt, "--stitch", "0", tmp_path / "notes.png"], "cannot read image '.*notes.png'"),
-        (["--resume", tmp_path / "nope.pth.tar", "--stitch", "0", images], "checkpoint '.*nope.pth.tar' does not exist"),
+        (
+            ["--resume", tmp_path / "nope.pth.tar", "--stitch", "0", images],
+            "checkpoint '.*nope.pth.tar' does not exist",
+        ),
         (["--resume", ckpt, "--stitch", "best", "--results", tmp_path, images], "stitches.csv, which does not exist"),
         (["--exported", tmp_path / "net.pt", images], "exported file '.*net.pt' does not exist"),
         (["--resume", ckpt, images], "--resume needs --stitch"),
     ]
     for args, message in cases:
-        proc = subprocess.run([sys.executable, "predict.py", *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "predict.py", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert lines[0].startswith("error: ")

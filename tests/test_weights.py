@@ -1,4 +1,5 @@
 """Pretrained and local weights: fast offline failure, the HF cache, every --anchor-checkpoints format."""
+
 from __future__ import annotations
 
 import os
@@ -27,18 +28,35 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _offline_env(tmp_path: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    env.update(HF_HOME=str(tmp_path / "empty-hf-home"), TORCH_HOME=str(tmp_path / "empty-torch-home"),
-               PYTHONPATH=str(REPO), **extra)
+    env.update(
+        HF_HOME=str(tmp_path / "empty-hf-home"),
+        TORCH_HOME=str(tmp_path / "empty-torch-home"),
+        PYTHONPATH=str(REPO),
+        **extra,
+    )
     return env
 
 
-@pytest.mark.parametrize("how", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
-                         ids=["HF_HUB_OFFLINE", "hub-unreachable"])
+@pytest.mark.parametrize(
+    "how", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}], ids=["HF_HUB_OFFLINE", "hub-unreachable"]
+)
 def test_missing_pretrained_weights_fail_fast_with_one_line(tmp_path, how):
     # The issue's command on a machine without the weights; the closed local port stands for an
     # unreachable hub without depending on any network timeout.
-    cmd = [sys.executable, "train.py", "-c", "configs/deit_ti_s_b.yaml", "--dataset", "digits", "--img-size", "32",
-           "--output", str(tmp_path / "out"), "--workers", "0"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-c",
+        "configs/deit_ti_s_b.yaml",
+        "--dataset",
+        "digits",
+        "--img-size",
+        "32",
+        "--output",
+        str(tmp_path / "out"),
+        "--workers",
+        "0",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=_offline_env(tmp_path, **how), capture_output=True, text=True, timeout=60)
     elapsed = time.perf_counter() - start
@@ -53,8 +71,9 @@ def test_missing_pretrained_weights_fail_fast_with_one_line(tmp_path, how):
     assert not (tmp_path / "empty-hf-home").exists() or not any((tmp_path / "empty-hf-home").rglob("*.safetensors"))
 
 
-@pytest.mark.parametrize("how", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
-                         ids=["HF_HUB_OFFLINE", "hub-unreachable"])
+@pytest.mark.parametrize(
+    "how", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}], ids=["HF_HUB_OFFLINE", "hub-unreachable"]
+)
 def test_missing_pretrained_weights_fail_within_seconds(tmp_path, monkeypatch, how):
     """The failure itself, without interpreter start-up: timm alone retries the hub for ~50 s."""
     import huggingface_hub.constants as hf_constants
@@ -77,7 +96,9 @@ def test_no_pretrained_overrides_the_config():
     from snnet.config import parse_args_with_config
 
     on, _ = parse_args_with_config(parser, ["-c", str(REPO / "configs/deit_ti_s_b.yaml")])
-    off, _ = parse_args_with_config(build_train_parser(), ["-c", str(REPO / "configs/deit_ti_s_b.yaml"), "--no-pretrained"])
+    off, _ = parse_args_with_config(
+        build_train_parser(), ["-c", str(REPO / "configs/deit_ti_s_b.yaml"), "--no-pretrained"]
+    )
     assert on.pretrained is True and off.pretrained is False
 
 
@@ -95,7 +116,9 @@ def test_cached_hub_weights_load_offline_through_timm(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
-    anchor = create_anchor("deit_tiny_patch16_224", pretrained=True, num_classes=10, img_size=224, model_kwargs=TINY_VIT)
+    anchor = create_anchor(
+        "deit_tiny_patch16_224", pretrained=True, num_classes=10, img_size=224, model_kwargs=TINY_VIT
+    )
     mine, theirs = anchor.model.state_dict(), source.state_dict()
     assert mine["head.weight"].shape == (10, 24)  # timm dropped the 1000-class head
     for k in theirs:
@@ -107,8 +130,11 @@ def test_cached_hub_weights_load_offline_through_timm(tmp_path, monkeypatch):
 # --- --anchor-checkpoints formats ---------------------------------------------------------------
 def _vit_files(tmp_path: Path, source: torch.nn.Module) -> dict[str, Path]:
     sd = source.state_dict()
-    files = {"timm.safetensors": tmp_path / "model.safetensors", "hf.bin": tmp_path / "pytorch_model.bin",
-             "deit.pth": tmp_path / "deit_tiny_patch16_224-a1311bcf.pth"}
+    files = {
+        "timm.safetensors": tmp_path / "model.safetensors",
+        "hf.bin": tmp_path / "pytorch_model.bin",
+        "deit.pth": tmp_path / "deit_tiny_patch16_224-a1311bcf.pth",
+    }
     save_file(sd, str(files["timm.safetensors"]))
     torch.save(sd, files["hf.bin"])
     torch.save({"model": sd}, files["deit.pth"])  # DeiT's release layout
@@ -138,7 +164,9 @@ def _original_swin_layout(sd: dict) -> dict:
         k = k.replace("head.fc.", "head.")
         out[k] = v
         if k.endswith("relative_position_bias_table"):
-            out[k.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(16, 16, dtype=torch.long)
+            out[k.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(
+                16, 16, dtype=torch.long
+            )
     return {"model": out}
 
 
@@ -182,8 +210,11 @@ def test_wrong_architecture_names_the_first_mismatched_keys(tmp_path):
         load_model_weights(model, path)
     message = str(info.value)
     assert "\n" not in message
-    found = re.match(rf"checkpoint '{re.escape(str(path))}' does not match the model: (\d+) missing keys \(e\.g\. (\S+)\), "
-                     r"(\d+) unexpected keys \(e\.g\. (\S+)\)", message)
+    found = re.match(
+        rf"checkpoint '{re.escape(str(path))}' does not match the model: (\d+) missing keys \(e\.g\. (\S+)\), "
+        r"(\d+) unexpected keys \(e\.g\. (\S+)\)",
+        message,
+    )
     assert found, message
     assert int(found[1]) == len(model.state_dict()) and found[2] in model.state_dict()
     assert int(found[3]) == len(resnet_keys) and found[4] in resnet_keys
