@@ -25,7 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEIT = ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]
 DEIT_WIDTHS = [(24, 2), (48, 3), (96, 6)]  # DeiT Ti/S/B at 1/8 width
-DEIT_KW = dict(img_size=32, patch_size=4, depth=4, num_classes=10)
+DEPTH = 12  # the paper's DeiT depth: 71 networks (at 1/8 width, 32 px)
+DEIT_KW = dict(img_size=32, patch_size=4, depth=DEPTH, num_classes=10)
 
 
 def _randomize_norms(model: torch.nn.Module) -> None:
@@ -50,7 +51,7 @@ def official_deit(tmp_path_factory):
     state = {f"anchors.{i}.{k}": v for i, a in enumerate(anchors) for k, v in a.state_dict().items()}
     layers = {}  # (pair, layer) -> (weight, bias): stitch_layers[pair][layer] of nn.Linear(front dim, back dim)
     for p in range(2):
-        for lid in range(3):  # depth 4, kernel 2, stride 1: three windows with new positions
+        for lid in range(DEPTH - 1):  # kernel 2, stride 1: depth - 1 windows with new positions
             w = torch.randn(DEIT_WIDTHS[p + 1][0], DEIT_WIDTHS[p][0]) * 0.3
             b = torch.randn(DEIT_WIDTHS[p + 1][0]) * 0.1
             layers[(p, lid)] = (w, b)
@@ -79,7 +80,7 @@ def _deit_net(official_forward=True):
         DEIT,
         num_classes=10,
         img_size=32,
-        model_kwargs=dict(patch_size=4, depth=4),
+        model_kwargs=dict(patch_size=4, depth=DEPTH),
         anchor_kwargs=[dict(embed_dim=d, num_heads=h) for d, h in DEIT_WIDTHS],
         official_forward=official_forward,
     ).eval()
@@ -91,8 +92,8 @@ def test_official_deit_checkpoint_gives_the_official_logits(official_deit):
     assert ckpt["official_args"]["model"] == "snnet_deit" and "args" not in ckpt
     net = _deit_net()
     net.load_state_dict(convert_official_state(extract_state_dict(ckpt), net))
-    entries = official_networks([[4]] * 3, [0], forward_only=False)
-    assert net.num_stitches == 3 + len(entries) == 23
+    entries = official_networks([[DEPTH]] * 3, [0], forward_only=False)
+    assert net.num_stitches == 3 + len(entries) == 71
     x = torch.randn(4, 3, 32, 32)
     by_sweep = dict(forward_networks(net, SweepPlan(net, list(range(net.num_stitches))), x))
     with torch.no_grad():
@@ -125,7 +126,7 @@ def test_eval_py_on_official_deit_checkpoint_reproduces_the_official_accuracies(
             "32",
             "--model-kwargs",
             "patch_size=4",
-            "depth=4",
+            f"depth={DEPTH}",
             "--anchor-kwargs",
             *[f"embed_dim={d} num_heads={h}" for d, h in DEIT_WIDTHS],
             "--dataset",
@@ -139,15 +140,15 @@ def test_eval_py_on_official_deit_checkpoint_reproduces_the_official_accuracies(
         ],
     )
     assert code == 0
-    assert "23 networks selected (official SN-Net forward)" in capsys.readouterr().out
+    assert "71 networks selected (official SN-Net forward)" in capsys.readouterr().out
     got = {r["cfg_id"]: r["top1"] for r in read_results(out / "stitches.csv")}
     # the official forward on the same images and transform, one network at a time
     ds = create_dataset("digits", None, "validation")
     cfg = data_config_for(_deit_net(), ds)
     ds.transform = eval_transform(cfg)
     prep = Normalize(cfg["mean"], cfg["std"], torch.device("cpu"))
-    entries = official_networks([[4]] * 3, [0], forward_only=False)
-    correct = torch.zeros(23)
+    entries = official_networks([[DEPTH]] * 3, [0], forward_only=False)
+    correct = torch.zeros(71)
     with torch.no_grad():
         for x, y in eval_loader(ds, 120):
             x, y = prep(x, y)
@@ -252,7 +253,7 @@ def test_train_py_starts_from_an_official_checkpoint(official_deit, tmp_path):
             "32",
             "--model-kwargs",
             "patch_size=4",
-            "depth=4",
+            f"depth={DEPTH}",
             "--anchor-kwargs",
             *[f"embed_dim={d} num_heads={h}" for d, h in DEIT_WIDTHS],
             "--dataset",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,4 @@ def test_bad_paths_fail_with_one_line(trained, tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert lines[0].startswith("error: ")
-        import re
-
         assert re.search(message, lines[0]), lines[0]
