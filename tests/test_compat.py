@@ -78,6 +78,7 @@ def test_unshared_layer_fitted_on_the_images_has_the_lstsq_residual():
             assert scores[s.cfg_id]["ls_residual"] == pytest.approx(optimum, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_eval_compatibility_writes_compat_csv(tmp_path, capsys):
     out = tmp_path / "compat"
     code = run_entry(

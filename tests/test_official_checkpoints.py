@@ -109,6 +109,7 @@ def test_official_deit_checkpoint_gives_the_official_logits(official_deit):
         assert not torch.allclose(natural.select(10)(x), net.select(10)(x), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_eval_py_on_official_deit_checkpoint_reproduces_the_official_accuracies(official_deit, tmp_path, capsys):
     from snnet.data import create_dataset
     from snnet.loaders import Normalize, data_config_for, eval_loader, eval_transform
@@ -237,6 +238,7 @@ def test_official_resnet_checkpoint_gives_the_official_logits(official_resnet):
     assert natural.stitches[3].layer != natural.stitches[2].layer and net.stitches[3].layer == net.stitches[2].layer
 
 
+@pytest.mark.slow
 def test_train_py_starts_from_an_official_checkpoint(official_deit, tmp_path):
     from snnet.training import main as train_main
 

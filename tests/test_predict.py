@@ -19,7 +19,7 @@ from snnet.training import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # trains a small SN-Net first
 
 
 @pytest.fixture(scope="module")

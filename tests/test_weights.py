@@ -37,6 +37,7 @@ def _offline_env(tmp_path: Path, **extra: str) -> dict:
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "how", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}], ids=["HF_HUB_OFFLINE", "hub-unreachable"]
 )
