@@ -118,7 +118,7 @@ def test_best_and_budget_pick_from_the_sweep(trained, tmp_path):
         assert accuracy(preds) == row["top1"]
 
 
-@pytest.mark.parametrize("suffix", [".pt", ".onnx"])
+@pytest.mark.parametrize("suffix", [".pt", ".pt2", ".onnx"])
 def test_exported_network_gives_the_checkpoints_predictions(trained, tmp_path, suffix):
     ckpt, sweep, images = trained
     cfg_id = 4
