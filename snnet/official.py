@@ -22,8 +22,10 @@ allows exactly that class, and only for files whose weights have this layout.
 from __future__ import annotations
 
 import re
+import zipfile
 from argparse import Namespace
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -33,6 +35,7 @@ from .errors import CheckpointError
 
 # stitch_layers.<pair>.<layer>.transform.* (DeiT) or stitch_layers.<group>.<pair>.<layer>.transform.*
 _OFFICIAL_LAYER = re.compile(r"^stitch_layers\.(\d+)\.(\d+)(?:\.(\d+))?\.transform\.(weight|bias)$")
+_OFFICIAL_BYTES = re.compile(rb"stitch_layers\.\d+\.\d+(?:\.\d+)?\.transform\.")
 _STATE_KEYS = ("model", "state_dict")
 
 
@@ -48,6 +51,19 @@ def official_state_of(ckpt: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
         if isinstance(state, Mapping) and is_official_state(state):
             return state
     return None
+
+
+def looks_official(path: str | Path) -> bool:
+    """Whether ``path`` is a torch zip checkpoint that pickles an ``argparse.Namespace`` next to
+    official stitching-layer keys, read from its pickle stream without unpickling it (the real
+    load, :func:`snnet.checkpoint.load_checkpoint_file`, still checks everything)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            data = archive.read(names[0]) if names else b""
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return b"argparse" in data and b"Namespace" in data and _OFFICIAL_BYTES.search(data) is not None
 
 
 def plain_official_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -239,53 +239,30 @@ def test_official_resnet_checkpoint_gives_the_official_logits(official_resnet):
 
 
 @pytest.mark.slow
-def test_train_py_starts_from_an_official_checkpoint(official_deit, tmp_path):
+@pytest.mark.parametrize("flag", ["--initial-checkpoint", "--resume"])
+def test_train_py_starts_from_an_official_checkpoint(official_deit, tmp_path, flag):
+    from snnet.official import looks_official
     from snnet.training import main as train_main
 
     path, anchors, layers = official_deit
+    assert looks_official(path) and not looks_official(tmp_path / "missing.pth")
     out = tmp_path / "train"
-    code = run_entry(
-        train_main,
-        [
-            "--initial-checkpoint",
-            path,
-            "--anchors",
-            *DEIT,
-            "--img-size",
-            "32",
-            "--model-kwargs",
-            "patch_size=4",
-            f"depth={DEPTH}",
-            "--anchor-kwargs",
-            *[f"embed_dim={d} num_heads={h}" for d, h in DEIT_WIDTHS],
-            "--dataset",
-            "digits",
-            "--workers",
-            "0",
-            "--epochs",
-            "1",
-            "--max-steps-per-epoch",
-            "1",
-            "--lr",
-            "0",
-            "--warmup-epochs",
-            "0",
-            "--max-val-batches",
-            "1",
-            "--output",
-            out,
-            "--experiment",
-            "r",
-        ],
-    )
-    assert code == 0
+    tiny = ["--anchors", *DEIT, "--img-size", "32", "--model-kwargs", "patch_size=4", f"depth={DEPTH}"]
+    tiny += ["--anchor-kwargs", *[f"embed_dim={d} num_heads={h}" for d, h in DEIT_WIDTHS], "--dataset", "digits"]
+    run = tiny + ["--workers", "0", "--max-steps-per-epoch", "1", "--lr", "0", "--warmup-epochs", "0"]
+    run += ["--max-val-batches", "1", "--output", out, "--experiment", "r", flag, path]
+    assert run_entry(train_main, run + ["--epochs", "1"]) == 0
     saved = load_checkpoint_file(out / "r" / "last.pth.tar")
-    assert saved["snnet_config"]["official_forward"] is True
+    assert saved["snnet_config"]["official_forward"] is True and saved["epoch"] == 0
     net = _deit_net()
     net.load_state_dict(convert_official_state(extract_state_dict(load_checkpoint_file(path)), net))
     for k, v in net.state_dict().items():  # lr 0: the official weights unchanged (not re-initialised by LS)
         if k.startswith("stitch_layers"):
             assert torch.equal(saved["state_dict"][k], v), k
+    if flag == "--resume":  # the same command again (a restart) continues from the run's own last.pth.tar
+        assert run_entry(train_main, run + ["--epochs", "2"]) == 0
+        assert load_checkpoint_file(out / "r" / "last.pth.tar")["epoch"] == 1
+        assert f"Resumed from {out / 'r' / 'last.pth.tar'}" in (out / "r" / "train.log").read_text()
 
 
 # --- ResNet-18 -> Swin-T (the ResNet/Swin tree, whose Swin is the old timm layout) ---------------------
