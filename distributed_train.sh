@@ -6,8 +6,9 @@
 # Extra torchrun options go in TORCHRUN_ARGS, e.g. multi-node or automatic restarts:
 #   TORCHRUN_ARGS="--nnodes 2 --node_rank 0 --rdzv-backend c10d --rdzv-endpoint host:29500 --max-restarts 1"
 # --standalone (single node, a free rendezvous port of its own) is added unless TORCHRUN_ARGS
-# names a rendezvous or master address. PYTHON picks the interpreter (default: python3),
-# TRAIN_SCRIPT the entry script (default: train.py next to this file; tests wrap it).
+# names a rendezvous or master address. PYTHON picks the interpreter (default: the repo's .venv/bin/python
+# that `make test` / `make demo` create, else python3), TRAIN_SCRIPT the entry script (default: train.py
+# next to this file; tests wrap it).
 set -euo pipefail
 if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ || "$1" -lt 1 ]]; then
   echo "usage: $0 NUM_PROC [train.py args...]   (NUM_PROC >= 1)" >&2
@@ -15,7 +16,8 @@ if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ || "$1" -lt 1 ]]; then
 fi
 NUM_PROC=$1
 shift
-PY=${PYTHON:-python3}
+VENV_PY="$(dirname "$0")/.venv/bin/python"
+if [[ -z "${PYTHON:-}" && -x "$VENV_PY" ]]; then PY=$VENV_PY; else PY=${PYTHON:-python3}; fi
 # torchrun shares its rendezvous TCPStore with the workers by default; after a restart
 # (--max-restarts) the workers can read the previous attempt's addresses and fail to connect
 # (pytorch/pytorch#135712). A store of their own per attempt avoids it.

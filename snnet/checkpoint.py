@@ -105,6 +105,10 @@ def _reason(e: BaseException) -> str:
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint without unpickling objects: ``torch.load(weights_only=True)``, or safetensors.
 
+    The one exception: an official SN-Net checkpoint may hold an ``argparse.Namespace`` (its
+    ``args``); that class alone is allowed for such files, and it comes back as a plain dict
+    under ``official_args`` (:mod:`snnet.official`).
+
     Raises:
         CheckpointError: the file is missing, truncated or not a checkpoint, holds pickled
             Python objects, or does not hold a dict.
@@ -123,7 +127,10 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
             raise CheckpointError(f"'{path}' is not a valid safetensors file: {_reason(e)}") from None
     invalid = f"'{path}' is not a valid checkpoint (truncated or not written by torch.save)"
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            ckpt = _load_official(path, map_location, e)
     except pickle.UnpicklingError as e:
         if any(marker in str(e) for marker in _UNSAFE_MARKERS):
             refused = re.search(r"GLOBAL (\S+) ", str(e))
@@ -143,6 +150,23 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"'{path}' holds a {type(ckpt).__name__}, not a checkpoint dict or state dict")
     return ckpt
+
+
+def _load_official(path: Path, map_location, refusal: pickle.UnpicklingError) -> dict[str, Any]:
+    """An official SN-Net checkpoint, whose only object is the training ``argparse.Namespace``
+    under ``args``: loaded with that one class allowed (still ``weights_only``), then checked to
+    hold official SN-Net weights; anything else re-raises the original ``refusal``."""
+    import argparse
+
+    from .official import official_state_of, plain_official_checkpoint
+
+    if "argparse.Namespace" not in str(refusal):
+        raise refusal
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or official_state_of(ckpt) is None:
+        raise refusal
+    return plain_official_checkpoint(ckpt)
 
 
 def extract_state_dict(ckpt: Mapping[str, Any], use_ema: bool = False) -> dict[str, torch.Tensor]:
@@ -189,11 +213,35 @@ def describe_mismatch(state: Mapping[str, torch.Tensor], model: nn.Module, stric
     return ", ".join(parts)
 
 
+def convert_with_timm_filter(state: dict[str, torch.Tensor], model: nn.Module,
+                             strict: bool = True) -> tuple[dict[str, torch.Tensor], str]:
+    """``state`` and '' if it fits ``model``; else ``state`` converted by the timm family's
+    ``checkpoint_filter_fn`` (what timm applies to its pretrained files: Swin's original layout,
+    ...) if that makes it fit; otherwise ``state`` and the mismatch (:func:`describe_mismatch`)."""
+    import sys
+
+    problem = describe_mismatch(state, model, strict)
+    if not problem:
+        return state, problem
+    convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if convert is None:
+        return state, problem
+    try:
+        converted = convert(dict(state), model)
+    except Exception:  # a file of another architecture can trip the converter anywhere
+        return state, problem
+    if describe_mismatch(converted, model, strict):
+        return state, problem
+    return converted, ""
+
+
 def load_model_weights(model: nn.Module, path: str | Path, use_ema: bool = False,
                        strict: bool = True) -> tuple[list[str], list[str]]:
     """Load a local weights file into ``model``, refusing a mismatch with a precise message.
 
     The shapes are compared before ``load_state_dict``, whose own error is a multi-line list.
+    A file in another layout of the same architecture (DeiT's and Swin's original ``{'model': ...}``
+    releases) is converted by timm's own checkpoint filter for the model's family.
     A checkpoint of a one-anchor SN-Net (what ``train.py --anchors NAME`` writes) loads into
     the plain timm model: its ``anchors.0.`` prefix is removed.
 
@@ -207,7 +255,7 @@ def load_model_weights(model: nn.Module, path: str | Path, use_ema: bool = False
         raise CheckpointError(f"checkpoint '{path}': {e}") from None  # name the file
     if all(k.startswith("anchors.0.") for k in state):
         state = {k[len("anchors.0."):]: v for k, v in state.items()}
-    problem = describe_mismatch(state, model, strict)
+    state, problem = convert_with_timm_filter(state, model, strict)
     if problem:
         raise CheckpointError(
             f"checkpoint '{path}' does not match the model: {problem}; was it saved for other anchors, "

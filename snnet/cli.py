@@ -19,10 +19,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("SN-Net model")
     group.add_argument("--anchors", nargs="+", default=None, metavar="NAME",
                        help="timm model names of the anchors, ordered small to large")
-    group.add_argument("--pretrained", action="store_true", default=False,
-                       help="start the anchors from timm's pretrained weights")
+    group.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=False,
+                       help="start the anchors from timm's pretrained weights (local HF cache first, then the hub)")
     group.add_argument("--anchor-checkpoints", nargs="+", default=None, metavar="FILE",
-                       help="local weights file per anchor ('none' to skip one)")
+                       help="local weights file per anchor ('none' to skip one): timm/HF .safetensors or .bin, "
+                            "DeiT/Swin {'model': ...} .pth, torchvision ResNet .pth")
     group.add_argument("--num-classes", type=int, default=None, metavar="N",
                        help="classifier size (default: the dataset's class count)")
     group.add_argument("--img-size", type=int, default=None, metavar="PX", help="input resolution")
@@ -42,6 +43,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stitch-layer", default="linear", choices=STITCH_LAYER_KINDS,
                        help="stitching layer kind: linear (SN-Net) or lora (SN-Netv2: frozen LS base + low-rank update)")
     group.add_argument("--lora-rank", type=int, default=64, metavar="R", help="rank of the lora stitching layers' update")
+    group.add_argument("--official-forward", action=argparse.BooleanOptionalAction, default=False,
+                       help="run stitched networks as the official SN-Net code does (set by loading an official checkpoint)")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +98,7 @@ def build_snnet(args: argparse.Namespace, num_classes: Optional[int] = None, pre
         stitching=args.stitching,
         stitch_layer=args.stitch_layer,
         lora_rank=args.lora_rank,
+        official_forward=bool(getattr(args, "official_forward", False)),
     )
 
 
@@ -246,6 +250,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--experiment", default="", metavar="NAME", help="run folder name (default: date-anchors-size)")
     g.add_argument("--resume", default="", metavar="FILE",
                    help="checkpoint to resume from, or 'auto' (the run folder's last.pth.tar; default when it exists)")
+    g.add_argument("--initial-checkpoint", default="", metavar="FILE",
+                   help="start from these weights (a train.py or an official SN-Net checkpoint; no optimizer state, no LS init)")
     g.add_argument("--no-resume-opt", action="store_true", default=False,
                    help="resume the weights only (fresh optimizer, scheduler, scaler, sampler)")
     g.add_argument("--checkpoint-hist", type=int, default=10, metavar="N", help="epoch checkpoints kept (top-k by metric)")
@@ -289,6 +295,13 @@ def build_eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--flops-only", action="store_true", default=False,
                    help="only count FLOPs and params of every network (no data, no weights)")
     g.add_argument("--log-interval", type=int, default=50, metavar="N", help="batches between progress lines")
+
+    g = parser.add_argument_group("compatibility before training")
+    g.add_argument("--compatibility", action="store_true", default=False,
+                   help="LS-initialise an untrained SN-Net, score every stitch (linear CKA at the junction, LS residual) "
+                        "and sweep it: DIR/compat.csv (snnet/compat.py)")
+    g.add_argument("--compat-images", type=int, default=100, metavar="N",
+                   help="training images for the LS init and the scores")
 
     g = parser.add_argument_group("latency")
     g.add_argument("--measure-latency", action="store_true", default=False,

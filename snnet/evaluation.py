@@ -46,7 +46,7 @@ from .stitches import parse_stitch_ids
 # Model arguments a checkpoint's own ``args`` fill in when the command line and config leave
 # them at their defaults (the trainer saves its arguments as plain data).
 _MODEL_KEYS = ("anchors", "model_kwargs", "anchor_kwargs", "img_size", "num_classes", "kernel_size", "stride",
-               "nearest", "stages", "stitching", "stitch_layer", "lora_rank")
+               "nearest", "stages", "stitching", "stitch_layer", "lora_rank", "official_forward")
 _CKPT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".safetensors", ".bin")
 ChunkCallback = Callable[[int, int], None]
 
@@ -90,6 +90,11 @@ def check_args(args: Namespace) -> None:
                 args.export = int(args.export)
             except ValueError:
                 raise ConfigError(f"--export '{args.export}' is not a cfg_id: pass a number or 'best'") from None
+    if args.compatibility and (args.checkpoint or args.flops_only):
+        raise ConfigError("--compatibility scores an untrained SN-Net (anchors from --pretrained or --anchor-checkpoints, "
+                          "stitching layers from least squares): drop --resume / --flops-only")
+    if args.compat_images < 1:
+        raise ConfigError(f"--compat-images must be >= 1, got {args.compat_images}")
     if args.use_ema and not args.checkpoint:
         raise ConfigError("--use-ema needs --resume CKPT (a checkpoint with EMA weights)")
     if args.export_path and args.export is None:
@@ -112,6 +117,13 @@ def _is_default(args: Namespace, key: str) -> bool:
 def apply_checkpoint_args(args: Namespace, ckpt: dict) -> None:
     """Fill model arguments the user left at their defaults from the checkpoint; refuse a
     checkpoint of other anchors or other stitching options."""
+    from .official import official_state_of
+
+    if official_state_of(ckpt) is not None:  # the official code's layout: its forward, our anchors' names
+        args.official_forward = True
+        if not args.anchors:
+            raise CheckpointError(f"{args.checkpoint} is an official SN-Net checkpoint, which does not name its anchors: "
+                                  f"pass the config of its run, e.g. -c configs/deit_ti_s_b.yaml")
     saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     config = ckpt.get("snnet_config") if isinstance(ckpt.get("snnet_config"), dict) else {}
     if args.anchors and config.get("anchors") and list(config["anchors"]) != list(args.anchors):
@@ -166,6 +178,10 @@ def build_model(args: Namespace, num_classes: Optional[int], state: Optional[dic
         if size is not None and size != _classifier_size(net, net.state_dict()):
             torch.manual_seed(args.seed)
             net = build_snnet(model_args, num_classes=size, pretrained=False)
+    from .official import convert_official_state, is_official_state
+
+    if is_official_state(state):
+        state = convert_official_state(state, net)
     problem = describe_mismatch(state, net)
     if problem:
         raise CheckpointError(
@@ -210,6 +226,7 @@ def run(args: Namespace, info, on_chunk_saved: Sequence[ChunkCallback] = ()) -> 
     """Load the checkpoint, then one of three modes: FLOPs only, export only, or the sweep
     (with budget picking and export of the pick)."""
     from .checkpoint import load_checkpoint_file
+    from .predict import training_data
 
     log = (lambda msg: print(msg, flush=True)) if info.is_primary else (lambda msg: None)
     if args.amp and args.amp_dtype == "float16" and info.device.type == "cpu" and not args.flops_only:
@@ -219,6 +236,7 @@ def run(args: Namespace, info, on_chunk_saved: Sequence[ChunkCallback] = ()) -> 
     if args.checkpoint:
         ckpt = load_checkpoint_file(args.checkpoint)
         apply_checkpoint_args(args, ckpt)
+    args.trained_data = training_data(ckpt, args)  # preprocessing and class names saved with --export
     if not args.anchors:
         raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] (small to large), -c a config or --resume CKPT")
     if args.flops_only:
@@ -279,10 +297,17 @@ def load_model(args: Namespace, info, ckpt: Optional[dict], log: Callable[[str],
     if dataset is not None and have is not None and have < num_classes:  # a checkpoint with a smaller head
         raise DataError(f"the checkpoint's classifiers have {have} classes but the data has {num_classes} "
                         f"(labels 0..{num_classes - 1}): evaluate on the data it was trained for")
+    if args.compatibility:
+        from .compat import ls_initialise_and_score
+
+        args.compat_scores = on_primary(lambda: ls_initialise_and_score(net, args.dataset, args.data_dir,
+                                                                        args.compat_images, args.seed), info.is_primary)
+        log(f"Least-squares init and junction scores on {args.compat_images} training images")
     if ckpt is None:
-        log("warning: no --resume checkpoint: the stitching layers are untrained "
-            + ("(anchors: --pretrained / --anchor-checkpoints)" if args.pretrained or args.anchor_checkpoints
-               else "and the anchors are randomly initialised"))
+        if not args.compatibility:
+            log("warning: no --resume checkpoint: the stitching layers are untrained "
+                + ("(anchors: --pretrained / --anchor-checkpoints)" if args.pretrained or args.anchor_checkpoints
+                   else "and the anchors are randomly initialised"))
         if info.distributed:
             from .distributed import broadcast_state
 
@@ -324,6 +349,7 @@ def run_sweep(args: Namespace, net: SNNet, dataset, info, out_dir: Path, log: Ca
     if primary:
         done = len(ids) - len(todo)
         log(f"SN-Net over {net.config['anchors']}: {len(ids)} networks selected"
+            + (" (official SN-Net forward)" if net.config.get("official_forward") else "")
             + (f", {done} already in {out_dir / 'sweep_partial.jsonl'}" if done else "")
             + f"; {len(dataset)} images ({args.val_split}), {info.world_size} process(es) on {info.device.type}")
     if todo:
@@ -338,6 +364,11 @@ def run_sweep(args: Namespace, net: SNNet, dataset, info, out_dir: Path, log: Ca
     rows = result_rows(flops_rows, partial, latency)
     title = f"SN-Net over {' / '.join(net.config['anchors'])}: {len(rows)} networks"
     write_outputs(rows, out_dir, title, log)
+    if args.compatibility:
+        from .compat import compat_rows, write_compat_csv
+
+        write_compat_csv(compat_rows(net, args.compat_scores, rows), out_dir / "compat.csv")
+        log(f"Wrote {out_dir}/compat.csv (junction CKA, LS residual, top-1 of the LS-initialised networks)")
     chosen = None
     if args.budget_flops_value is not None or args.budget_latency is not None:
         chosen = pick(rows, args.budget_flops_value, args.budget_latency)
@@ -403,8 +434,10 @@ def _progress_log(log, what: str, interval: int, n_batches: int, world: int, sta
 
 def _export(args: Namespace, net: SNNet, cfg_id: int, log) -> None:
     from .export import export_network
+    from .predict import prediction_info, write_prediction_info
 
     report = export_network(net.cpu().float(), cfg_id, args.export_path, args.export_batch_size, args.onnx_opset)
+    info_path = write_prediction_info(report.path, prediction_info(net, *args.trained_data), cfg_id, report.name)
     kind = {"torchscript": "TorchScript", "exported_program": "torch.export program", "onnx": "ONNX"}[report.format]
     load = {"torchscript": f"torch.jit.load('{report.path}')",
             "exported_program": f"torch.export.load('{report.path}').module()",
@@ -412,4 +445,5 @@ def _export(args: Namespace, net: SNNet, cfg_id: int, log) -> None:
     log(f"Exported cfg_id {cfg_id} ({report.name}) as {kind} to {report.path}: {report.params:,} parameters "
         f"(= the network's), max |output - SN-Net output| = {report.max_abs_diff:.2e}"
         + ("" if report.dynamic_batch else f"; batch size fixed at {max(2, args.export_batch_size)}")
-        + f"\nLoad it without snnet: {load}; input (N, {', '.join(map(str, net.input_size))}) normalised images")
+        + f"\nLoad it without snnet: {load}; input (N, {', '.join(map(str, net.input_size))}) normalised images"
+        + f"\nPreprocessing and class names: {info_path} (predict.py --exported {report.path} IMAGES)")

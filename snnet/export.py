@@ -69,7 +69,9 @@ class StitchedNetwork(nn.Module):
 
 def _rebind(adapter, model: nn.Module):
     """The same family's adapter over a copy of the model (blocks are the copy's modules)."""
-    return type(adapter)(model, adapter.name, adapter.input_size)
+    rebound = type(adapter)(model, adapter.name, adapter.input_size)
+    rebound.official_forward = adapter.official_forward
+    return rebound
 
 
 def _clear_caches(module: nn.Module) -> None:
@@ -269,14 +271,24 @@ def _check_onnx(path: Path, module: nn.Module, x: torch.Tensor) -> tuple[int, to
     if missing:
         raise RuntimeError(f"the ONNX file lacks {len(missing)} parameters (e.g. {missing[0]}): a bug, please report it")
     params = sum(inits[n] for n in names)
-    feed = {model.graph.input[0].name: x.detach().cpu().float().numpy()}
+    return params, run_onnx(path, x)
+
+
+def run_onnx(path: str | Path, x: torch.Tensor) -> torch.Tensor:
+    """Outputs of an ONNX network on ``x``, run with onnxruntime when installed, else with onnx's
+    reference evaluator."""
+    import numpy as np
+    import onnx
+
+    feed = x.detach().cpu().float().numpy()
     try:
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        out = session.run(None, feed)[0]
+        out = session.run(None, {session.get_inputs()[0].name: feed})[0]
     except ImportError:
         from onnx.reference import ReferenceEvaluator
 
-        out = ReferenceEvaluator(model).run(None, feed)[0]
-    return params, torch.from_numpy(np.asarray(out)).float().to(x.device)
+        model = onnx.load(str(path))
+        out = ReferenceEvaluator(model).run(None, {model.graph.input[0].name: feed})[0]
+    return torch.from_numpy(np.asarray(out)).float().to(x.device)

@@ -75,6 +75,7 @@ class AnchorFlops:
     stem: int
     blocks: tuple[int, ...]
     head: int
+    stitched_head: int  # the head as a stitched network ends (Anchor.stitched_head)
 
     @property
     def total(self) -> int:
@@ -93,7 +94,8 @@ def anchor_flops(anchor: Anchor) -> AnchorFlops:
     stem = count_flops(_Call(anchor.stem, anchor.model), images)
     blocks = tuple(count_flops(blk, _probe(anchor, i)) for i, blk in enumerate(anchor.blocks))
     head = count_flops(_Call(anchor.head, anchor.model), _probe(anchor, anchor.num_blocks))
-    return AnchorFlops(stem, blocks, head)
+    stitched_head = count_flops(_Call(anchor.stitched_head, anchor.model), _probe(anchor, anchor.num_blocks))
+    return AnchorFlops(stem, blocks, head, stitched_head)
 
 
 def stitches_flops(net: SNNet) -> list[int]:
@@ -110,7 +112,7 @@ def stitches_flops(net: SNNet) -> list[int]:
             parts[route.first.anchor].stem
             + sum(sum(parts[seg.anchor].blocks[seg.start:seg.stop]) for seg in route.segments)
             + sum(layers[i] for i in route.layers)
-            + parts[route.last.anchor].head
+            + (parts[route.last.anchor].head if route.is_anchor else parts[route.last.anchor].stitched_head)
         )
     return out
 

@@ -44,6 +44,7 @@ class SNNet(nn.Module):
         stitching: Optional[str] = None,
         stitch_layer: str = "linear",
         lora_rank: int = 64,
+        official_forward: bool = False,
     ):
         super().__init__()
         sizes = {a.input_size for a in anchors}
@@ -51,8 +52,11 @@ class SNNet(nn.Module):
             desc = ", ".join(f"{a.name}: {'x'.join(map(str, a.input_size[1:]))}" for a in anchors)
             raise IncompatibleAnchorsError(f"anchors take different input sizes ({desc}); pass one --img-size for all")
         self.anchor_adapters = list(anchors)
+        for adapter in self.anchor_adapters:  # how stitched networks end (snnet.official)
+            adapter.official_forward = official_forward
         self.anchors = nn.ModuleList(a.model for a in anchors)
-        self.stitches, self.layer_specs = enumerate_stitches(anchors, kernel_size, stride, nearest, stages, stitching)
+        self.stitches, self.layer_specs = enumerate_stitches(anchors, kernel_size, stride, nearest, stages, stitching,
+                                                             official_sharing=official_forward)
         self.stitch_layers = nn.ModuleList(
             self._make_layer(spec, stitch_layer, lora_rank) for spec in self.layer_specs)
         self.config = {
@@ -65,6 +69,8 @@ class SNNet(nn.Module):
             "stitch_layer": stitch_layer,
             "lora_rank": lora_rank,
         }
+        if official_forward:  # only then: older checkpoints' configs stay comparable
+            self.config["official_forward"] = True
         self.cfg_id = 0
 
     def _make_layer(self, spec: StitchingLayerSpec, kind: str, lora_rank: int) -> StitchingLayer:
@@ -229,6 +235,7 @@ def create_snnet(
     stitching: Optional[str] = None,
     stitch_layer: str = "linear",
     lora_rank: int = 64,
+    official_forward: bool = False,
 ) -> SNNet:
     """Build an SN-Net from timm model names ordered small -> large.
 
@@ -259,4 +266,4 @@ def create_snnet(
         ckpt = (anchor_checkpoints or [None] * len(anchors))[i]
         built.append(create_anchor(name, pretrained, ckpt, num_classes, img_size, kwargs))
     return SNNet(built, kernel_size=kernel_size, stride=stride, nearest=nearest, stages=stages,
-                 stitching=stitching, stitch_layer=stitch_layer, lora_rank=lora_rank)
+                 stitching=stitching, stitch_layer=stitch_layer, lora_rank=lora_rank, official_forward=official_forward)

@@ -13,7 +13,7 @@ from torch import nn
 
 from .cli import build_snnet
 from .config import parse_kwargs
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .model import SNNet
 
 
@@ -70,15 +70,12 @@ def build_teacher(args: Namespace, num_classes: int, device: torch.device) -> Op
     pretrained = args.teacher_checkpoint is None
     if not timm.is_model(args.teacher.split(".")[0]):
         raise ConfigError(f"unknown teacher model '{args.teacher}': timm has no model of that name")
-    try:
-        teacher = timm.create_model(args.teacher, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    except Exception as e:  # no network / no cached weights: hub errors of many kinds
-        if not pretrained:
-            raise
-        raise CheckpointError(
-            f"cannot get timm's pretrained weights of teacher {args.teacher} ({type(e).__name__}: "
-            f"{(str(e).strip().splitlines() or [''])[0][:200]}): pass --teacher-checkpoint FILE"
-        ) from None
+    if pretrained:
+        from .weights import create_pretrained_model
+
+        teacher = create_pretrained_model(args.teacher, "--teacher-checkpoint FILE", num_classes=num_classes, **kwargs)
+    else:
+        teacher = timm.create_model(args.teacher, num_classes=num_classes, **kwargs)
     if args.teacher_checkpoint:
         load_model_weights(teacher, args.teacher_checkpoint)
     teacher.to(device).eval()

@@ -142,6 +142,8 @@ def evaluation_description(args: Namespace, net: SNNet, dataset) -> dict[str, An
     else:
         desc.update(checkpoint=None, pretrained=args.pretrained, anchor_checkpoints=args.anchor_checkpoints,
                     seed=args.seed)
+        if getattr(args, "compatibility", False):  # LS-initialised layers, not random ones
+            desc["compat_images"] = args.compat_images
     return plain(desc)
 
 

@@ -29,9 +29,9 @@ class Segment:
 
 
 class Step(NamedTuple):
-    """One unit of computation: ``kind`` is ``stem`` / ``head`` (``index``: the anchor),
-    ``block`` (``index``: the anchor, ``block``: its block) or ``layer`` (``index``: the
-    stitching layer)."""
+    """One unit of computation: ``kind`` is ``stem`` / ``head`` / ``stitched_head`` (``index``:
+    the anchor; a stitched network ends with ``stitched_head``), ``block`` (``index``: the
+    anchor, ``block``: its block) or ``layer`` (``index``: the stitching layer)."""
 
     kind: str
     index: int
@@ -79,7 +79,8 @@ class Route:
             if i:
                 steps.append(Step("layer", self.layers[i - 1]))
             steps.extend(Step("block", seg.anchor, b) for b in range(seg.start, seg.stop))
-        steps.append(Step("head", self.last.anchor))
+        # a stitched network may end differently from its anchor (Anchor.stitched_head)
+        steps.append(Step("head" if self.is_anchor else "stitched_head", self.last.anchor))
         return tuple(steps)
 
 
@@ -112,6 +113,8 @@ def apply_step(step: Step, x: torch.Tensor, adapters: Mapping[int, object] | Seq
         return layers[step.index](x)
     if step.kind == "stem":
         return adapters[step.index].stem(x)
+    if step.kind == "stitched_head":
+        return adapters[step.index].stitched_head(x)
     return adapters[step.index].head(x)
 
 

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from .anchors import Anchor
 from .errors import ConfigError, IncompatibleAnchorsError
+from .official import official_unpaired_layers
 from .routes import Route, Segment, anchor_route, route_name
 
 Position = tuple[int, int]
@@ -138,9 +139,12 @@ def check_stitchable(front: Anchor, j: int, back: Anchor, k: int) -> None:
 
 
 def default_stages(anchors: Sequence[Anchor]) -> list[int]:
-    """Every stage but the last (whose output feeds the head), as the official code does."""
+    """Every stage but the last (whose output feeds the head), as the official code does; with a
+    ResNet among the anchors also not the first (the official ResNet/Swin tree's stages 1-2)."""
     n = anchors[0].num_stages
-    return [0] if n == 1 else list(range(n - 1))
+    if n == 1:
+        return [0]
+    return list(range(max(a.first_stitch_stage for a in anchors), n - 1))
 
 
 def _names_depths(anchors: Sequence[Anchor]) -> tuple[list[str], list[int]]:
@@ -148,8 +152,9 @@ def _names_depths(anchors: Sequence[Anchor]) -> tuple[list[str], list[int]]:
 
 
 def _pair_groups(front: Anchor, back: Anchor, f_depth: int, b_depth: int, rule: Optional[str],
-                 kernel_size: int, stride: int, forward_only: bool) -> list[list[Position]]:
-    """A pair's position groups under ``rule`` (None: paired for equal depths, else unpaired)."""
+                 kernel_size: int, stride: int, forward_only: bool, official_sharing: bool = False) -> list[list[Position]]:
+    """A pair's position groups under ``rule`` (None: paired for equal depths, else unpaired;
+    ``official_sharing``: unpaired layers shared as the official code does)."""
     rule = rule or ("paired" if f_depth == b_depth else "unpaired")
     if rule == "paired":
         if f_depth != b_depth:
@@ -161,6 +166,8 @@ def _pair_groups(front: Anchor, back: Anchor, f_depth: int, b_depth: int, rule: 
         raise IncompatibleAnchorsError(
             f"unpaired stitching needs stages of different depths, but {front.name} and {back.name} both have "
             f"{f_depth} blocks there: use --stitching paired (or leave it unset)")
+    if official_sharing:
+        return list(official_unpaired_layers(f_depth, b_depth).values())
     return unpaired_positions(f_depth, b_depth)
 
 
@@ -171,6 +178,7 @@ def enumerate_stitches(
     nearest: bool = True,
     stages: Optional[Sequence[int]] = None,
     stitching: Optional[str] = None,
+    official_sharing: bool = False,
 ) -> tuple[list[Stitch], list[StitchingLayerSpec]]:
     """All networks of an SN-Net over ``anchors`` (small -> large), in the published order.
 
@@ -181,7 +189,8 @@ def enumerate_stitches(
     v1 order: the anchors, then stage by stage (one stage for plain ViTs), each anchor pair's
     stitches in window order. Single-stage anchors pair every ``(j, k)`` of a window;
     multi-stage anchors stitch forward only, inside a stage, never at a stage's first block
-    (its input has the previous stage's resolution).
+    (its input has the previous stage's resolution). ``official_sharing``: unequal-depth stages
+    share layers as the official code does (:func:`snnet.official.official_unpaired_layers`).
     """
     if stitching is not None and stitching not in STITCHING_RULES:
         raise ConfigError(f"unknown stitching '{stitching}': use one of {', '.join(STITCHING_RULES)}")
@@ -207,7 +216,8 @@ def enumerate_stitches(
         for fa, ba in anchor_pairs(len(anchors), nearest):
             front, back = anchors[fa], anchors[ba]
             f_ids, b_ids = front.stage_block_ids(stage), back.stage_block_ids(stage)
-            groups = _pair_groups(front, back, len(f_ids), len(b_ids), stitching, kernel_size, stride, forward_only)
+            groups = _pair_groups(front, back, len(f_ids), len(b_ids), stitching, kernel_size, stride, forward_only,
+                                  official_sharing)
             for group in groups:
                 positions = tuple((f_ids[j], b_ids[k]) for j, k in group)
                 layer = len(specs)

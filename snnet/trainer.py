@@ -149,8 +149,20 @@ class Trainer:
         num_classes = resolve_num_classes(args.num_classes, train_ds)
         args.num_classes = num_classes  # recorded in args.yaml and the checkpoints (eval.py reads it)
 
+        initial = None
+        if args.initial_checkpoint:
+            from .checkpoint import load_checkpoint_file
+            from .official import official_state_of
+
+            initial = load_checkpoint_file(args.initial_checkpoint)
+            args.official_forward = args.official_forward or official_state_of(initial) is not None
         torch.manual_seed(args.seed)  # the same initial weights on every rank
         self.net = net = build_model(args, num_classes)
+        if initial is not None:
+            from .official import load_initial_weights
+
+            load_initial_weights(net, initial, args.initial_checkpoint)
+            del initial
         if args.split_bn:
             apply_split_bn(net)
         teacher = build_teacher(args, num_classes, info.device)  # before LS init: fail fast on missing weights
@@ -163,7 +175,7 @@ class Trainer:
             _logger.info(f"SN-Net over {net.config['anchors']}: {net.num_stitches} networks, "
                          f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters")
 
-        if args.ls_init and not resume and net.layer_specs:
+        if args.ls_init and not resume and not args.initial_checkpoint and net.layer_specs:
             if args.ls_init_images > len(train_ds):
                 raise DataError(f"--ls-init-images {args.ls_init_images} is larger than the training set "
                                 f"({len(train_ds)} images): use at most {len(train_ds)}")

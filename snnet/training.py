@@ -64,9 +64,19 @@ def _run(args: Namespace, info: DistInfo, handlers: list, step_callbacks: Sequen
 
 def resume_target(args: Namespace, out_dir: Path, info: DistInfo) -> str:
     """The checkpoint to resume: ``--resume FILE``, or the run folder's last.pth.tar when it
-    exists (``--resume auto``, also the default); '' to start fresh."""
+    exists (``--resume auto``, also the default); '' to start fresh. An official SN-Net
+    checkpoint given to ``--resume`` becomes ``--initial-checkpoint``."""
+    from .official import looks_official
+
     last = out_dir / "last.pth.tar"
     resume = args.resume
+    if resume and resume != AUTO and looks_official(resume):
+        # an official SN-Net checkpoint has no optimizer state to resume: start from its weights,
+        # and after a restart continue from this run's own last.pth.tar
+        if info.is_primary and not last.exists():
+            _logger.info(f"{resume} is an official SN-Net checkpoint: starting from its weights (--initial-checkpoint)")
+        args.initial_checkpoint = args.initial_checkpoint or resume
+        resume = ""
     if resume == AUTO or (not resume and last.exists()):
         resume = str(last) if last.exists() else ""
         if args.resume == AUTO and not resume and info.is_primary:

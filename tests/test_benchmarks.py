@@ -12,6 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 CASES = {
+    "bench_compat.py": (["--trained", "results/demo/stitches.csv", "--output", "{tmp}", "-c", "configs/demo_digits.yaml",
+                         "--compat-images", "20", "--workers", "0"],
+                        ["| linear CKA at the junction | ", "all (20 stitches)"]),
     "bench_flops_table.py": (["--anchors", "levit_128s", "levit_192"], ["identical counts: yes"]),
     "bench_ls_combine.py": (["-c", "configs/demo_digits.yaml", "--ls-init-images", "20"],
                             ["| mean | |", "of 20 stitched networks"]),
@@ -29,8 +32,9 @@ CASES = {
 
 @pytest.mark.parametrize("script", sorted(CASES))
 @pytest.mark.slow
-def test_benchmark_runs_and_its_checks_hold(script):
+def test_benchmark_runs_and_its_checks_hold(script, tmp_path):
     args, expected = CASES[script]
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

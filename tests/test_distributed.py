@@ -135,3 +135,24 @@ def test_more_processes_than_gpus_fail_with_one_clear_line(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(ConfigError, match=r"needs GPU 1 but 1 are visible.*distributed_train.sh 1"):
         init_distributed("cuda")
+
+
+def test_launcher_uses_the_repos_venv_python_unless_python_is_set(tmp_path):
+    """README's ./distributed_train.sh must not fall back to a system python3 without torch."""
+    import shutil
+
+    script = tmp_path / "distributed_train.sh"
+    shutil.copy(REPO / "distributed_train.sh", script)
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    for name, where in (("python", venv_bin), ("other-python", tmp_path)):
+        fake = where / name
+        fake.write_text(f"#!/bin/sh\necho {name} \"$@\"\n")
+        fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    used = subprocess.run([str(script), "2", "--epochs", "1"], capture_output=True, text=True, env=env, check=True)
+    assert used.stdout.startswith("python -m torch.distributed.run --standalone --nproc_per_node=2 ")
+    assert used.stdout.rstrip().endswith("train.py --epochs 1")
+    env["PYTHON"] = str(tmp_path / "other-python")
+    chosen = subprocess.run([str(script), "2"], capture_output=True, text=True, env=env, check=True)
+    assert chosen.stdout.startswith("other-python -m torch.distributed.run")

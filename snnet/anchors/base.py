@@ -50,6 +50,10 @@ class Anchor:
     layout: ClassVar[Layout] = "tokens"
     #: whether the timm constructor takes ``img_size`` (ResNets take any size and do not).
     takes_img_size: ClassVar[bool] = True
+    #: the first stage stitched by default (see :func:`snnet.stitches.default_stages`).
+    first_stitch_stage: ClassVar[int] = 0
+    #: set by ``SNNet(official_forward=True)``: stitched networks end as the official code's do.
+    official_forward: bool = False
 
     def __init__(self, model: nn.Module, name: str, input_size: Sequence[int]):
         self.model = model
@@ -93,9 +97,14 @@ class Anchor:
         return x
 
     def forward_from(self, x: torch.Tensor, block: int) -> torch.Tensor:
-        """Features before ``block`` -> logits."""
+        """Features before ``block`` -> logits, as the back part of a stitched network."""
         for blk in self.blocks[block:]:
             x = blk(x)
+        return self.stitched_head(x)
+
+    def stitched_head(self, x: torch.Tensor) -> torch.Tensor:
+        """The head as a stitched network runs it; a family whose official forward differs
+        overrides this (see :mod:`snnet.official`)."""
         return self.head(x)
 
     def channels(self, index: int) -> int:

@@ -59,8 +59,10 @@ def create_anchor(
 
     Args:
         model_name: a timm model name (``deit_small_patch16_224``, ``swin_tiny_...``).
-        pretrained: load timm's pretrained weights (from the hub or its local cache).
-        checkpoint_path: a local weights file loaded after creation (safe loading only).
+        pretrained: load timm's pretrained weights (local cache first, then the hub; see
+            :mod:`snnet.weights`).
+        checkpoint_path: a local weights file loaded after creation (safe loading only); it replaces
+            ``pretrained``.
         num_classes: classifier size; None keeps timm's default.
         img_size: input resolution; None keeps the model's default.
         model_kwargs: extra keyword arguments for ``timm.create_model``.
@@ -71,7 +73,12 @@ def create_anchor(
         kwargs["num_classes"] = num_classes
     if img_size is not None and cls.takes_img_size:
         kwargs.setdefault("img_size", img_size)
-    model: nn.Module = timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    if pretrained and not checkpoint_path:  # a local file replaces the pretrained weights
+        from ..weights import create_pretrained_model
+
+        model: nn.Module = create_pretrained_model(model_name, **kwargs)
+    else:
+        model = timm.create_model(model_name, **kwargs)
     if checkpoint_path:
         from ..checkpoint import load_model_weights
 

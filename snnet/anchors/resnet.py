@@ -12,6 +12,9 @@ from .registry import register_anchor
 class ResNetAnchor(Anchor):
     layout = "nchw"
     takes_img_size = False
+    # The official ResNet/Swin tree stitches stages 1-2 only (10 ResNet-18/50 networks, 8
+    # ResNet-18/Swin-T): stage-0 stitches run ResNet-50's whole body and cost more than it.
+    first_stitch_stage = 1
 
     def split_blocks(self) -> tuple[list[nn.Module], list[int]]:
         m = self.model

@@ -27,3 +27,7 @@ class ViTAnchor(Anchor):
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.norm(x))
+
+    def stitched_head(self, x: torch.Tensor) -> torch.Tensor:
+        # The official DeiT SN-Net ends stitched networks with forward_head alone (no final norm).
+        return self.model.forward_head(x) if self.official_forward else self.head(x)

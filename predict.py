@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""Top-5 classes of image files from one network of a trained SN-Net, or from an exported network.
+
+    python predict.py --resume output/train/RUN/model_best.pth.tar --stitch 12 photo.jpg photos/
+    python predict.py --resume CKPT --stitch best --budget-flops 2.5G --csv predictions.csv photos/
+    python predict.py --exported deit-2.5g.pt photos/
+
+See ``snnet/predict.py`` for the options.
+"""
+
+import sys
+
+from snnet.predict import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Checkpoints of the official SN-Net code (ziplab/SN-Net): layout detection, key mapping, and
+the official forward's rules.
+
+The official trees save ``anchors.<i>.<timm keys>`` like snnet, but their stitching layers as
+nested lists: ``stitch_layers.<pair>.<layer>.transform.*`` (DeiT: one stage) and
+``stitch_layers.<stage group>.<pair>.<layer>.transform.*`` (the ResNet/Swin, Swin and LeViT
+trees; ResNet/Swin stores 1x1 convolutions). snnet numbers its layers flat, stage by stage,
+pair by pair. Two rules of the official forward differ from snnet's natural one, and an
+imported official checkpoint switches them on (``SNNet(official_forward=True)``, saved in the
+checkpoint's ``snnet_config`` and shown by eval.py):
+
+* stitched DeiT networks end with the back anchor's ``forward_head`` without its final
+  LayerNorm (the anchors themselves keep it);
+* unequal-depth stages share layers by list position: the official ``get_stitch_configs``
+  zips the stitch list with ``end_mapping_ids`` (one entry per back block), so the n-th stitch
+  uses layer ``end_mapping_ids[n]`` instead of its front block's layer.
+
+The files pickle the training ``argparse.Namespace`` under ``args``; :func:`snnet.checkpoint.load_checkpoint_file`
+allows exactly that class, and only for files whose weights have this layout.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from argparse import Namespace
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .errors import CheckpointError
+
+# stitch_layers.<pair>.<layer>.transform.* (DeiT) or stitch_layers.<group>.<pair>.<layer>.transform.*
+_OFFICIAL_LAYER = re.compile(r"^stitch_layers\.(\d+)\.(\d+)(?:\.(\d+))?\.transform\.(weight|bias)$")
+_OFFICIAL_BYTES = re.compile(rb"stitch_layers\.\d+\.\d+(?:\.\d+)?\.transform\.")
+_STATE_KEYS = ("model", "state_dict")
+
+
+def is_official_state(state: Mapping[str, Any]) -> bool:
+    """Whether a state dict has the official code's stitching-layer keys."""
+    return any(_OFFICIAL_LAYER.match(str(k)) for k in state)
+
+
+def official_state_of(ckpt: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
+    """The weights of an official SN-Net checkpoint, or None if ``ckpt`` is not one."""
+    for key in _STATE_KEYS:
+        state = ckpt.get(key)
+        if isinstance(state, Mapping) and is_official_state(state):
+            return state
+    return None
+
+
+def looks_official(path: str | Path) -> bool:
+    """Whether ``path`` is a torch zip checkpoint that pickles an ``argparse.Namespace`` next to
+    official stitching-layer keys, read from its pickle stream without unpickling it (the real
+    load, :func:`snnet.checkpoint.load_checkpoint_file`, still checks everything)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            data = archive.read(names[0]) if names else b""
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return b"argparse" in data and b"Namespace" in data and _OFFICIAL_BYTES.search(data) is not None
+
+
+def plain_official_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """``ckpt`` with its pickled ``args`` Namespace turned into a plain dict (``official_args``),
+    so that nothing downstream mistakes the official arguments for snnet's."""
+    out = dict(ckpt)
+    args = out.pop("args", None)
+    if isinstance(args, Namespace):
+        out["official_args"] = dict(vars(args))
+    return out
+
+
+def official_unpaired_layers(front_depth: int, back_depth: int) -> dict[int, list[tuple[int, int]]]:
+    """Positions of two unequal-depth stages grouped by the official layer they use.
+
+    As ``unpaired_stitching`` + ``get_stitch_configs``: the front blocks are mapped onto the back
+    ones by nearest interpolation; stitch ``(j, k)`` exists when back block ``k`` maps to ``j``
+    and ``j < k``; the n-th stitch (front-major order) uses layer ``end_mapping_ids[n]``.
+    """
+    ids = torch.arange(front_depth, dtype=torch.float32)[None, None]
+    end_mapping = F.interpolate(ids, back_depth).long().flatten().tolist()
+    stitches = [(j, k) for j in range(front_depth) for k, e in enumerate(end_mapping) if e == j and j < k]
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for position, layer in zip(stitches, end_mapping):
+        groups.setdefault(layer, []).append(position)
+    return dict(sorted(groups.items()))
+
+
+def official_layer_index(net) -> dict[tuple[int, int, int], int]:
+    """(stage group, pair, official layer id) -> index into ``net.stitch_layers``.
+
+    Pairs are numbered as the official code does (neighbouring anchors: the front anchor's
+    index); stage groups are the positions in the list of stitched stages.
+    """
+    from .stitches import anchor_pairs
+
+    pairs = {pair: i for i, pair in enumerate(anchor_pairs(len(net.anchor_adapters), net.config["nearest"]))}
+    stages = sorted({spec.stage for spec in net.layer_specs})
+    index: dict[tuple[int, int, int], int] = {}
+    seen: dict[tuple[int, int, int], int] = {}
+    for i, spec in enumerate(net.layer_specs):
+        group = (stages.index(spec.stage), pairs[(spec.front, spec.back)])
+        front, back = net.anchor_adapters[spec.front], net.anchor_adapters[spec.back]
+        f_ids, b_ids = front.stage_block_ids(spec.stage), back.stage_block_ids(spec.stage)
+        if len(f_ids) != len(b_ids):  # unpaired: the official id is the interpolation's
+            local = (f_ids.index(spec.positions[0][0]), b_ids.index(spec.positions[0][1]))
+            layer = next(lid for lid, ps in official_unpaired_layers(len(f_ids), len(b_ids)).items() if local in ps)
+        else:  # paired: windows with new positions, in order
+            layer = seen.get((*group, spec.stage), 0)
+            seen[(*group, spec.stage)] = layer + 1
+        index[(*group, layer)] = i
+    return index
+
+
+def convert_official_state(state: Mapping[str, torch.Tensor], net) -> dict[str, torch.Tensor]:
+    """An official checkpoint's weights under snnet's keys for ``net`` (built with
+    ``official_forward=True`` from the matching anchors and stages)."""
+    from .checkpoint import convert_with_timm_filter, describe_mismatch
+
+    out: dict[str, torch.Tensor] = {}
+    for i, model in enumerate(net.anchors):
+        prefix = f"anchors.{i}."
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        sub, problem = convert_with_timm_filter(sub, model)
+        if problem:
+            raise CheckpointError(
+                f"anchor {i} ({net.anchor_adapters[i].name}) of the official checkpoint does not match: {problem}; "
+                f"pass the config of the official run (-c configs/...yaml)"
+            )
+        out.update({prefix + k: v for k, v in sub.items()})
+    index = official_layer_index(net)
+    hierarchical = net.anchor_adapters[0].num_stages > 1
+    for key, value in state.items():
+        m = _OFFICIAL_LAYER.match(key)
+        if not m:
+            continue
+        a, b, c, what = m.groups()
+        if (c is not None) != hierarchical:
+            raise CheckpointError(
+                f"official key {key} is not of the {'hierarchical' if hierarchical else 'DeiT'} "
+                f"layout these anchors use: pass the config of the official run"
+            )
+        where = (int(a), int(b), int(c)) if hierarchical else (0, int(a), int(b))
+        if where not in index:
+            continue  # a layer the official code allocates but no stitch uses
+        if what == "weight" and value.ndim == 4:  # the ResNet/Swin tree's 1x1 convolutions
+            value = value.flatten(1)
+        out[f"stitch_layers.{index[where]}.transform.{what}"] = value
+    problem = describe_mismatch(out, net)
+    if problem:
+        raise CheckpointError(
+            f"the official checkpoint does not match this SN-Net: {problem}; pass the config of the "
+            f"official run (its anchors, and --stages where it differs)"
+        )
+    return out
+
+
+def load_initial_weights(net, ckpt: Mapping[str, Any], path: str) -> None:
+    """Weights of a train.py or an official SN-Net checkpoint into ``net`` (no optimizer state);
+    an official one needs ``net`` built with ``official_forward=True``."""
+    from .checkpoint import describe_mismatch, extract_state_dict
+
+    state = extract_state_dict(ckpt)
+    if is_official_state(state):
+        state = convert_official_state(state, net)
+    problem = describe_mismatch(state, net)
+    if problem:
+        raise CheckpointError(
+            f"--initial-checkpoint {path} does not match the model: {problem}; check --anchors, "
+            f"--model-kwargs, --anchor-kwargs and --num-classes"
+        )
+    net.load_state_dict(state)

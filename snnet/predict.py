@@ -1,0 +1,349 @@
+"""predict.py: run one network of an SN-Net (or an exported file) on image files.
+
+    python predict.py --resume CKPT --stitch 12 photo.jpg more_photos/
+    python predict.py --resume CKPT --stitch best --budget-flops 2.5G --csv predictions.csv photos/
+    python predict.py --exported deit-2.5g.pt photos/          # eval.py --export wrote deit-2.5g.pt.json
+
+The images get the evaluation transform of ``eval.py`` (timm's resize / centre crop of the first
+anchor's data config at the SN-Net's input size; the digits: no crop), so predicting the
+validation images reproduces the sweep's accuracy. ``--stitch best`` and the budgets pick from
+the ``stitches.csv`` of an ``eval.py`` sweep: ``--results DIR`` (default: eval.py's default
+output folder of the checkpoint, ``eval-<name>`` beside it). Class names: ImageNet's
+(timm's ``ImageNetInfo``) for 1000 classes, else the dataset's (the digits: the digit; an
+ImageFolder ``--data-dir``: its folder names), else the class index.
+An exported file (``eval.py --export``) is run with the preprocessing and class names that
+eval.py saved beside it as ``<file>.json``; ``.onnx`` files need onnxruntime (``pip install
+'.[onnx]'``) or fall back to onnx's slow reference evaluator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from argparse import Namespace
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from .errors import CheckpointError, ConfigError, DataError, exit_on_user_error
+
+INFO_SUFFIX = ".json"
+
+
+def build_predict_parser() -> argparse.ArgumentParser:
+    from .cli import add_data_args, add_model_args
+
+    parser = argparse.ArgumentParser(
+        description="Top-5 classes of image files from one network of an SN-Net or an exported network."
+    )
+    parser.add_argument(
+        "images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (searched recursively)"
+    )
+    parser.add_argument("-c", "--config", default="", metavar="FILE.yaml", help="the training config (optional)")
+    add_model_args(parser)
+    add_data_args(parser)
+    g = parser.add_argument_group("prediction")
+    g.add_argument(
+        "--resume", "--checkpoint", dest="checkpoint", default="", metavar="CKPT", help="train.py checkpoint"
+    )
+    g.add_argument("--use-ema", action="store_true", default=False, help="the checkpoint's EMA weights")
+    g.add_argument(
+        "--stitch",
+        default=None,
+        metavar="CFG_ID|best",
+        help="the network: a cfg_id, or 'best' (most accurate of the sweep, within the budgets)",
+    )
+    g.add_argument(
+        "--budget-flops", default=None, metavar="FLOPS", help="with --stitch best: most accurate within this"
+    )
+    g.add_argument(
+        "--budget-latency",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="with --stitch best: most accurate within this latency (a sweep with --measure-latency)",
+    )
+    g.add_argument(
+        "--results",
+        default="",
+        metavar="DIR",
+        help="eval.py output folder with stitches.csv, for --stitch best (default: eval.py's default for CKPT)",
+    )
+    g.add_argument("--exported", default="", metavar="FILE", help="an eval.py --export file (.pt, .pt2 or .onnx)")
+    g.add_argument("--csv", default="", metavar="FILE", help="also write the predictions to this CSV file")
+    g.add_argument("--top-k", type=int, default=5, metavar="K", help="classes shown per image")
+    g.add_argument("-b", "--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
+    g.add_argument("--device", default="cpu", help="cpu or cuda")
+    return parser
+
+
+def parse_predict_args(argv: Optional[Sequence[str]] = None) -> Namespace:
+    from .config import parse_args_with_config
+    from .evaluation import _train_keys
+
+    parser = build_predict_parser()
+    args, _ = parse_args_with_config(parser, argv, extra_known_keys=_train_keys())
+    args._defaults = {a.dest: a.default for a in parser._actions}
+    if not args.images:
+        raise ConfigError(
+            "no images given: pass image files or folders, e.g. predict.py --resume CKPT --stitch 0 photo.jpg"
+        )
+    if bool(args.checkpoint) == bool(args.exported):
+        raise ConfigError("pass either --resume CKPT (with --stitch) or --exported FILE")
+    if args.checkpoint and args.stitch is None:
+        raise ConfigError(
+            "--resume needs --stitch CFG_ID or --stitch best (optionally with --budget-flops / --budget-latency)"
+        )
+    if args.exported and args.stitch is not None:
+        raise ConfigError("an exported file is one network already: drop --stitch")
+    if (args.budget_flops is not None or args.budget_latency is not None) and args.stitch != "best":
+        raise ConfigError("--budget-flops / --budget-latency pick the network: use them with --stitch best")
+    if args.top_k < 1 or args.batch_size < 1:
+        raise ConfigError("--top-k and --batch-size must be >= 1")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+# ---------------------------------------------------------------------------------------------
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The image files named, and those inside the folders named (recursively, sorted)."""
+    from timm.data.readers.img_extensions import get_img_extensions
+
+    suffixes = {e.lower() for e in get_img_extensions(as_set=True)}
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
+            if not found:
+                raise DataError(f"folder '{p}' holds no image files ({', '.join(sorted(suffixes))})")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"image '{p}' does not exist: check the path")
+    return files
+
+
+def load_batch(files: Sequence[Path], transform: Callable) -> torch.Tensor:
+    """uint8 NCHW batch of the transformed images (the sweep's ``fast_collate`` layout)."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                image = im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(
+                f"cannot read image '{f}' ({type(e).__name__}): give image files (JPEG, PNG, ...)"
+            ) from None
+        out.append(torch.as_tensor(transform(image)))
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# preprocessing and class names
+# ---------------------------------------------------------------------------------------------
+def class_names(num_classes: int, dataset) -> list[str]:
+    """ImageNet's names for 1000 classes, else the dataset's class (folder) names, else indices."""
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return [info.index_to_description(i) for i in range(1000)]
+    names = getattr(dataset, "classes", None)
+    reader = getattr(dataset, "reader", None)
+    if names is None and reader is not None and getattr(reader, "class_to_idx", None):
+        names = [c for c, _ in sorted(reader.class_to_idx.items(), key=lambda kv: kv[1])]
+    if names is not None and len(names) == num_classes:
+        return [str(n) for n in names]
+    return [str(i) for i in range(num_classes)]
+
+
+def prediction_info(net, dataset_name: str, data_dir: Optional[str], split: str = "validation") -> dict[str, Any]:
+    """What running one network on images needs besides its weights: the evaluation transform's
+    settings and the class names (from the dataset when it can be opened)."""
+    from .data import create_dataset
+    from .loaders import data_config_for
+
+    try:
+        dataset = create_dataset(dataset_name, data_dir, split) if (dataset_name or data_dir) else None
+    except DataError:  # the data is not on this machine: fall back to class indices
+        dataset = None
+    cfg = data_config_for(net, dataset)
+    num_classes = int(getattr(net.anchors[0], "num_classes", 0))
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    info = {k: (list(cfg[k]) if isinstance(cfg.get(k), tuple) else cfg.get(k)) for k in keys}
+    info["class_names"] = class_names(num_classes, dataset)
+    return info
+
+
+def training_data(ckpt: Optional[dict], args: Namespace) -> tuple[str, Optional[str]]:
+    """The dataset of ``args``, else the one the checkpoint was trained on (its saved arguments)."""
+    saved = ckpt.get("args") if ckpt is not None and isinstance(ckpt.get("args"), dict) else {}
+    if args.dataset or args.data_dir:
+        return args.dataset, args.data_dir
+    return saved.get("dataset") or "", saved.get("data_dir")
+
+
+def write_prediction_info(export_path: str | Path, info: dict[str, Any], cfg_id: int, name: str) -> Path:
+    """``<export_path>.json`` beside an exported network, for ``predict.py --exported``."""
+    path = Path(str(export_path) + INFO_SUFFIX)
+    path.write_text(json.dumps({"cfg_id": cfg_id, "name": name, **info}, indent=1) + "\n")
+    return path
+
+
+def _transform(info: dict[str, Any]):
+    from .loaders import eval_transform
+
+    return eval_transform({**info, "input_size": tuple(info["input_size"])})
+
+
+# ---------------------------------------------------------------------------------------------
+# the network
+# ---------------------------------------------------------------------------------------------
+def choose_network(args: Namespace, net) -> int:
+    """``--stitch``: a cfg_id, or the budget pick / the most accurate network of the sweep."""
+    from .evaluation import default_out_dir
+    from .pareto import parse_flops, pick, pick_for_budget
+    from .results import read_results
+
+    if args.stitch != "best":
+        try:
+            cfg_id = int(args.stitch)
+        except ValueError:
+            raise ConfigError(f"--stitch '{args.stitch}' is not a cfg_id: pass a number or 'best'") from None
+        net.select(cfg_id)
+        return cfg_id
+    results = (
+        Path(args.results)
+        if args.results
+        else default_out_dir(Namespace(checkpoint=args.checkpoint, use_ema=args.use_ema, flops_only=False))
+    )
+    table = results / "stitches.csv"
+    if not table.is_file():
+        raise DataError(
+            f"--stitch best picks from the sweep's {table}, which does not exist: run eval.py --resume "
+            f"{args.checkpoint} --output {results} first, or pass --results DIR"
+        )
+    rows = read_results(table)
+    if rows and "top1" not in rows[0]:
+        raise DataError(f"{table} has no accuracies (an eval.py --flops-only table): run the sweep with data")
+    if args.budget_latency is not None and "latency_ms" not in rows[0]:
+        raise DataError(f"{table} has no latencies: sweep with eval.py --measure-latency for --budget-latency")
+    flops = None if args.budget_flops is None else parse_flops(str(args.budget_flops))
+    if flops is None and args.budget_latency is None:
+        row = pick_for_budget(rows, float("inf"))
+    else:
+        row = pick(rows, flops, args.budget_latency)
+    if row["cfg_id"] >= net.num_stitches or net.stitches[row["cfg_id"]].name != row["name"]:
+        raise DataError(
+            f"{table} is not a sweep of this SN-Net (cfg_id {row['cfg_id']} is {row['name']} there): "
+            f"pass the --results DIR of this checkpoint"
+        )
+    net.select(row["cfg_id"])
+    return row["cfg_id"]
+
+
+def load_snnet(args: Namespace):
+    """The SN-Net of ``--resume`` (with its own anchors and options) and its prediction info."""
+    from .checkpoint import extract_state_dict, load_checkpoint_file
+    from .evaluation import apply_checkpoint_args, build_model
+
+    ckpt = load_checkpoint_file(args.checkpoint)
+    apply_checkpoint_args(args, ckpt)
+    net = build_model(args, None, extract_state_dict(ckpt, args.use_ema)).eval()
+    return net, prediction_info(net, *training_data(ckpt, args))
+
+
+def load_exported(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
+    """A forward function of an eval.py --export file and the info saved beside it."""
+    from .export import FORMATS, run_onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"exported file '{path}' does not exist: check the path")
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"--exported '{path}' has an unknown suffix: use an eval.py --export file (.pt, .pt2, .onnx)")
+    info_path = Path(str(path) + INFO_SUFFIX)
+    if not info_path.is_file():
+        raise CheckpointError(
+            f"'{info_path}' is missing: predict.py needs the preprocessing and class names eval.py "
+            f"--export writes beside the file; export again with eval.py, or predict with --resume CKPT"
+        )
+    info = json.loads(info_path.read_text())
+    if fmt == "torchscript":
+        module = torch.jit.load(str(path), map_location="cpu")
+        return module, info
+    if fmt == "exported_program":
+        return torch.export.load(str(path)).module(), info
+    return (lambda x: run_onnx(path, x)), info
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    files: Sequence[Path],
+    info: dict[str, Any],
+    top_k: int = 5,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> list[dict[str, Any]]:
+    """Per image: its top-k class indices, names and probabilities."""
+    from .loaders import Normalize
+
+    transform = _transform(info)
+    prep = Normalize(info["mean"], info["std"], torch.device(device))
+    names = info["class_names"]
+    rows = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        x, _ = prep(load_batch(chunk, transform), torch.zeros(len(chunk)))
+        probs = torch.softmax(forward(x).float(), dim=-1)
+        top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        for f, p, i in zip(chunk, top.values.tolist(), top.indices.tolist()):
+            rows.append({"image": str(f), "indices": i, "classes": [names[c] for c in i], "probs": p})
+    return rows
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    k = max(len(r["indices"]) for r in rows)
+    header = ["image"] + [f"{what}_{r}" for r in range(1, k + 1) for what in ("class", "index", "prob")]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            w.writerow(
+                [r["image"]]
+                + [v for c, i, p in zip(r["classes"], r["indices"], r["probs"]) for v in (c, i, f"{p:.6f}")]
+            )
+
+
+@exit_on_user_error
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_predict_args(argv)
+    files = image_files(args.images)
+    if args.exported:
+        forward, info = load_exported(args.exported)
+        what = f"{args.exported} (cfg_id {info['cfg_id']}, {info['name']})"
+    else:
+        net, info = load_snnet(args)
+        cfg_id = choose_network(args, net)
+        net.to(args.device)
+        forward = net
+        what = f"cfg_id {cfg_id} ({net.stitches[cfg_id].name}) of {args.checkpoint}"
+    rows = predict(forward, files, info, args.top_k, args.batch_size, args.device)
+    print(f"{len(rows)} images through {what}", flush=True)
+    for r in rows:
+        print(f"{r['image']}: " + ", ".join(f"{c} ({100 * p:.1f}%)" for c, p in zip(r["classes"], r["probs"])))
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f"Wrote {args.csv}")
+    return 0
