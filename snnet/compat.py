@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from .errors import ConfigError
 from .layers import to_rows
 from .model import SNNet
 
@@ -63,6 +64,11 @@ def junction_scores(
     """``{cfg_id: {"cka": ..., "ls_residual": ...}}`` for every stitched network of ``net`` on
     ``images`` (an ``(N, 3, H, W)`` tensor or an iterable of batches), in eval mode."""
     stitched = [s for s in net.stitches if not s.is_anchor]
+    multi = [s for s in stitched if len(s.route.layers) > 1]
+    if multi:
+        raise ConfigError(
+            f"--compatibility scores networks with one junction (SN-Net stitches), but {multi[0].name} (cfg_id "
+            f"{multi[0].cfg_id}) has {len(multi[0].route.layers)}: evaluate a paired/unpaired SN-Net, not a two-way one")
     needed: dict[int, set[int]] = defaultdict(set)  # anchor -> feature indices (i: before block i)
     for s in stitched:
         needed[s.front].add(s.front_block + 1)
@@ -80,7 +86,7 @@ def junction_scores(
                 x, y = feats[(s.front, s.front_block + 1)], feats[(s.back, s.back_block)]
                 y_rows = to_rows(y, back.layout)
                 moments[s.cfg_id].add(to_rows(x, front.layout), y_rows)
-                fitted = to_rows(net.stitch_layers[s.layer](x), back.layout)
+                fitted = to_rows(net.stitch_layers[s.route.layers[0]](x), back.layout)
                 residual[s.cfg_id] += float((fitted.double() - y_rows.double()).pow(2).sum())
     finally:
         net.train(was_training)

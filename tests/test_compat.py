@@ -56,7 +56,7 @@ def test_cka_and_residual_match_independent_formulas(family):
             if xr.shape[0] <= 3000:
                 assert scores[s.cfg_id]["cka"] == pytest.approx(cka_by_hsic(xr, yr), rel=1e-6, abs=1e-9)
             a = torch.cat([xr.double(), torch.ones(len(xr), 1, dtype=torch.float64)], 1)
-            layer = net.stitch_layers[s.layer].transform
+            layer = net.stitch_layers[s.route.layers[0]].transform
             w = torch.cat([layer.weight.double().T, layer.bias.double()[None]], 0)
             assert scores[s.cfg_id]["ls_residual"] == pytest.approx(_relative_residual(a, w, yr), rel=1e-6)
             # fitted on other images: never better than the optimum on these
@@ -100,3 +100,12 @@ def test_eval_compatibility_writes_compat_csv(tmp_path, capsys):
     assert "compat.csv" in capsys.readouterr().out
     code = run_entry(eval_main, TINY_DEIT_ARGS + ["--compatibility", "--resume", tmp_path / "x.pth.tar"])
     assert code == 2 and "--compatibility scores an untrained SN-Net" in capsys.readouterr().err
+
+
+def test_two_way_routes_are_refused_with_one_line():
+    from snnet.errors import ConfigError
+
+    net = create_snnet(**TINY_PAIRS["deit"], num_classes=10, stitching="two-way")
+    assert any(len(s.route.layers) > 1 for s in net.stitches)
+    with pytest.raises(ConfigError, match="one junction"):
+        junction_scores(net, torch.zeros(2, 3, 32, 32))

@@ -235,7 +235,8 @@ def test_official_resnet_checkpoint_gives_the_official_logits(official_resnet):
             assert torch.allclose(net.select(cfg_id)(x), expected, atol=1e-4, rtol=1e-4), cfg_id
             assert torch.allclose(by_sweep[cfg_id], expected, atol=1e-4, rtol=1e-4), cfg_id
     natural = create_snnet(["resnet18", "resnet50"], num_classes=10)
-    assert natural.stitches[3].layer != natural.stitches[2].layer and net.stitches[3].layer == net.stitches[2].layer
+    assert natural.stitches[3].route.layers != natural.stitches[2].route.layers
+    assert net.stitches[3].route.layers == net.stitches[2].route.layers
 
 
 @pytest.mark.slow
