@@ -8,6 +8,7 @@
 
 See ``snnet/evaluation.py`` for what it does and writes, ``snnet/cli.py`` for the options.
 """
+
 import sys
 
 from snnet.evaluation import main

@@ -7,6 +7,7 @@
 See ``snnet/cli.py`` for the options and ``snnet/trainer.py`` for the checkpoint format and how
 resuming works.
 """
+
 import sys
 
 from snnet.training import main

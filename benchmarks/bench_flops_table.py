@@ -4,6 +4,7 @@
 
 Prints both times, their ratio, and checks that the numbers are identical.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,9 @@ from snnet.flops import flops_table, network_flops
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--anchors", nargs="+", default=["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"])
+    parser.add_argument(
+        "--anchors", nargs="+", default=["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     net = create_snnet(args.anchors, num_classes=1000)

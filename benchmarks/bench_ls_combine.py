@@ -8,6 +8,7 @@ validation top-1 straight after the init, before any training.
 Any train.py config and flags work (ImageNet: --data-dir). Prints one row per stitch and the
 mean over stitches; anchors are left out (the init does not touch them).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -34,8 +35,16 @@ def main(argv: list[str]) -> None:
     torch.manual_seed(args.seed)
     net = build_snnet(args, num_classes).eval()
     cfg = data_config_for(net, val_ds)
-    images = sample_images(train_ds, args.ls_init_images, cfg["input_size"][-1], args.seed, mean=cfg["mean"],
-                           std=cfg["std"], interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"])
+    images = sample_images(
+        train_ds,
+        args.ls_init_images,
+        cfg["input_size"][-1],
+        args.seed,
+        mean=cfg["mean"],
+        std=cfg["std"],
+        interpolation=cfg["interpolation"],
+        crop_pct=cfg["crop_pct"],
+    )
     val_ds.transform = eval_transform(cfg)
     loader = eval_loader(val_ds, args.validation_batch_size or args.batch_size)
     prep = Normalize(cfg["mean"], cfg["std"], torch.device("cpu"))
@@ -46,8 +55,10 @@ def main(argv: list[str]) -> None:
         net.init_stitching_layers(images, batch_size=args.ls_init_batch_size, combine=combine)
         top1[combine] = [metrics_of(r)["top1"] for r in sweep_pass(net, loader, ids, prep).records()]
 
-    print(f"anchors {net.config['anchors']}, {len(images)} LS images, {len(val_ds)} validation images, "
-          f"{len(ids)} stitched networks, {len(net.stitch_layers)} stitching layers")
+    print(
+        f"anchors {net.config['anchors']}, {len(images)} LS images, {len(val_ds)} validation images, "
+        f"{len(ids)} stitched networks, {len(net.stitch_layers)} stitching layers"
+    )
     print("| cfg_id | network | " + " | ".join(f"top-1 {c}" for c in COMBINES) + " |")
     print("| --- | --- |" + " --- |" * len(COMBINES))
     for i, cfg_id in enumerate(ids):

@@ -8,6 +8,7 @@ Times ``net.init_stitching_layers(images)`` (the paper's 100 images) and the anc
 and prints the median ratio. LS init has to run every anchor's blocks once too, so the ratio
 is what the least-squares part costs on top.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +47,11 @@ def main() -> None:
 
     plain_forward()  # warm-up
     ls, fw = interleaved_medians([ls_init, plain_forward], args.repeats)
-    print(f"anchors {args.anchors} at {args.img_size}px, {args.images} images in batches of {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, {len(net.stitch_layers)} stitching layers / {net.num_stitches} networks, "
-          f"{args.repeats} interleaved repeats")
+    print(
+        f"anchors {args.anchors} at {args.img_size}px, {args.images} images in batches of {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, {len(net.stitch_layers)} stitching layers / {net.num_stitches} networks, "
+        f"{args.repeats} interleaved repeats"
+    )
     print(f"anchors' plain forward: {fw:7.2f} s (median)")
     print(f"least-squares init:     {ls:7.2f} s (median)")
     print(f"ratio LS init / forward: {ls / fw:.3f}x")

@@ -15,6 +15,7 @@ Both give identical counts (asserted). Also timed: the floor, i.e. the forward p
 networks one at a time on pre-loaded tensors (no data loading), the shared-prefix forward on
 the same tensors, and one pass of data loading alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,23 +52,34 @@ def write_jpegs(root: Path, n: int, size: int = 224) -> None:
 def build_ti_s_b(args: argparse.Namespace):
     """The DeiT-Ti/S/B-shaped SN-Net (71 networks) at embed dims ``args.dims``."""
     return create_snnet(
-        ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"], num_classes=10,
+        ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"],
+        num_classes=10,
         model_kwargs=dict(patch_size=args.patch_size),
         anchor_kwargs=[dict(embed_dim=d, num_heads=max(1, d // 24)) for d in args.dims],
     )
 
 
-def main(build: Callable[[argparse.Namespace], SNNet] = build_ti_s_b, dims: Sequence[int] = (16, 32, 64),
-         shape: str = "DeiT-style Ti/S/B", description: str = __doc__) -> None:
+def main(
+    build: Callable[[argparse.Namespace], SNNet] = build_ti_s_b,
+    dims: Sequence[int] = (16, 32, 64),
+    shape: str = "DeiT-style Ti/S/B",
+    description: str = __doc__,
+) -> None:
     parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="loader processes (decoding)")
-    parser.add_argument("--dims", type=int, nargs=len(dims), default=list(dims), help=f"embed dims of the {shape} anchors")
+    parser.add_argument(
+        "--dims", type=int, nargs=len(dims), default=list(dims), help=f"embed dims of the {shape} anchors"
+    )
     parser.add_argument("--patch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the main process (1 + 1 worker: one core each on a 2-core machine; "
-                             "OpenMP threads that share cores with loader workers stall)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the main process (1 + 1 worker: one core each on a 2-core machine; "
+        "OpenMP threads that share cores with loader workers stall)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="alternating rounds; the fastest of each is kept")
     parser.add_argument("--data-dir", default=None, help="reuse a folder written by an earlier run")
     args = parser.parse_args()
@@ -131,18 +143,24 @@ def main(build: Callable[[argparse.Namespace], SNNet] = build_ti_s_b, dims: Sequ
                     pass
             t_shared = min(t_shared, time.perf_counter() - start)
 
-    print(f"networks: {len(ids)} ({shape}, embed dims {args.dims}, patch {args.patch_size}, 224x224); "
-          f"{len(ds)} JPEGs, batch {args.batch_size}, {args.workers} workers, {torch.get_num_threads()} threads, "
-          f"best of {args.repeats} alternating rounds")
+    print(
+        f"networks: {len(ids)} ({shape}, embed dims {args.dims}, patch {args.patch_size}, 224x224); "
+        f"{len(ds)} JPEGs, batch {args.batch_size}, {args.workers} workers, {torch.get_num_threads()} threads, "
+        f"best of {args.repeats} alternating rounds"
+    )
     print("| what | time | per network |")
     print("| --- | --- | --- |")
     print(f"| one-pass sweep (eval.py) | {t_sweep:.1f} s | {1000 * t_sweep / len(ids):.0f} ms |")
     print(f"| one pass per network (official) | {t_each:.1f} s | {1000 * t_each / len(ids):.0f} ms |")
-    print(f"| floor: every network's forward on pre-loaded tensors | {t_floor:.1f} s | {1000 * t_floor / len(ids):.0f} ms |")
+    print(
+        f"| floor: every network's forward on pre-loaded tensors | {t_floor:.1f} s | {1000 * t_floor / len(ids):.0f} ms |"
+    )
     print(f"| shared-prefix forward on pre-loaded tensors | {t_shared:.1f} s | {1000 * t_shared / len(ids):.0f} ms |")
     print(f"| one data pass alone (decode, transform) | {data_pass:.2f} s | |")
-    print(f"\nspeed-up over one pass per network: {t_each / t_sweep:.2f}x; sweep / floor: {t_sweep / t_floor:.2f}; "
-          f"identical counts: yes")
+    print(
+        f"\nspeed-up over one pass per network: {t_each / t_sweep:.2f}x; sweep / floor: {t_sweep / t_floor:.2f}; "
+        f"identical counts: yes"
+    )
     if tmp is not None:
         tmp.cleanup()
 

@@ -9,6 +9,7 @@ and 55 SLS networks. The sweep runs the prefix tree of all 134 routes once per b
 first anchor's blocks, each stitching layer's output and each middle segment are shared by
 every network whose route starts with them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,8 @@ from snnet.model import SNNet
 
 def build_s_l(args: argparse.Namespace) -> SNNet:
     return create_snnet(
-        ["deit3_small_patch16_224", "deit3_large_patch16_224"], num_classes=10,
+        ["deit3_small_patch16_224", "deit3_large_patch16_224"],
+        num_classes=10,
         model_kwargs=dict(patch_size=args.patch_size),
         anchor_kwargs=[dict(embed_dim=d, num_heads=max(1, d // 24)) for d in args.dims],
         stitching="two-way",

@@ -16,6 +16,7 @@ still waits for the all-reduce after backward (so how much of it the overlap hid
 bytes all-reduced per step (DDP's counted by a comm hook around its default all-reduce) and
 whether the weights agree.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,9 +82,11 @@ def bench_anchor(args) -> None:
         snnet_step()
         plain_step()
     m_net, m_plain = interleaved_medians([snnet_step, plain_step], args.repeats)
-    print(f"[anchor] {args.anchors[anchor]} at {args.img_size}px, batch {args.batch_size}, {torch.get_num_threads()} threads, "
-          f"{args.repeats} interleaved repeats; SN-Net holds {sum(p.numel() for p in net.parameters()) / 1e6:.1f} M params "
-          f"({net.num_stitches} networks)")
+    print(
+        f"[anchor] {args.anchors[anchor]} at {args.img_size}px, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+        f"{args.repeats} interleaved repeats; SN-Net holds {sum(p.numel() for p in net.parameters()) / 1e6:.1f} M params "
+        f"({net.num_stitches} networks)"
+    )
     print(f"[anchor] plain timm step: {m_plain * 1000:8.1f} ms (median)")
     print(f"[anchor] SN-Net step:     {m_net * 1000:8.1f} ms (median)")
     print(f"[anchor] ratio SN-Net / timm: {m_net / m_plain:.3f}x")
@@ -91,7 +94,7 @@ def bench_anchor(args) -> None:
 
 VARIANTS = {
     "overlap": "own bucketed all-reduce overlapped with backward (GradAllReduce), every rank the same network "
-               "(train.py's default)",
+    "(train.py's default)",
     "allreduce": "own bucketed all-reduce after backward (GradAllReduce(overlap=False)), every rank the same network",
     "ddp": "DDP(find_unused_parameters=True), every rank the same network",
     "per-rank": "own all-reduce over the union, each rank its own network (--sample-per-rank)",
@@ -119,8 +122,11 @@ class _Variant:
         if kind == "ddp":
             self.model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
             self.model.register_comm_hook(self, _counting_allreduce_hook)  # DDP's own all-reduce, bytes counted
-        self.reducer = None if kind == "ddp" else GradAllReduce(net.parameters(), world, union=kind == "per-rank",
-                                                                overlap=kind == "overlap")
+        self.reducer = (
+            None
+            if kind == "ddp"
+            else GradAllReduce(net.parameters(), world, union=kind == "per-rank", overlap=kind == "overlap")
+        )
         self.opt = _optimizer(net.parameters())
         weights = None
         if networks:  # a few networks, each trained many times: the steady state of a long run
@@ -138,7 +144,9 @@ class _Variant:
         self.reducer()
         self.waits.append(time.perf_counter() - start)
         # bytes all-reduced: the gradients that exist after the union step
-        self.sent.append(sum(p.grad.numel() * p.grad.element_size() for p in self.net.parameters() if p.grad is not None))
+        self.sent.append(
+            sum(p.grad.numel() * p.grad.element_size() for p in self.net.parameters() if p.grad is not None)
+        )
 
     def step(self, x, y, record: bool):
         cfg_id = self.sampler.draw()
@@ -178,15 +186,30 @@ def _ddp_worker(rank: int, world: int, port: int, args, queue) -> None:
     checks = {}
     if "overlap" in by_kind and "allreduce" in by_kind:  # the same sums, so bit-equal weights
         checks["overlapped and after-backward all-reduce end with identical weights"] = all(
-            torch.equal(p, q) for p, q in zip(by_kind["overlap"].parameters(), by_kind["allreduce"].parameters()))
+            torch.equal(p, q) for p, q in zip(by_kind["overlap"].parameters(), by_kind["allreduce"].parameters())
+        )
     if "allreduce" in by_kind and "ddp" in by_kind:  # DDP sums in its own buckets: float rounding
         checks["all-reduce and DDP end with the same weights"] = all(
             torch.allclose(p, q, rtol=1e-4, atol=1e-6)
-            for p, q in zip(by_kind["allreduce"].parameters(), by_kind["ddp"].parameters()))
+            for p, q in zip(by_kind["allreduce"].parameters(), by_kind["ddp"].parameters())
+        )
     if rank == 0:
-        queue.put(dict(n=first.num_stitches, params=sum(p.numel() for p in first.parameters()), checks=checks,
-                       results=[(v.kind, statistics.median(v.times), statistics.median(v.waits) if v.waits else None,
-                                 statistics.mean(v.sent) / 2**20) for v in variants]))
+        queue.put(
+            dict(
+                n=first.num_stitches,
+                params=sum(p.numel() for p in first.parameters()),
+                checks=checks,
+                results=[
+                    (
+                        v.kind,
+                        statistics.median(v.times),
+                        statistics.median(v.waits) if v.waits else None,
+                        statistics.mean(v.sent) / 2**20,
+                    )
+                    for v in variants
+                ],
+            )
+        )
     dist.destroy_process_group()
 
 
@@ -198,19 +221,25 @@ def bench_ddp(args) -> None:
     queue = ctx.Queue()
     mp.spawn(_ddp_worker, args=(2, port, args, queue), nprocs=2, join=True)
     r = queue.get()
-    print(f"[ddp] 2 processes x 1 thread, gloo; SN-Net over {args.ddp_anchors} at {args.ddp_img_size}px patch "
-          f"{args.ddp_patch}, batch {args.ddp_batch}/process, {r['n']} networks, {r['params'] / 1e6:.1f} M params; "
-          f"{args.ddp_steps} steps each, interleaved")
+    print(
+        f"[ddp] 2 processes x 1 thread, gloo; SN-Net over {args.ddp_anchors} at {args.ddp_img_size}px patch "
+        f"{args.ddp_patch}, batch {args.ddp_batch}/process, {r['n']} networks, {r['params'] / 1e6:.1f} M params; "
+        f"{args.ddp_steps} steps each, interleaved"
+    )
     base = r["results"][0][1]
     waits = {}
     for kind, t, wait, mb in r["results"]:
         waits[kind] = wait
         waited = "" if wait is None else f", {wait * 1000:.1f} ms waiting for the all-reduce after backward"
-        print(f"[ddp] {VARIANTS[kind]}:\n      {t * 1000:8.1f} ms/step (median, {t / base:.3f}x){waited}, "
-              f"{mb:7.1f} MB of gradients all-reduced per step (mean)")
+        print(
+            f"[ddp] {VARIANTS[kind]}:\n      {t * 1000:8.1f} ms/step (median, {t / base:.3f}x){waited}, "
+            f"{mb:7.1f} MB of gradients all-reduced per step (mean)"
+        )
     if waits.get("overlap") is not None and waits.get("allreduce"):
-        print(f"[ddp] all-reduce time hidden behind backward: {1 - waits['overlap'] / waits['allreduce']:.0%} "
-              f"(wait after backward {waits['overlap'] * 1000:.1f} ms overlapped vs {waits['allreduce'] * 1000:.1f} ms)")
+        print(
+            f"[ddp] all-reduce time hidden behind backward: {1 - waits['overlap'] / waits['allreduce']:.0%} "
+            f"(wait after backward {waits['overlap'] * 1000:.1f} ms overlapped vs {waits['allreduce'] * 1000:.1f} ms)"
+        )
     for what, ok in r["checks"].items():
         print(f"[ddp] {what}: {'yes' if ok else 'NO'}")
 
@@ -225,13 +254,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads for part 1 (default: torch's)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--ddp-anchors", nargs="+",
-                   default=["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"])
-    p.add_argument("--ddp-variants", nargs="+", default=["overlap", "allreduce", "ddp"], choices=sorted(VARIANTS),
-                   help="gradient-sync variants trained side by side (first is the reference)")
-    p.add_argument("--ddp-networks", default="0,1,2,10,40,60",
-                   help="cfg_ids the processes train (uniformly); each network's first step plans its gradient "
-                        "buckets without overlap, so the steady state needs networks that recur ('' = all)")
+    p.add_argument(
+        "--ddp-anchors", nargs="+", default=["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]
+    )
+    p.add_argument(
+        "--ddp-variants",
+        nargs="+",
+        default=["overlap", "allreduce", "ddp"],
+        choices=sorted(VARIANTS),
+        help="gradient-sync variants trained side by side (first is the reference)",
+    )
+    p.add_argument(
+        "--ddp-networks",
+        default="0,1,2,10,40,60",
+        help="cfg_ids the processes train (uniformly); each network's first step plans its gradient "
+        "buckets without overlap, so the steady state needs networks that recur ('' = all)",
+    )
     p.add_argument("--ddp-img-size", type=int, default=32)
     p.add_argument("--ddp-patch", type=int, default=8)
     p.add_argument("--ddp-batch", type=int, default=8)

@@ -18,6 +18,7 @@ at 224 px, 71 networks, no network access, no pretrained weights):
 4. latency per anchor as deployed (``eval.py --measure-latency`` on CUDA: CUDA-graph replay), at
    batch 1 and at ``--latency-batch-size``, next to a plain eager forward.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,11 @@ from snnet.sampling import NetworkSampler
 
 REPO = Path(__file__).resolve().parents[1]
 ANCHORS = ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]
-TINY = dict(img_size=32, model_kwargs=dict(patch_size=8, depth=4),
-            anchor_kwargs=[dict(embed_dim=d, num_heads=h) for d, h in ((24, 2), (48, 3), (96, 6))])
+TINY = dict(
+    img_size=32,
+    model_kwargs=dict(patch_size=8, depth=4),
+    anchor_kwargs=[dict(embed_dim=d, num_heads=h) for d, h in ((24, 2), (48, 3), (96, 6))],
+)
 
 
 def model_kwargs(args) -> dict:
@@ -121,8 +125,12 @@ def check_anchor_steps(args, device, rows: list[str]) -> None:
         if kind != "eager":
             compile_blocks(net, args.backend, mode)
         for a, name in enumerate(ANCHORS):
-            per = dict(num_classes=1000, img_size=kw["img_size"], **kw.get("model_kwargs", {}),
-                       **(kw["anchor_kwargs"][a] if "anchor_kwargs" in kw else {}))
+            per = dict(
+                num_classes=1000,
+                img_size=kw["img_size"],
+                **kw.get("model_kwargs", {}),
+                **(kw["anchor_kwargs"][a] if "anchor_kwargs" in kw else {}),
+            )
             plain = timm.create_model(name, **per).to(device)
             plain.load_state_dict(net.anchors[a].state_dict())
             if kind != "eager":
@@ -137,8 +145,10 @@ def check_anchor_steps(args, device, rows: list[str]) -> None:
                     fn()
             t = interleaved(fns, args.steps, args.rounds, device)
             label = "eager" if kind == "eager" else f"compiled ({args.backend}, {kind})"
-            rows.append(f"| train step {label}, {name} | SN-Net {t['snnet'] * 1e3:.1f} ms, timm {t['timm'] * 1e3:.1f} ms"
-                        f" | **{t['snnet'] / t['timm']:.3f}x** |")
+            rows.append(
+                f"| train step {label}, {name} | SN-Net {t['snnet'] * 1e3:.1f} ms, timm {t['timm'] * 1e3:.1f} ms"
+                f" | **{t['snnet'] / t['timm']:.3f}x** |"
+            )
             print(rows[-1], flush=True)
     del net
     if device.type == "cuda":
@@ -187,20 +197,28 @@ def check_sampled_training(args, device, rows: list[str]) -> None:
             net.select(i)
             step(x, y)
         synchronize(device)
-        rows.append(f"| warm-up (compilation), {kind}: the first {len(warm_ids)} steps | "
-                    f"{time.perf_counter() - start:.1f} s | |")
+        rows.append(
+            f"| warm-up (compilation), {kind}: the first {len(warm_ids)} steps | "
+            f"{time.perf_counter() - start:.1f} s | |"
+        )
         print(rows[-1], flush=True)
     graphs = counters["stats"]["unique_graphs"]
     t = interleaved(steps, args.sampled_steps, args.rounds, device)
-    rows.append(f"| graphs compiled while the sampled network changed every step (after warm-up) | "
-                f"{counters['stats']['unique_graphs'] - graphs} | |")
+    rows.append(
+        f"| graphs compiled while the sampled network changed every step (after warm-up) | "
+        f"{counters['stats']['unique_graphs'] - graphs} | |"
+    )
     for kind in nets:
-        rows.append(f"| sampled-network train step, {kind} ({n} networks, uniform) | {t[kind] * 1e3:.1f} ms | "
-                    f"{args.batch_size / t[kind]:,.0f} img/s, **{t['eager'] / t[kind]:.2f}x** eager |")
+        rows.append(
+            f"| sampled-network train step, {kind} ({n} networks, uniform) | {t[kind] * 1e3:.1f} ms | "
+            f"{args.batch_size / t[kind]:,.0f} img/s, **{t['eager'] / t[kind]:.2f}x** eager |"
+        )
     if device.type == "cuda":
-        rows.append(f"| peak GPU memory ({len(nets)} SN-Nets with AdamW states, batch {args.batch_size}) | "
-                    f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB | |")
-    print("\n".join(rows[-len(nets) - 2:]), flush=True)
+        rows.append(
+            f"| peak GPU memory ({len(nets)} SN-Nets with AdamW states, batch {args.batch_size}) | "
+            f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB | |"
+        )
+    print("\n".join(rows[-len(nets) - 2 :]), flush=True)
     del nets, steps
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -241,11 +259,15 @@ def check_sweep(args, device, rows: list[str]) -> None:
         ref = one_at_a_time(net, loader, ids, prep, autocast, device).records()
         synchronize(device)
         t_each = time.perf_counter() - start
-    same = all((a["correct1"], a["correct5"], a["count"]) == (b["correct1"], b["correct5"], b["count"])
-               for a, b in zip(ours, ref))
-    rows.append(f"| evaluation of {len(ids)} networks on {args.images} JPEGs ({args.workers} loader workers): "
-                f"one-pass sweep vs one pass per network | {t_sweep:.1f} s vs {t_each:.1f} s | "
-                f"**{t_each / t_sweep:.1f}x**, identical counts: {'yes' if same else 'NO'} |")
+    same = all(
+        (a["correct1"], a["correct5"], a["count"]) == (b["correct1"], b["correct5"], b["count"])
+        for a, b in zip(ours, ref)
+    )
+    rows.append(
+        f"| evaluation of {len(ids)} networks on {args.images} JPEGs ({args.workers} loader workers): "
+        f"one-pass sweep vs one pass per network | {t_sweep:.1f} s vs {t_each:.1f} s | "
+        f"**{t_each / t_sweep:.1f}x**, identical counts: {'yes' if same else 'NO'} |"
+    )
     print(rows[-1], flush=True)
 
 
@@ -258,14 +280,20 @@ def check_latency(args, device, rows: list[str]) -> None:
     net = create_snnet(ANCHORS, num_classes=1000, **kw).to(device).eval()
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else contextlib.nullcontext
     for batch in sorted({1, args.latency_batch_size}):
-        deployed = [measure_latency(net, a, batch, device, 10, args.latency_repeats, autocast) for a in range(len(ANCHORS))]
-        eager = [measure_latency(net, a, batch, device, 10, args.latency_repeats, autocast, cuda_graph=False)
-                 for a in range(len(ANCHORS))]
+        deployed = [
+            measure_latency(net, a, batch, device, 10, args.latency_repeats, autocast) for a in range(len(ANCHORS))
+        ]
+        eager = [
+            measure_latency(net, a, batch, device, 10, args.latency_repeats, autocast, cuda_graph=False)
+            for a in range(len(ANCHORS))
+        ]
         ordered = all(u < v for u, v in zip(deployed, deployed[1:]))
         how = "CUDA-graph replay" if device.type == "cuda" else "wall time"
-        rows.append(f"| latency at batch {batch}, Ti / S / B: {how} (eval.py) vs eager forward | "
-                    f"{' / '.join(f'{t:.2f}' for t in deployed)} ms vs {' / '.join(f'{t:.2f}' for t in eager)} ms | "
-                    f"strictly ordered: {'yes' if ordered else 'NO'} |")
+        rows.append(
+            f"| latency at batch {batch}, Ti / S / B: {how} (eval.py) vs eager forward | "
+            f"{' / '.join(f'{t:.2f}' for t in deployed)} ms vs {' / '.join(f'{t:.2f}' for t in eager)} ms | "
+            f"strictly ordered: {'yes' if ordered else 'NO'} |"
+        )
         print(rows[-1], flush=True)
 
 
@@ -274,23 +302,36 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny anchors at 32 px (a CPU smoke run)")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (--torchcompile)")
-    p.add_argument("--modes", nargs="+", default=["default", "reduce-overhead"],
-                   help="torch.compile modes compared with eager (--torchcompile-mode)")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["default", "reduce-overhead"],
+        help="torch.compile modes compared with eager (--torchcompile-mode)",
+    )
     p.add_argument("--no-amp", dest="amp", action="store_false", help="float32 instead of bf16 autocast")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10, help="back-to-back steps per timed run")
     p.add_argument("--rounds", type=int, default=5, help="alternating timed runs; the median is kept")
     p.add_argument("--sampled-steps", type=int, default=30)
-    p.add_argument("--warmup-every-network", type=int, default=3, metavar="N",
-                   help="reduce-overhead: train every network N times before timing (its CUDA-graph path recorded)")
+    p.add_argument(
+        "--warmup-every-network",
+        type=int,
+        default=3,
+        metavar="N",
+        help="reduce-overhead: train every network N times before timing (its CUDA-graph path recorded)",
+    )
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--eval-batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--latency-batch-size", type=int, default=64)
     p.add_argument("--latency-repeats", type=int, default=50)
-    p.add_argument("--parts", nargs="+", default=["anchor", "sampled", "sweep", "latency"],
-                   choices=["anchor", "sampled", "sweep", "latency"])
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        default=["anchor", "sampled", "sweep", "latency"],
+        choices=["anchor", "sampled", "sweep", "latency"],
+    )
     p.add_argument("--output", default=str(REPO / "results" / "benchmarks_gpu.md"))
     args = p.parse_args()
     warnings.filterwarnings("ignore")
@@ -305,8 +346,12 @@ def main() -> None:
 
     start = time.perf_counter()
     rows = ["| measure | result | ratio |", "| --- | --- | --- |"]
-    parts = {"anchor": check_anchor_steps, "sampled": check_sampled_training, "sweep": check_sweep,
-             "latency": check_latency}
+    parts = {
+        "anchor": check_anchor_steps,
+        "sampled": check_sampled_training,
+        "sweep": check_sweep,
+        "latency": check_latency,
+    }
     for name in args.parts:
         part_start = time.perf_counter()
         try:

@@ -1,5 +1,6 @@
 """Side-by-side timing for the benchmarks: shared machines are noisy, so the contenders run in
 alternating order within each round, and a busy moment hits all of them alike."""
+
 from __future__ import annotations
 
 import statistics

@@ -5,6 +5,7 @@ Checkpoints hold only tensors and plain Python data, so that they load with
 checkpoint is often a file from someone else. Saves are atomic (temporary file in the same
 folder, flushed, fsynced, renamed), so a process killed mid-save leaves the previous file intact.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,13 @@ _MAPPING_TYPES = {dict, OrderedDict}
 _SEQUENCE_TYPES = {list, tuple}
 
 # What torch's weights-only unpickler says when it meets an object it will not build.
-_UNSAFE_MARKERS = ("Unsupported global", "unsupported GLOBAL", "Trying to call reduce",
-                   "Can only create new object", "Can only build")
+_UNSAFE_MARKERS = (
+    "Unsupported global",
+    "unsupported GLOBAL",
+    "Trying to call reduce",
+    "Can only create new object",
+    "Can only build",
+)
 
 
 @contextlib.contextmanager
@@ -182,7 +188,9 @@ def extract_state_dict(ckpt: Mapping[str, Any], use_ema: bool = False) -> dict[s
     keys = ("state_dict_ema", "model_ema") if use_ema else ("state_dict", "model")
     found = next((k for k in keys if isinstance(ckpt.get(k), Mapping)), None)
     if use_ema and found is None:
-        raise CheckpointError("the checkpoint has no EMA weights (state_dict_ema): drop --use-ema or train with --model-ema")
+        raise CheckpointError(
+            "the checkpoint has no EMA weights (state_dict_ema): drop --use-ema or train with --model-ema"
+        )
     state = ckpt[found] if found else ckpt
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
@@ -201,8 +209,11 @@ def describe_mismatch(state: Mapping[str, torch.Tensor], model: nn.Module, stric
     own = model.state_dict()
     missing = [k for k in own if k not in state] if strict else []
     unexpected = [k for k in state if k not in own] if strict else []
-    shapes = [f"{k}: checkpoint {list(state[k].shape)} vs model {list(v.shape)}"
-              for k, v in own.items() if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k}: checkpoint {list(state[k].shape)} vs model {list(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
@@ -213,8 +224,9 @@ def describe_mismatch(state: Mapping[str, torch.Tensor], model: nn.Module, stric
     return ", ".join(parts)
 
 
-def convert_with_timm_filter(state: dict[str, torch.Tensor], model: nn.Module,
-                             strict: bool = True) -> tuple[dict[str, torch.Tensor], str]:
+def convert_with_timm_filter(
+    state: dict[str, torch.Tensor], model: nn.Module, strict: bool = True
+) -> tuple[dict[str, torch.Tensor], str]:
     """``state`` and '' if it fits ``model``; else ``state`` converted by the timm family's
     ``checkpoint_filter_fn`` (what timm applies to its pretrained files: Swin's original layout,
     ...) if that makes it fit; otherwise ``state`` and the mismatch (:func:`describe_mismatch`)."""
@@ -235,8 +247,9 @@ def convert_with_timm_filter(state: dict[str, torch.Tensor], model: nn.Module,
     return converted, ""
 
 
-def load_model_weights(model: nn.Module, path: str | Path, use_ema: bool = False,
-                       strict: bool = True) -> tuple[list[str], list[str]]:
+def load_model_weights(
+    model: nn.Module, path: str | Path, use_ema: bool = False, strict: bool = True
+) -> tuple[list[str], list[str]]:
     """Load a local weights file into ``model``, refusing a mismatch with a precise message.
 
     The shapes are compared before ``load_state_dict``, whose own error is a multi-line list.
@@ -254,7 +267,7 @@ def load_model_weights(model: nn.Module, path: str | Path, use_ema: bool = False
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint '{path}': {e}") from None  # name the file
     if all(k.startswith("anchors.0.") for k in state):
-        state = {k[len("anchors.0."):]: v for k, v in state.items()}
+        state = {k[len("anchors.0.") :]: v for k, v in state.items()}
     state, problem = convert_with_timm_filter(state, model, strict)
     if problem:
         raise CheckpointError(

@@ -1,5 +1,6 @@
 """The command lines: train.py's and eval.py's parsers, the arguments they share (which anchors,
 how to stitch, which data) and the SN-Net those arguments describe."""
+
 from __future__ import annotations
 
 import argparse
@@ -76,7 +77,9 @@ def _anchor_kwargs(args: argparse.Namespace) -> Optional[list[dict[str, Any]]]:
     return [a if isinstance(a, dict) else parse_kwargs(str(a).split()) for a in args.anchor_kwargs]
 
 
-def build_snnet(args: argparse.Namespace, num_classes: Optional[int] = None, pretrained: Optional[bool] = None) -> SNNet:
+def build_snnet(
+    args: argparse.Namespace, num_classes: Optional[int] = None, pretrained: Optional[bool] = None
+) -> SNNet:
     """The SN-Net the parsed arguments describe."""
     if not args.anchors:
         raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] (small to large) or -c a config")

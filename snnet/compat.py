@@ -68,7 +68,8 @@ def junction_scores(
     if multi:
         raise ConfigError(
             f"--compatibility scores networks with one junction (SN-Net stitches), but {multi[0].name} (cfg_id "
-            f"{multi[0].cfg_id}) has {len(multi[0].route.layers)}: evaluate a paired/unpaired SN-Net, not a two-way one")
+            f"{multi[0].cfg_id}) has {len(multi[0].route.layers)}: evaluate a paired/unpaired SN-Net, not a two-way one"
+        )
     needed: dict[int, set[int]] = defaultdict(set)  # anchor -> feature indices (i: before block i)
     for s in stitched:
         needed[s.front].add(s.front_block + 1)

@@ -5,6 +5,7 @@ one compilation per network and a recompilation whenever the sampled network cha
 each block (and stitching layer) once serves every network that runs it, plain anchors included
 (a timm model calls its blocks as modules, so it picks up the compiled ones).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

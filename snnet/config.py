@@ -6,6 +6,7 @@ command line would accept: an unknown key (a typo), a repeated key, a value outs
 argument's ``choices`` or of the wrong type is an error naming the file. Keys may use dashes
 or underscores (``model-kwargs`` == ``model_kwargs``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,7 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{key}' is given twice", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -55,7 +55,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(
             f"config {path} must be a mapping of argument names to values (e.g. 'lr: 0.001'), "
-            f"got a {type(data).__name__}")
+            f"got a {type(data).__name__}"
+        )
     out: dict[str, Any] = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")

@@ -4,6 +4,7 @@ Both yield ``(PIL RGB image, int target)`` and carry a settable ``transform``, s
 transforms and loaders (``timm.data.create_transform`` / ``create_loader``) apply to the digits
 exactly as they apply to ImageNet. The loaders train.py and eval.py use are :mod:`snnet.loaders`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -71,8 +72,7 @@ def load_digits_split(split: str, *, seed: int = 0, val_fraction: float = 0.2) -
     if split != "train" and split not in _VAL_SPLITS:
         raise DataError(f"unknown split '{split}' for the digits dataset: use 'train' or 'validation'")
     _, targets = _digits()
-    train, val = train_test_split(
-        np.arange(len(targets)), test_size=val_fraction, random_state=seed, stratify=targets)
+    train, val = train_test_split(np.arange(len(targets)), test_size=val_fraction, random_state=seed, stratify=targets)
     return DigitsDataset(train if split == "train" else val)
 
 
@@ -104,8 +104,9 @@ def _image_folder(data_dir: str | Path, split: str):
     return dataset
 
 
-def create_dataset(name: str | None, data_dir: str | Path | None, split: str,
-                   img_size: int | None = None, seed: int | None = None):
+def create_dataset(
+    name: str | None, data_dir: str | Path | None, split: str, img_size: int | None = None, seed: int | None = None
+):
     """``name='digits'``: that split of the digits; empty ``name``: the ImageFolder ``data_dir/split``.
 
     ``img_size`` and ``seed`` never change the data. Resizing is the transform's job, and the
@@ -117,7 +118,9 @@ def create_dataset(name: str | None, data_dir: str | Path | None, split: str,
     if name:
         raise DataError(f"unknown dataset '{name}': use --dataset digits, or --data-dir with an ImageFolder")
     if not data_dir:
-        raise DataError("no data given: pass --data-dir /path/to/imagenet (train/ and val/ folders) or --dataset digits")
+        raise DataError(
+            "no data given: pass --data-dir /path/to/imagenet (train/ and val/ folders) or --dataset digits"
+        )
     return _image_folder(data_dir, split)
 
 
@@ -131,7 +134,6 @@ def num_classes_of(dataset) -> int:
     raise DataError(f"cannot tell the class count of a {type(dataset).__name__}: pass --num-classes")
 
 
-
 def resolve_num_classes(requested: Optional[int], dataset) -> int:
     """``--num-classes`` if given, else the dataset's; refuse a classifier too small for the labels."""
     found = num_classes_of(dataset)
@@ -143,6 +145,7 @@ def resolve_num_classes(requested: Optional[int], dataset) -> int:
             f"pass --num-classes {found} or leave it out"
         )
     return requested
+
 
 def _or_imagenet(values: Optional[Sequence[float]], default: tuple[float, ...]) -> tuple[float, ...]:
     return default if values is None else tuple(float(v) for v in values)
@@ -268,13 +271,19 @@ def sample_images(
 
     if n > len(dataset):
         raise DataError(
-            f"--ls-init-images {n} is larger than the training set ({len(dataset)} images): use at most {len(dataset)}")
+            f"--ls-init-images {n} is larger than the training set ({len(dataset)} images): use at most {len(dataset)}"
+        )
     if n < 1:
         raise DataError(f"--ls-init-images {n} is not a positive number of images: use at least 1")
     _, crop_pct = _defaults_for(dataset, None, crop_pct)
     view = copy.copy(dataset)  # a shallow copy: own transform, shared images
     view.transform = create_transform(
-        img_size, is_training=False, interpolation=interpolation, crop_pct=crop_pct,
-        mean=_or_imagenet(mean, IMAGENET_DEFAULT_MEAN), std=_or_imagenet(std, IMAGENET_DEFAULT_STD))
+        img_size,
+        is_training=False,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
+        mean=_or_imagenet(mean, IMAGENET_DEFAULT_MEAN),
+        std=_or_imagenet(std, IMAGENET_DEFAULT_STD),
+    )
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
     return torch.stack([view[i][0] for i in order.tolist()])

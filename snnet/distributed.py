@@ -18,6 +18,7 @@ graph changes with the sampled network. Adding ``0 * p.sum()`` for unused parame
 DDP's plain mode work but gives those parameters zero gradients, so AdamW would decay them and
 momentum would keep moving them: not the single-process semantics.
 """
+
 from __future__ import annotations
 
 import functools
@@ -109,8 +110,14 @@ class GradAllReduce:
     composition does not change the result.
     """
 
-    def __init__(self, params: Iterable[nn.Parameter], world_size: int, union: bool = False, bucket_mb: float = 25.0,
-                 overlap: bool = True):
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        world_size: int,
+        union: bool = False,
+        bucket_mb: float = 25.0,
+        overlap: bool = True,
+    ):
         self.params = [p for p in params if p.requires_grad]
         self.world_size = world_size
         self.union = union
@@ -166,7 +173,7 @@ class GradAllReduce:
             dist.broadcast_object_list(order, src=0)
             self.plans[step.network] = step.plan = _BucketPlan.build(order[0], self.params, self.cap)
             step.next_bucket = 0
-        for bucket in step.plan.buckets[step.next_bucket:] + ([step.unplanned] if step.unplanned else []):
+        for bucket in step.plan.buckets[step.next_bucket :] + ([step.unplanned] if step.unplanned else []):
             step.works.append(self._launch(bucket))
         _finish(step.works, self.world_size)
 
@@ -194,7 +201,7 @@ def _finish(works: list, world_size: int) -> None:
         offset = 0
         for g in grads:
             n = g.numel()
-            g.copy_(flat[offset:offset + n].view_as(g))
+            g.copy_(flat[offset : offset + n].view_as(g))
             offset += n
 
 

@@ -4,6 +4,7 @@ Every refusal the scripts make is an :class:`SNNetError`: the scripts print its 
 line on stderr and exit non-zero, without a traceback. Anything else is a bug and keeps its
 traceback.
 """
+
 from __future__ import annotations
 
 import functools

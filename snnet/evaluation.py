@@ -22,6 +22,7 @@ only the trainer uses are ignored, unknown keys are errors). What happens:
    ``--export CFG_ID|best --export-path net.{pt,pt2,onnx}`` writes one network as a standalone
    model (:mod:`snnet.export`). ``--export CFG_ID`` alone only exports (no data pass).
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,21 @@ from .stitches import parse_stitch_ids
 
 # Model arguments a checkpoint's own ``args`` fill in when the command line and config leave
 # them at their defaults (the trainer saves its arguments as plain data).
-_MODEL_KEYS = ("anchors", "model_kwargs", "anchor_kwargs", "img_size", "num_classes", "kernel_size", "stride",
-               "nearest", "stages", "stitching", "stitch_layer", "lora_rank", "official_forward")
+_MODEL_KEYS = (
+    "anchors",
+    "model_kwargs",
+    "anchor_kwargs",
+    "img_size",
+    "num_classes",
+    "kernel_size",
+    "stride",
+    "nearest",
+    "stages",
+    "stitching",
+    "stitch_layer",
+    "lora_rank",
+    "official_forward",
+)
 _CKPT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".safetensors", ".bin")
 ChunkCallback = Callable[[int, int], None]
 
@@ -80,8 +94,10 @@ def check_args(args: Namespace) -> None:
         if not args.export_path:
             raise ConfigError("--export needs --export-path PATH (.pt, .pt2 or .onnx)")
         if Path(args.export_path).suffix.lower() not in FORMATS:
-            raise ConfigError(f"--export-path '{args.export_path}' has an unknown suffix: use .pt (TorchScript), "
-                              f".pt2 (torch.export) or .onnx")
+            raise ConfigError(
+                f"--export-path '{args.export_path}' has an unknown suffix: use .pt (TorchScript), "
+                f".pt2 (torch.export) or .onnx"
+            )
         if str(args.export) == "best":
             if args.budget_flops is None and args.budget_latency is None:
                 raise ConfigError("--export best exports the budget pick: add --budget-flops and/or --budget-latency")
@@ -91,8 +107,10 @@ def check_args(args: Namespace) -> None:
             except ValueError:
                 raise ConfigError(f"--export '{args.export}' is not a cfg_id: pass a number or 'best'") from None
     if args.compatibility and (args.checkpoint or args.flops_only):
-        raise ConfigError("--compatibility scores an untrained SN-Net (anchors from --pretrained or --anchor-checkpoints, "
-                          "stitching layers from least squares): drop --resume / --flops-only")
+        raise ConfigError(
+            "--compatibility scores an untrained SN-Net (anchors from --pretrained or --anchor-checkpoints, "
+            "stitching layers from least squares): drop --resume / --flops-only"
+        )
     if args.compat_images < 1:
         raise ConfigError(f"--compat-images must be >= 1, got {args.compat_images}")
     if args.use_ema and not args.checkpoint:
@@ -122,8 +140,10 @@ def apply_checkpoint_args(args: Namespace, ckpt: dict) -> None:
     if official_state_of(ckpt) is not None:  # the official code's layout: its forward, our anchors' names
         args.official_forward = True
         if not args.anchors:
-            raise CheckpointError(f"{args.checkpoint} is an official SN-Net checkpoint, which does not name its anchors: "
-                                  f"pass the config of its run, e.g. -c configs/deit_ti_s_b.yaml")
+            raise CheckpointError(
+                f"{args.checkpoint} is an official SN-Net checkpoint, which does not name its anchors: "
+                f"pass the config of its run, e.g. -c configs/deit_ti_s_b.yaml"
+            )
     saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     config = ckpt.get("snnet_config") if isinstance(ckpt.get("snnet_config"), dict) else {}
     if args.anchors and config.get("anchors") and list(config["anchors"]) != list(args.anchors):
@@ -143,7 +163,9 @@ def apply_checkpoint_args(args: Namespace, ckpt: dict) -> None:
                 f"{key}={getattr(args, key)}: drop the option or use the checkpoint's value"
             )
     if not args.anchors:
-        raise CheckpointError(f"checkpoint {args.checkpoint} names no anchors (not a train.py checkpoint?): pass --anchors")
+        raise CheckpointError(
+            f"checkpoint {args.checkpoint} names no anchors (not a train.py checkpoint?): pass --anchors"
+        )
 
 
 def _classifier_size(net: SNNet, state: dict) -> Optional[int]:
@@ -238,7 +260,9 @@ def run(args: Namespace, info, on_chunk_saved: Sequence[ChunkCallback] = ()) -> 
         apply_checkpoint_args(args, ckpt)
     args.trained_data = training_data(ckpt, args)  # preprocessing and class names saved with --export
     if not args.anchors:
-        raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] (small to large), -c a config or --resume CKPT")
+        raise ConfigError(
+            "no anchors given: pass --anchors NAME [NAME ...] (small to large), -c a config or --resume CKPT"
+        )
     if args.flops_only:
         return run_flops_only(args, info, out_dir, log)
     export_only = isinstance(args.export, int)
@@ -278,8 +302,9 @@ def run_flops_only(args: Namespace, info, out_dir: Path, log: Callable[[str], No
     return 0
 
 
-def load_model(args: Namespace, info, ckpt: Optional[dict], log: Callable[[str], None],
-               with_data: bool) -> tuple[SNNet, Any]:
+def load_model(
+    args: Namespace, info, ckpt: Optional[dict], log: Callable[[str], None], with_data: bool
+) -> tuple[SNNet, Any]:
     """The SN-Net with the checkpoint's weights (or untrained, with a warning), and the
     validation dataset when ``with_data``."""
     from .checkpoint import extract_state_dict
@@ -295,19 +320,28 @@ def load_model(args: Namespace, info, ckpt: Optional[dict], log: Callable[[str],
     net = build_model(args, num_classes, state)
     have = getattr(net.anchors[0], "num_classes", None)
     if dataset is not None and have is not None and have < num_classes:  # a checkpoint with a smaller head
-        raise DataError(f"the checkpoint's classifiers have {have} classes but the data has {num_classes} "
-                        f"(labels 0..{num_classes - 1}): evaluate on the data it was trained for")
+        raise DataError(
+            f"the checkpoint's classifiers have {have} classes but the data has {num_classes} "
+            f"(labels 0..{num_classes - 1}): evaluate on the data it was trained for"
+        )
     if args.compatibility:
         from .compat import ls_initialise_and_score
 
-        args.compat_scores = on_primary(lambda: ls_initialise_and_score(net, args.dataset, args.data_dir,
-                                                                        args.compat_images, args.seed), info.is_primary)
+        args.compat_scores = on_primary(
+            lambda: ls_initialise_and_score(net, args.dataset, args.data_dir, args.compat_images, args.seed),
+            info.is_primary,
+        )
         log(f"Least-squares init and junction scores on {args.compat_images} training images")
     if ckpt is None:
         if not args.compatibility:
-            log("warning: no --resume checkpoint: the stitching layers are untrained "
-                + ("(anchors: --pretrained / --anchor-checkpoints)" if args.pretrained or args.anchor_checkpoints
-                   else "and the anchors are randomly initialised"))
+            log(
+                "warning: no --resume checkpoint: the stitching layers are untrained "
+                + (
+                    "(anchors: --pretrained / --anchor-checkpoints)"
+                    if args.pretrained or args.anchor_checkpoints
+                    else "and the anchors are randomly initialised"
+                )
+            )
         if info.distributed:
             from .distributed import broadcast_state
 
@@ -323,8 +357,15 @@ def run_export(args: Namespace, net: SNNet, cfg_id: int, info, log: Callable[[st
     return 0
 
 
-def run_sweep(args: Namespace, net: SNNet, dataset, info, out_dir: Path, log: Callable[[str], None],
-              on_chunk_saved: Sequence[ChunkCallback] = ()) -> int:
+def run_sweep(
+    args: Namespace,
+    net: SNNet,
+    dataset,
+    info,
+    out_dir: Path,
+    log: Callable[[str], None],
+    on_chunk_saved: Sequence[ChunkCallback] = (),
+) -> int:
     """Every selected network from one pass over the data per chunk (resuming DIR's partial
     results), the tables and frontier, the budget pick and its export."""
     from .pareto import check_flops_budget, describe_pick, pick
@@ -348,10 +389,12 @@ def run_sweep(args: Namespace, net: SNNet, dataset, info, out_dir: Path, log: Ca
     partial = held.get("partial")
     if primary:
         done = len(ids) - len(todo)
-        log(f"SN-Net over {net.config['anchors']}: {len(ids)} networks selected"
+        log(
+            f"SN-Net over {net.config['anchors']}: {len(ids)} networks selected"
             + (" (official SN-Net forward)" if net.config.get("official_forward") else "")
             + (f", {done} already in {out_dir / 'sweep_partial.jsonl'}" if done else "")
-            + f"; {len(dataset)} images ({args.val_split}), {info.world_size} process(es) on {info.device.type}")
+            + f"; {len(dataset)} images ({args.val_split}), {info.world_size} process(es) on {info.device.type}"
+        )
     if todo:
         with compiled_blocks(net, args.torchcompile, args.torchcompile_mode) if args.torchcompile else nullcontext():
             _sweep(args, net, dataset, todo, info, partial, log, on_chunk_saved)
@@ -387,18 +430,27 @@ def _select(args: Namespace, net: SNNet) -> list[int]:
     return ids
 
 
-def _sweep(args: Namespace, net: SNNet, dataset, todo: list[int], info, partial, log,
-           on_chunk_saved: Sequence[ChunkCallback] = ()) -> None:
+def _sweep(
+    args: Namespace,
+    net: SNNet,
+    dataset,
+    todo: list[int],
+    info,
+    partial,
+    log,
+    on_chunk_saved: Sequence[ChunkCallback] = (),
+) -> None:
     from .loaders import Normalize, data_config_for, eval_loader, eval_transform
-    from .sweep import make_chunks, sweep_pass
+    from .sweep import make_chunks, progress_logger, sweep_pass
 
     data_cfg = data_config_for(net, dataset)  # the trainer's validation transform (digits: no crop)
     dataset.transform = eval_transform(data_cfg)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(info.world_size)))
     workers = max(0, min(args.workers, cores // max(1, local_world)))
-    loader = eval_loader(dataset, args.batch_size, workers, info.rank, info.world_size,
-                         pin_memory=info.device.type == "cuda")
+    loader = eval_loader(
+        dataset, args.batch_size, workers, info.rank, info.world_size, pin_memory=info.device.type == "cuda"
+    )
     prep = Normalize(data_cfg["mean"], data_cfg["std"], info.device, args.channels_last)
     autocast = autocast_for(args, info.device)
     chunks = make_chunks(net, todo, args.sweep_chunk)
@@ -406,30 +458,19 @@ def _sweep(args: Namespace, net: SNNet, dataset, todo: list[int], info, partial,
     for c, chunk in enumerate(chunks):
         start = time.perf_counter()
         what = f"chunk {c + 1}/{len(chunks)} ({len(chunk)} networks)"
-        progress = _progress_log(log, what, args.log_interval, n_batches, info.world_size, start)
+        progress = progress_logger(log, what, args.log_interval, n_batches, info.world_size, start)
         sums = sweep_pass(net, loader, chunk, prep, autocast, info.device, progress).all_reduce()
         records = sums.records()
         if any(r["count"] != len(dataset) for r in records):
             raise RuntimeError(f"counted {records[0]['count']} samples of {len(dataset)}: a bug, please report it")
         if info.is_primary:
             partial.add_accuracy(records)
-            log(f"chunk {c + 1}/{len(chunks)}: {len(chunk)} networks on {len(dataset)} images in "
-                f"{time.perf_counter() - start:.1f} s")
+            log(
+                f"chunk {c + 1}/{len(chunks)}: {len(chunk)} networks on {len(dataset)} images in "
+                f"{time.perf_counter() - start:.1f} s"
+            )
         for callback in on_chunk_saved:
             callback(c + 1, len(chunks))
-
-
-def _progress_log(log, what: str, interval: int, n_batches: int, world: int, start: float) -> Callable[[int, int], None]:
-    """A progress callback of :func:`snnet.sweep.sweep_pass`: a line every ``interval`` batches."""
-    seen = [0]
-
-    def progress(b: int, n: int) -> None:
-        seen[0] += n
-        if interval and (b % interval == 0 or b == n_batches):
-            rate = seen[0] * world / max(time.perf_counter() - start, 1e-9)
-            log(f"  {what}: batch {b}/{n_batches}, {rate:.1f} img/s")
-
-    return progress
 
 
 def _export(args: Namespace, net: SNNet, cfg_id: int, log) -> None:
@@ -439,11 +480,15 @@ def _export(args: Namespace, net: SNNet, cfg_id: int, log) -> None:
     report = export_network(net.cpu().float(), cfg_id, args.export_path, args.export_batch_size, args.onnx_opset)
     info_path = write_prediction_info(report.path, prediction_info(net, *args.trained_data), cfg_id, report.name)
     kind = {"torchscript": "TorchScript", "exported_program": "torch.export program", "onnx": "ONNX"}[report.format]
-    load = {"torchscript": f"torch.jit.load('{report.path}')",
-            "exported_program": f"torch.export.load('{report.path}').module()",
-            "onnx": f"onnxruntime.InferenceSession('{report.path}')"}[report.format]
-    log(f"Exported cfg_id {cfg_id} ({report.name}) as {kind} to {report.path}: {report.params:,} parameters "
+    load = {
+        "torchscript": f"torch.jit.load('{report.path}')",
+        "exported_program": f"torch.export.load('{report.path}').module()",
+        "onnx": f"onnxruntime.InferenceSession('{report.path}')",
+    }[report.format]
+    log(
+        f"Exported cfg_id {cfg_id} ({report.name}) as {kind} to {report.path}: {report.params:,} parameters "
         f"(= the network's), max |output - SN-Net output| = {report.max_abs_diff:.2e}"
         + ("" if report.dynamic_batch else f"; batch size fixed at {max(2, args.export_batch_size)}")
         + f"\nLoad it without snnet: {load}; input (N, {', '.join(map(str, net.input_size))}) normalised images"
-        + f"\nPreprocessing and class names: {info_path} (predict.py --exported {report.path} IMAGES)")
+        + f"\nPreprocessing and class names: {info_path} (predict.py --exported {report.path} IMAGES)"
+    )

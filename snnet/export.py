@@ -14,6 +14,7 @@ is removed (a module becomes ``nn.Identity``, a parameter of a module that is no
 exported program (``.pt2``, ``torch.export``) or ONNX (``.onnx``), with a dynamic batch size
 where the exporter allows it, and checks the written file against the SN-Net.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,9 @@ class StitchedNetwork(nn.Module):
 
     __jit_unused_properties__ = ["front", "back"]
 
-    def __init__(self, route: Route, models: dict[int, nn.Module], adapters: dict[int, object],
-                 layers: list[nn.Module]):
+    def __init__(
+        self, route: Route, models: dict[int, nn.Module], adapters: dict[int, object], layers: list[nn.Module]
+    ):
         super().__init__()
         self.models = nn.ModuleDict({str(a): m for a, m in models.items()})
         self.stitches = nn.ModuleList(layers)
@@ -185,20 +187,26 @@ def _export_program(module: nn.Module, x: torch.Tensor):
     try:
         return export(module, (x,), dynamic_shapes=({0: Dim("batch", min=1, max=65536)},)), True
     except Exception as e:  # some models specialise on the batch size; a static program still ships
-        warnings.warn(f"torch.export with a dynamic batch failed ({str(e).splitlines()[0][:200]}); "
-                      f"exporting for batch {x.shape[0]} only", stacklevel=2)
+        warnings.warn(
+            f"torch.export with a dynamic batch failed ({str(e).splitlines()[0][:200]}); "
+            f"exporting for batch {x.shape[0]} only",
+            stacklevel=2,
+        )
         return export(module, (x,)), False
 
 
-def export_network(net: SNNet, cfg_id: int, path: str | Path, batch_size: int = 2, opset: Optional[int] = None,
-                   atol: float = 1e-4) -> ExportReport:
+def export_network(
+    net: SNNet, cfg_id: int, path: str | Path, batch_size: int = 2, opset: Optional[int] = None, atol: float = 1e-4
+) -> ExportReport:
     """Write network ``cfg_id`` to ``path`` (format from the suffix) and check the written file:
     its outputs equal the SN-Net's for that network (``atol``) and, for TorchScript and exported
     programs, its parameter count equals ``net.num_params(cfg_id)``."""
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ConfigError(f"--export-path '{path}' has an unknown suffix: use .pt (TorchScript), .pt2 (torch.export) or .onnx")
+        raise ConfigError(
+            f"--export-path '{path}' has an unknown suffix: use .pt (TorchScript), .pt2 (torch.export) or .onnx"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     module = standalone_network(net, cfg_id)
     device = next(module.parameters()).device
@@ -233,11 +241,15 @@ def export_network(net: SNNet, cfg_id: int, path: str | Path, batch_size: int = 
             params, got = _check_onnx(path, module, check)
     diff = float((got - expected).abs().max())
     if not torch.allclose(got, expected, atol=atol, rtol=1e-4):
-        raise RuntimeError(f"exported network {cfg_id} differs from the SN-Net by {diff:.3g} (atol {atol}): a bug, please report it")
+        raise RuntimeError(
+            f"exported network {cfg_id} differs from the SN-Net by {diff:.3g} (atol {atol}): a bug, please report it"
+        )
     expected_params = net.num_params(cfg_id)
     if params != expected_params:
-        raise RuntimeError(f"exported network {cfg_id} holds {params} parameters, the network runs {expected_params}: "
-                           f"a bug, please report it")
+        raise RuntimeError(
+            f"exported network {cfg_id} holds {params} parameters, the network runs {expected_params}: "
+            f"a bug, please report it"
+        )
     return ExportReport(path, fmt, cfg_id, net.stitches[cfg_id].name, params, diff, dynamic)
 
 
@@ -250,9 +262,18 @@ def _export_onnx(module: nn.Module, x: torch.Tensor, path: Path, opset: Optional
 
     kwargs = {} if opset is None else {"opset_version": opset}
     with torch.no_grad():
-        program = torch.onnx.export(module, (x,), dynamo=True, input_names=["images"], output_names=["logits"],
-                                    dynamic_shapes=({0: Dim("batch", min=1, max=65536)},), optimize=False,
-                                    external_data=False, verbose=False, **kwargs)
+        program = torch.onnx.export(
+            module,
+            (x,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: Dim("batch", min=1, max=65536)},),
+            optimize=False,
+            external_data=False,
+            verbose=False,
+            **kwargs,
+        )
     program.save(str(path))
     onnx.checker.check_model(str(path), full_check=True)
 
@@ -269,7 +290,9 @@ def _check_onnx(path: Path, module: nn.Module, x: torch.Tensor) -> tuple[int, to
     names = [n for n, _ in module.named_parameters()]
     missing = [n for n in names if n not in inits]
     if missing:
-        raise RuntimeError(f"the ONNX file lacks {len(missing)} parameters (e.g. {missing[0]}): a bug, please report it")
+        raise RuntimeError(
+            f"the ONNX file lacks {len(missing)} parameters (e.g. {missing[0]}): a bug, please report it"
+        )
     params = sum(inits[n] for n in names)
     return params, run_onnx(path, x)
 

@@ -12,6 +12,7 @@ every part of every anchor once and adds them up per network, instead of tracing
 (often 71+) networks whole; ``tests/test_flops.py`` checks the sums against whole-network
 counts.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -110,7 +111,7 @@ def stitches_flops(net: SNNet) -> list[int]:
         route = s.route
         out.append(
             parts[route.first.anchor].stem
-            + sum(sum(parts[seg.anchor].blocks[seg.start:seg.stop]) for seg in route.segments)
+            + sum(sum(parts[seg.anchor].blocks[seg.start : seg.stop]) for seg in route.segments)
             + sum(layers[i] for i in route.layers)
             + (parts[route.last.anchor].head if route.is_anchor else parts[route.last.anchor].stitched_head)
         )

@@ -1,5 +1,6 @@
 """Latency of one network of an SN-Net as deployed (eval.py --measure-latency): CUDA-graph replay on
 CUDA, wall clock on the CPU; and eval.py's autocast setting."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,17 @@ from .model import SNNet
 
 
 @torch.no_grad()
-def measure_latency(net: SNNet, cfg_id: int, batch_size: int = 1, device: torch.device | str = "cpu",
-                    warmup: int = 10, repeats: int = 30, autocast: Callable[[], Any] = contextlib.nullcontext,
-                    channels_last: bool = False, cuda_graph: bool = True) -> float:
+def measure_latency(
+    net: SNNet,
+    cfg_id: int,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    warmup: int = 10,
+    repeats: int = 30,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+    channels_last: bool = False,
+    cuda_graph: bool = True,
+) -> float:
     """Median time in ms of one forward of network ``cfg_id`` (alone, as deployed) on a batch of
     ``batch_size`` random images, after ``warmup`` forwards.
 
@@ -74,7 +83,9 @@ def _cuda_graph_latency(forward: Callable[[], torch.Tensor], warmup: int, repeat
         torch.set_autocast_cache_enabled(cache)
     for _ in range(max(1, warmup)):
         graph.replay()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(max(1, repeats))]
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(max(1, repeats))
+    ]
     for start, end in events:
         start.record()
         graph.replay()
@@ -98,19 +109,35 @@ def cached_latencies(args: Namespace, net: SNNet, info, ids: list[int], partial)
     if info.is_primary:
         device = next(net.parameters()).device
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        setting = {"batch_size": args.latency_batch_size, "device": name, "amp": args.amp_dtype if args.amp else False,
-                   "channels_last": args.channels_last, "threads": torch.get_num_threads() if device.type == "cpu" else None}
+        setting = {
+            "batch_size": args.latency_batch_size,
+            "device": name,
+            "amp": args.amp_dtype if args.amp else False,
+            "channels_last": args.channels_last,
+            "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        }
         autocast = autocast_for(args, device)
         measured = 0
         for i in ids:
             cached = partial.latency_for(i, setting) if partial is not None else None
             if cached is None:
-                cached = measure_latency(net, i, args.latency_batch_size, device, args.latency_warmup,
-                                         args.latency_repeats, autocast, args.channels_last)
+                cached = measure_latency(
+                    net,
+                    i,
+                    args.latency_batch_size,
+                    device,
+                    args.latency_warmup,
+                    args.latency_repeats,
+                    autocast,
+                    args.channels_last,
+                )
                 measured += 1
                 if partial is not None:
                     partial.add_latency(i, cached, setting)
             out[i] = cached
-        print(f"Latency: {measured} networks timed at batch {args.latency_batch_size} on {name}"
-              + (f" ({len(ids) - measured} from the partial results)" if measured < len(ids) else ""), flush=True)
+        print(
+            f"Latency: {measured} networks timed at batch {args.latency_batch_size} on {name}"
+            + (f" ({len(ids) - measured} from the partial results)" if measured < len(ids) else ""),
+            flush=True,
+        )
     return out

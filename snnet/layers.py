@@ -11,6 +11,7 @@ Two kinds, made by :func:`create_stitching_layer`; both honour the contract LS i
   parameter changed), which is also what export ships and what FLOPs and parameter counts
   describe: the deployed network.
 """
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,9 @@ class StitchingLayer(nn.Module):
 class LoRAStitchingLayer(StitchingLayer):
     """SN-Netv2's stitching layer: frozen base ``W`` plus a trainable ``B @ A / rank``."""
 
-    def __init__(self, in_dim: int, out_dim: int, rank: int, in_layout: Layout = "tokens",
-                 out_layout: Layout = "tokens"):
+    def __init__(
+        self, in_dim: int, out_dim: int, rank: int, in_layout: Layout = "tokens", out_layout: Layout = "tokens"
+    ):
         super().__init__(in_dim, out_dim, in_layout, out_layout)
         if rank < 1:
             raise ConfigError(f"--lora-rank must be >= 1, got {rank}")
@@ -141,8 +143,14 @@ class LoRAStitchingLayer(StitchingLayer):
         return f"{super().extra_repr()}, rank={self.rank}"
 
 
-def create_stitching_layer(kind: str, in_dim: int, out_dim: int, in_layout: Layout = "tokens",
-                           out_layout: Layout = "tokens", lora_rank: int = 64) -> StitchingLayer:
+def create_stitching_layer(
+    kind: str,
+    in_dim: int,
+    out_dim: int,
+    in_layout: Layout = "tokens",
+    out_layout: Layout = "tokens",
+    lora_rank: int = 64,
+) -> StitchingLayer:
     """A stitching layer of ``kind`` (``linear`` or ``lora``) from ``in_dim`` to ``out_dim`` channels."""
     if kind == "linear":
         return StitchingLayer(in_dim, out_dim, in_layout, out_layout)

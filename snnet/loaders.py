@@ -5,6 +5,7 @@ in training, which adds random erasing) turns them into normalised float batches
 Evaluation and the trainer's validation read the data the same way: :func:`eval_transform`,
 :func:`eval_loader` (each rank its unpadded shard), :class:`Normalize`.
 """
+
 from __future__ import annotations
 
 from argparse import Namespace
@@ -41,8 +42,7 @@ class ShardSampler(torch.utils.data.Sampler):
 class Normalize:
     """uint8 NCHW batch (timm's ``fast_collate``) -> normalised float batch on the device."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device,
-                 channels_last: bool = False):
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device, channels_last: bool = False):
         shape = (1, len(mean), 1, 1)
         self.mean = torch.tensor([m * 255 for m in mean], device=device).view(shape)
         self.std = torch.tensor([s * 255 for s in std], device=device).view(shape)
@@ -63,26 +63,37 @@ def eval_transform(data_cfg: Mapping[str, Any]):
     from timm.data import create_transform
 
     return create_transform(
-        data_cfg["input_size"], is_training=False, interpolation=data_cfg["interpolation"],
-        mean=data_cfg["mean"], std=data_cfg["std"], crop_pct=data_cfg["crop_pct"],
-        crop_mode=data_cfg.get("crop_mode"), use_prefetcher=True,
+        data_cfg["input_size"],
+        is_training=False,
+        interpolation=data_cfg["interpolation"],
+        mean=data_cfg["mean"],
+        std=data_cfg["std"],
+        crop_pct=data_cfg["crop_pct"],
+        crop_mode=data_cfg.get("crop_mode"),
+        use_prefetcher=True,
     )
 
 
-def eval_loader(dataset, batch_size: int, workers: int = 0, rank: int = 0, world: int = 1,
-                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+def eval_loader(
+    dataset, batch_size: int, workers: int = 0, rank: int = 0, world: int = 1, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
     """This rank's shard of ``dataset`` in order, uint8 batches (``fast_collate``); the workers
     persist from one pass (chunk) to the next, as in timm's ``create_loader``."""
     from timm.data.loader import fast_collate
 
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world), num_workers=workers,
-        collate_fn=fast_collate, pin_memory=pin_memory, drop_last=False, persistent_workers=workers > 0,
+        dataset,
+        batch_size=batch_size,
+        sampler=ShardSampler(len(dataset), rank, world),
+        num_workers=workers,
+        collate_fn=fast_collate,
+        pin_memory=pin_memory,
+        drop_last=False,
+        persistent_workers=workers > 0,
         # Its own generator: a DataLoader without one draws each pass's base seed from the global
         # RNG, so validating inside training would shift the training's random draws.
         generator=torch.Generator().manual_seed(0),
     )
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,8 +110,11 @@ class BatchPrep(Normalize):
         from timm.data.random_erasing import RandomErasing
 
         super().__init__(mean, std, device)
-        self.erase = RandomErasing(re_prob, mode=re_mode, max_count=re_count, num_splits=re_num_splits,
-                                   device=device) if re_prob > 0 else None
+        self.erase = (
+            RandomErasing(re_prob, mode=re_mode, max_count=re_count, num_splits=re_num_splits, device=device)
+            if re_prob > 0
+            else None
+        )
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = super().__call__(x, y)
@@ -163,15 +177,29 @@ def build_loaders(train_ds, val_ds, args: Namespace, info: DistInfo, data_cfg: d
     if args.aa:
         patch_timm_posterize()
     train_ds.transform = create_transform(
-        img, is_training=True, no_aug=args.no_aug, scale=args.scale, ratio=args.ratio,
-        hflip=data_cfg["hflip"] if args.hflip is None else args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
-        interpolation=args.train_interpolation, mean=data_cfg["mean"], std=data_cfg["std"],
+        img,
+        is_training=True,
+        no_aug=args.no_aug,
+        scale=args.scale,
+        ratio=args.ratio,
+        hflip=data_cfg["hflip"] if args.hflip is None else args.hflip,
+        vflip=args.vflip,
+        color_jitter=args.color_jitter,
+        auto_augment=args.aa,
+        interpolation=args.train_interpolation,
+        mean=data_cfg["mean"],
+        std=data_cfg["std"],
         use_prefetcher=True,  # uint8 out; normalisation and random erasing in BatchPrep
     )
     sampler = EpochSampler(train_ds, info.world_size, info.rank, args.seed, args.batch_size)
     train_loader = torch.utils.data.DataLoader(
-        SeededSamples(train_ds, args.seed), batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-        collate_fn=fast_collate, pin_memory=args.pin_mem, drop_last=True,
+        SeededSamples(train_ds, args.seed),
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        collate_fn=fast_collate,
+        pin_memory=args.pin_mem,
+        drop_last=True,
         generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG untouched by the loader
         persistent_workers=args.workers > 0,
     )
@@ -179,7 +207,14 @@ def build_loaders(train_ds, val_ds, args: Namespace, info: DistInfo, data_cfg: d
     val_ds.transform = eval_transform(data_cfg)
     val_loader = eval_loader(val_ds, args.validation_batch_size, args.workers, info.rank, info.world_size, args.pin_mem)
     re_splits = 2 if args.resplit else 0
-    train_prep = BatchPrep(data_cfg["mean"], data_cfg["std"], info.device, 0.0 if args.no_aug else args.reprob,
-                           args.remode, args.recount, re_splits)
+    train_prep = BatchPrep(
+        data_cfg["mean"],
+        data_cfg["std"],
+        info.device,
+        0.0 if args.no_aug else args.reprob,
+        args.remode,
+        args.recount,
+        re_splits,
+    )
     val_prep = Normalize(data_cfg["mean"], data_cfg["std"], info.device, args.channels_last)
     return sampler, train_loader, train_prep, val_loader, val_prep

@@ -9,6 +9,7 @@ and float64 keeps the squared condition number harmless. The small system is sol
 ``torch.linalg.lstsq`` with an SVD driver on the CPU, which gives the minimum-norm solution
 when ``X`` is rank deficient, like ``pinv``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """The SN-Net module: anchors, stitching layers, and the choice of one network to run."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -55,10 +56,10 @@ class SNNet(nn.Module):
         for adapter in self.anchor_adapters:  # how stitched networks end (snnet.official)
             adapter.official_forward = official_forward
         self.anchors = nn.ModuleList(a.model for a in anchors)
-        self.stitches, self.layer_specs = enumerate_stitches(anchors, kernel_size, stride, nearest, stages, stitching,
-                                                             official_sharing=official_forward)
-        self.stitch_layers = nn.ModuleList(
-            self._make_layer(spec, stitch_layer, lora_rank) for spec in self.layer_specs)
+        self.stitches, self.layer_specs = enumerate_stitches(
+            anchors, kernel_size, stride, nearest, stages, stitching, official_sharing=official_forward
+        )
+        self.stitch_layers = nn.ModuleList(self._make_layer(spec, stitch_layer, lora_rank) for spec in self.layer_specs)
         self.config = {
             "anchors": [a.name for a in anchors],
             "kernel_size": kernel_size,
@@ -76,8 +77,9 @@ class SNNet(nn.Module):
     def _make_layer(self, spec: StitchingLayerSpec, kind: str, lora_rank: int) -> StitchingLayer:
         front, back = self.anchor_adapters[spec.front], self.anchor_adapters[spec.back]
         j, k = spec.positions[0]
-        return create_stitching_layer(kind, front.channels(j + 1), back.channels(k), front.layout, back.layout,
-                                      lora_rank)
+        return create_stitching_layer(
+            kind, front.channels(j + 1), back.channels(k), front.layout, back.layout, lora_rank
+        )
 
     @property
     def input_size(self) -> tuple[int, ...]:
@@ -90,7 +92,9 @@ class SNNet(nn.Module):
     def select(self, cfg_id: int) -> "SNNet":
         """Choose the network ``forward`` runs."""
         if not 0 <= cfg_id < len(self.stitches):
-            raise ConfigError(f"stitch id {cfg_id} is out of range: this SN-Net has cfg_ids 0..{len(self.stitches) - 1}")
+            raise ConfigError(
+                f"stitch id {cfg_id} is out of range: this SN-Net has cfg_ids 0..{len(self.stitches) - 1}"
+            )
         self.cfg_id = int(cfg_id)
         return self
 
@@ -128,8 +132,10 @@ class SNNet(nn.Module):
         last anchor's head."""
         route = self.stitches[cfg_id].route
         first, last = self.anchor_adapters[route.first.anchor], self.anchor_adapters[route.last.anchor]
-        blocks = sum(self.anchor_adapters[s.anchor].num_params(self.anchor_adapters[s.anchor].blocks[s.start:s.stop])
-                     for s in route.segments)
+        blocks = sum(
+            self.anchor_adapters[s.anchor].num_params(self.anchor_adapters[s.anchor].blocks[s.start : s.stop])
+            for s in route.segments
+        )
         layers = sum(self.stitch_layers[i].deployed_params for i in route.layers)
         return first.stem_params() + blocks + layers + last.head_params()
 
@@ -265,5 +271,14 @@ def create_snnet(
         kwargs = {**(model_kwargs or {}), **((anchor_kwargs or [None] * len(anchors))[i] or {})}
         ckpt = (anchor_checkpoints or [None] * len(anchors))[i]
         built.append(create_anchor(name, pretrained, ckpt, num_classes, img_size, kwargs))
-    return SNNet(built, kernel_size=kernel_size, stride=stride, nearest=nearest, stages=stages,
-                 stitching=stitching, stitch_layer=stitch_layer, lora_rank=lora_rank, official_forward=official_forward)
+    return SNNet(
+        built,
+        kernel_size=kernel_size,
+        stride=stride,
+        nearest=nearest,
+        stages=stages,
+        stitching=stitching,
+        stitch_layer=stitch_layer,
+        lora_rank=lora_rank,
+        official_forward=official_forward,
+    )

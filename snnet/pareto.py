@@ -4,6 +4,7 @@ A row is one network of an SN-Net results table: a mapping with at least ``cfg_i
 cost column (``flops`` or ``latency_ms``) and the metric column (``top1``); ``is_anchor`` marks the
 plain anchor models.
 """
+
 from __future__ import annotations
 
 import re
@@ -112,8 +113,14 @@ def format_table(rows: Sequence[Row], columns: Sequence[str]) -> str:
     return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(c) for c in cells])
 
 
-def plot_frontier(rows: Sequence[Row], frontier: Sequence[Row], path: str | Path, cost: str = "flops",
-                  metric: str = "top1", title: Optional[str] = None) -> None:
+def plot_frontier(
+    rows: Sequence[Row],
+    frontier: Sequence[Row],
+    path: str | Path,
+    cost: str = "flops",
+    metric: str = "top1",
+    title: Optional[str] = None,
+) -> None:
     """Save a PNG of every network (anchors as labelled stars) with the frontier drawn as a line."""
     # Figure + Agg canvas rather than pyplot: renders headless without switching the caller's
     # backend (matplotlib.use would close a notebook's figures) and leaks no global figure
@@ -127,12 +134,37 @@ def plot_frontier(rows: Sequence[Row], frontier: Sequence[Row], path: str | Path
 
     stitched = [r for r in rows if not r.get("is_anchor")]
     anchors = [r for r in rows if r.get("is_anchor")]
-    ax.scatter([r[cost] / scale for r in stitched], [r[metric] for r in stitched], s=22, c="tab:blue",
-               alpha=0.55, zorder=2, label=f"stitched networks ({len(stitched)})")
-    ax.plot([r[cost] / scale for r in frontier], [r[metric] for r in frontier], "-o", c="tab:orange", lw=1.8,
-            ms=7, mec="k", mew=0.6, zorder=3, label=f"Pareto frontier ({len(frontier)})")
-    ax.scatter([r[cost] / scale for r in anchors], [r[metric] for r in anchors], s=200, marker="*",
-               c="tab:red", edgecolors="k", zorder=4, label=f"anchors ({len(anchors)})")
+    ax.scatter(
+        [r[cost] / scale for r in stitched],
+        [r[metric] for r in stitched],
+        s=22,
+        c="tab:blue",
+        alpha=0.55,
+        zorder=2,
+        label=f"stitched networks ({len(stitched)})",
+    )
+    ax.plot(
+        [r[cost] / scale for r in frontier],
+        [r[metric] for r in frontier],
+        "-o",
+        c="tab:orange",
+        lw=1.8,
+        ms=7,
+        mec="k",
+        mew=0.6,
+        zorder=3,
+        label=f"Pareto frontier ({len(frontier)})",
+    )
+    ax.scatter(
+        [r[cost] / scale for r in anchors],
+        [r[metric] for r in anchors],
+        s=200,
+        marker="*",
+        c="tab:red",
+        edgecolors="k",
+        zorder=4,
+        label=f"anchors ({len(anchors)})",
+    )
 
     # labels of anchors in the right half point left, so long model names stay inside the figure
     xs = [r[cost] / scale for r in rows]
@@ -140,8 +172,15 @@ def plot_frontier(rows: Sequence[Row], frontier: Sequence[Row], path: str | Path
     for r in anchors:
         x = r[cost] / scale
         right_half = x > middle
-        ax.annotate(r["name"], (x, r[metric]), textcoords="offset points", xytext=(-9 if right_half else 9, -13),
-                    ha="right" if right_half else "left", fontsize=8, zorder=5)
+        ax.annotate(
+            r["name"],
+            (x, r[metric]),
+            textcoords="offset points",
+            xytext=(-9 if right_half else 9, -13),
+            ha="right" if right_half else "left",
+            fontsize=8,
+            zorder=5,
+        )
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(_METRIC_AXIS.get(metric, metric))
@@ -167,8 +206,10 @@ def pick(rows: Sequence[dict], budget_flops: Optional[float], budget_latency: Op
         try:
             return pick_for_budget(within, budget_flops, cost="flops", metric="top1")
         except BudgetError:
-            raise BudgetError(f"no network fits both --budget-flops {format_flops(budget_flops)} and --budget-latency "
-                              f"{budget_latency:g} ms: relax one of them") from None
+            raise BudgetError(
+                f"no network fits both --budget-flops {format_flops(budget_flops)} and --budget-latency "
+                f"{budget_latency:g} ms: relax one of them"
+            ) from None
     return pick_for_budget(rows, budget_flops, cost="flops", metric="top1")
 
 
@@ -176,15 +217,20 @@ def describe_pick(row: dict, budget_flops: Optional[float], budget_latency: Opti
     """One line naming the picked network and its numbers."""
     budget = " and ".join(
         ([f"{format_flops(budget_flops)} FLOPs"] if budget_flops is not None else [])
-        + ([f"{budget_latency:g} ms"] if budget_latency is not None else []))
+        + ([f"{budget_latency:g} ms"] if budget_latency is not None else [])
+    )
     lat = f", {row['latency_ms']:.2f} ms" if "latency_ms" in row else ""
-    return (f"Best network within {budget}: cfg_id {row['cfg_id']} ({row['name']}): top-1 {row['top1']:.2f}, "
-            f"top-5 {row['top5']:.2f}, {format_flops(row['flops'])} FLOPs, {row['params'] / 1e6:.2f} M params{lat}")
+    return (
+        f"Best network within {budget}: cfg_id {row['cfg_id']} ({row['name']}): top-1 {row['top1']:.2f}, "
+        f"top-5 {row['top5']:.2f}, {format_flops(row['flops'])} FLOPs, {row['params'] / 1e6:.2f} M params{lat}"
+    )
 
 
 def check_flops_budget(rows: Sequence[dict], budget: float) -> None:
     """Refuse a FLOPs budget below the cheapest network (before any data is read)."""
     cheapest = min(rows, key=lambda r: r["flops"])
     if cheapest["flops"] > budget:
-        raise BudgetError(f"no network fits --budget-flops {format_flops(budget)}: the cheapest network "
-                          f"(cfg_id {cheapest['cfg_id']}, {cheapest['name']}) needs {format_flops(cheapest['flops'])}")
+        raise BudgetError(
+            f"no network fits --budget-flops {format_flops(budget)}: the cheapest network "
+            f"(cfg_id {cheapest['cfg_id']}, {cheapest['name']}) needs {format_flops(cheapest['flops'])}"
+        )

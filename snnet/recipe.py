@@ -2,6 +2,7 @@
 optimizer and schedule, all stock timm (``create_optimizer_v2``, ``create_scheduler_v2``,
 ``Mixup``, label smoothing, ``convert_splitbn_model``) plus SN-Net's learning-rate scale for the
 stitching layers and DeiT-style distillation."""
+
 from __future__ import annotations
 
 from argparse import Namespace
@@ -35,7 +36,9 @@ def apply_split_bn(net: SNNet) -> None:
 
     bn1d = [n for n, m in net.named_modules() if isinstance(m, nn.BatchNorm1d)]
     if bn1d:
-        raise ConfigError(f"--split-bn converts BatchNorm2d only, but these anchors use BatchNorm1d ({bn1d[0]}, ...): drop --split-bn")
+        raise ConfigError(
+            f"--split-bn converts BatchNorm2d only, but these anchors use BatchNorm1d ({bn1d[0]}, ...): drop --split-bn"
+        )
     convert_splitbn_model(net, 2)  # replaces BatchNorm layers in place below the top module
 
 
@@ -104,8 +107,13 @@ class TrainLoss(nn.Module):
             t = self.teacher(inputs)
         if self.kind == "soft":
             T = self.tau
-            distill = F.kl_div(F.log_softmax(outputs / T, dim=1), F.log_softmax(t / T, dim=1),
-                               reduction="sum", log_target=True) * (T * T) / outputs.numel()
+            distill = (
+                F.kl_div(
+                    F.log_softmax(outputs / T, dim=1), F.log_softmax(t / T, dim=1), reduction="sum", log_target=True
+                )
+                * (T * T)
+                / outputs.numel()
+            )
         else:
             distill = F.cross_entropy(outputs, t.argmax(dim=1))
         return base * (1 - self.alpha) + distill * self.alpha
@@ -131,17 +139,25 @@ def build_optimizer(net: SNNet, args: Namespace) -> torch.optim.Optimizer:
         opt_kwargs["eps"] = args.opt_eps
     if args.opt_betas is not None:
         opt_kwargs["betas"] = tuple(args.opt_betas)
-    return create_optimizer_v2(param_groups(net, args.weight_decay, args.stitch_lr_scale),
-                               opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                               momentum=args.momentum, **opt_kwargs)
+    return create_optimizer_v2(
+        param_groups(net, args.weight_decay, args.stitch_lr_scale),
+        opt=args.opt,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        momentum=args.momentum,
+        **opt_kwargs,
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, args: Namespace, updates_per_epoch: int):
     """timm's ``create_scheduler_v2`` from the schedule arguments."""
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
-    scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == "loss"),
-                                       updates_per_epoch=updates_per_epoch)
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        **scheduler_kwargs(args, decreasing_metric=args.eval_metric == "loss"),
+        updates_per_epoch=updates_per_epoch,
+    )
     return scheduler
 
 
@@ -153,9 +169,16 @@ def build_loss(args: Namespace, teacher: Optional[nn.Module], num_classes: int) 
     mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
     mixup_fn = None
     if mixup_active and not args.no_aug:
-        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                         label_smoothing=args.smoothing, num_classes=num_classes)
+        mixup_fn = Mixup(
+            mixup_alpha=args.mixup,
+            cutmix_alpha=args.cutmix,
+            cutmix_minmax=args.cutmix_minmax,
+            prob=args.mixup_prob,
+            switch_prob=args.mixup_switch_prob,
+            mode=args.mixup_mode,
+            label_smoothing=args.smoothing,
+            num_classes=num_classes,
+        )
         base = SoftTargetCrossEntropy()
     elif args.smoothing:
         base = LabelSmoothingCrossEntropy(smoothing=args.smoothing)

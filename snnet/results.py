@@ -5,6 +5,7 @@ the official ``stitches_res.txt``, ``pareto.csv`` and the plots.
 appended (and fsynced) as soon as it is complete, and a rerun skips what is there, so an
 interrupted sweep loses at most one chunk.
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,8 +55,16 @@ class PartialResults:
             self._load()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._append([{"type": "header", "version": PARTIAL_VERSION, "fingerprint": self.key,
-                           "description": self.description}])
+            self._append(
+                [
+                    {
+                        "type": "header",
+                        "version": PARTIAL_VERSION,
+                        "fingerprint": self.key,
+                        "description": self.description,
+                    }
+                ]
+            )
 
     def _load(self) -> None:
         lines = self.path.read_text().splitlines()
@@ -140,8 +149,9 @@ def evaluation_description(args: Namespace, net: SNNet, dataset) -> dict[str, An
         st = p.stat()
         desc.update(checkpoint=str(p), checkpoint_bytes=st.st_size, checkpoint_mtime_ns=st.st_mtime_ns)
     else:
-        desc.update(checkpoint=None, pretrained=args.pretrained, anchor_checkpoints=args.anchor_checkpoints,
-                    seed=args.seed)
+        desc.update(
+            checkpoint=None, pretrained=args.pretrained, anchor_checkpoints=args.anchor_checkpoints, seed=args.seed
+        )
         if getattr(args, "compatibility", False):  # LS-initialised layers, not random ones
             desc["compat_images"] = args.compat_images
     return plain(desc)
@@ -177,8 +187,11 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
 
 def write_official(rows: Sequence[dict], path: Path) -> None:
     """The SN-Net authors' ``stitches_res.txt``: one JSON object per line, accuracy in percent."""
-    text = "".join(json.dumps({"cfg_id": r["cfg_id"], "flops": r["flops"], "params": r["params"],
-                               "acc1": round(r["top1"], 3)}) + "\n" for r in rows)
+    text = "".join(
+        json.dumps({"cfg_id": r["cfg_id"], "flops": r["flops"], "params": r["params"], "acc1": round(r["top1"], 3)})
+        + "\n"
+        for r in rows
+    )
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -222,6 +235,10 @@ def write_outputs(rows: list[dict], out_dir: Path, title: str, log: Callable[[st
     log(f"\nPareto frontier (FLOPs vs top-1): {len(frontier)} of {len(rows)} networks")
     log(format_table(frontier, columns))
     best = max(rows, key=lambda r: (r["top1"], -r["flops"]))
-    log(f"\nMost accurate: cfg_id {best['cfg_id']} ({best['name']}) top-1 {best['top1']:.2f} at {format_flops(best['flops'])}")
-    log(f"Wrote {out_dir}/stitches.csv, stitches_res.txt, pareto.csv, pareto.png"
-        + (", pareto_latency.csv, pareto_latency.png" if "latency_ms" in rows[0] else ""))
+    log(
+        f"\nMost accurate: cfg_id {best['cfg_id']} ({best['name']}) top-1 {best['top1']:.2f} at {format_flops(best['flops'])}"
+    )
+    log(
+        f"Wrote {out_dir}/stitches.csv, stitches_res.txt, pareto.csv, pareto.png"
+        + (", pareto_latency.csv, pareto_latency.png" if "latency_ms" in rows[0] else "")
+    )

@@ -10,6 +10,7 @@ all read :meth:`Route.steps` (or the segments), so the path is written down here
 A route's name reads as Python slices over the anchors' blocks, e.g.
 ``deit3_small_patch16_224[:4]>deit3_large_patch16_224[8:16]>deit3_small_patch16_224[8:]``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,8 +49,10 @@ class Route:
 
     def __post_init__(self):
         if not self.segments or len(self.layers) != len(self.segments) - 1:
-            raise ValueError(f"a route of {len(self.segments)} segments needs {max(len(self.segments) - 1, 0)} "
-                             f"stitching layers, got {len(self.layers)}")
+            raise ValueError(
+                f"a route of {len(self.segments)} segments needs {max(len(self.segments) - 1, 0)} "
+                f"stitching layers, got {len(self.layers)}"
+            )
 
     @property
     def is_anchor(self) -> bool:
@@ -100,8 +103,12 @@ def route_name(route: Route, names: Sequence[str], depths: Sequence[int]) -> str
     return ">".join(parts)
 
 
-def apply_step(step: Step, x: torch.Tensor, adapters: Mapping[int, object] | Sequence[object],
-               layers: Sequence[nn.Module] | Mapping[int, nn.Module]) -> torch.Tensor:
+def apply_step(
+    step: Step,
+    x: torch.Tensor,
+    adapters: Mapping[int, object] | Sequence[object],
+    layers: Sequence[nn.Module] | Mapping[int, nn.Module],
+) -> torch.Tensor:
     """Run one step on ``x`` with the given anchor adapters and stitching layers.
 
     The head step is the one place where a network's output is produced: an alternative head

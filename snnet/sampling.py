@@ -24,6 +24,7 @@ sequence:
   torch/numpy/python generators; :func:`capture_rng_state` / :func:`restore_rng_state` put them
   into checkpoints as tensors and plain Python data.
 """
+
 from __future__ import annotations
 
 import random
@@ -76,7 +77,9 @@ def resolve_sample_weights(spec: Optional[Sequence[Any] | str], net) -> Optional
             f"--sample-weights {' '.join(map(str, spec))}: give 'uniform', 'flops', 'params' or {n} numbers (one per network)"
         ) from None
     if len(weights) != n:
-        raise ConfigError(f"--sample-weights has {len(weights)} numbers but this SN-Net has {n} networks: give one per cfg_id")
+        raise ConfigError(
+            f"--sample-weights has {len(weights)} numbers but this SN-Net has {n} networks: give one per cfg_id"
+        )
     if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
         raise ConfigError("--sample-weights must be finite, non-negative and not all zero")
     return weights
@@ -85,13 +88,23 @@ def resolve_sample_weights(spec: Optional[Sequence[Any] | str], net) -> Optional
 class NetworkSampler:
     """Draws the network (cfg_id) each training step trains; see the module docstring for the rule."""
 
-    def __init__(self, num_networks: int, seed: int, rank: int = 0, per_rank: bool = False,
-                 weights: Optional[Sequence[float]] = None):
+    def __init__(
+        self,
+        num_networks: int,
+        seed: int,
+        rank: int = 0,
+        per_rank: bool = False,
+        weights: Optional[Sequence[float]] = None,
+    ):
         if num_networks < 1:
             raise ConfigError("nothing to sample: the SN-Net has no networks")
         self.num_networks = num_networks
         self.per_rank = per_rank
-        w = torch.ones(num_networks, dtype=torch.float64) if weights is None else torch.tensor(list(weights), dtype=torch.float64)
+        w = (
+            torch.ones(num_networks, dtype=torch.float64)
+            if weights is None
+            else torch.tensor(list(weights), dtype=torch.float64)
+        )
         if w.numel() != num_networks:
             raise ConfigError(f"{w.numel()} sampling weights for {num_networks} networks")
         self.weights = w
@@ -145,8 +158,15 @@ class FlopsGroupSampler(NetworkSampler):
     """SN-Netv2's FLOPs-balanced sampling: a FLOPs group (:func:`group_by_flops`), then a network
     of that group uniformly; see the module docstring for the rule."""
 
-    def __init__(self, flops: Sequence[float], gap_gflops: float, seed: int, rank: int = 0, per_rank: bool = False,
-                 k: Optional[float] = None):
+    def __init__(
+        self,
+        flops: Sequence[float],
+        gap_gflops: float,
+        seed: int,
+        rank: int = 0,
+        per_rank: bool = False,
+        k: Optional[float] = None,
+    ):
         if not gap_gflops >= 0:
             raise ConfigError(f"--flops-gap must be >= 0 GFLOPs, got {gap_gflops}")
         super().__init__(len(flops), seed, rank, per_rank)
@@ -158,13 +178,23 @@ class FlopsGroupSampler(NetworkSampler):
         return members[int(torch.randint(len(members), (1,), generator=self.generator))]
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "groups": [list(g) for g in self.groups],
-                "group_weights": self.group_weights.clone()}
+        return {
+            **super().state_dict(),
+            "groups": [list(g) for g in self.groups],
+            "group_weights": self.group_weights.clone(),
+        }
 
 
-def create_network_sampler(net, sample_by: str, seed: int, rank: int = 0, per_rank: bool = False,
-                           sample_weights: Optional[Sequence[Any] | str] = None, flops_gap: float = 1.0,
-                           flops_sampling_k: Optional[float] = None) -> NetworkSampler:
+def create_network_sampler(
+    net,
+    sample_by: str,
+    seed: int,
+    rank: int = 0,
+    per_rank: bool = False,
+    sample_weights: Optional[Sequence[Any] | str] = None,
+    flops_gap: float = 1.0,
+    flops_sampling_k: Optional[float] = None,
+) -> NetworkSampler:
     """The sampler ``--sample-by`` asks for: per network (``--sample-weights``) or per FLOPs group."""
     if sample_by == "networks":
         if flops_sampling_k is not None:
@@ -173,8 +203,9 @@ def create_network_sampler(net, sample_by: str, seed: int, rank: int = 0, per_ra
     if sample_by != "flops-groups":
         raise ConfigError(f"unknown --sample-by '{sample_by}': use one of {', '.join(SAMPLE_BY)}")
     if sample_weights is not None:
-        raise ConfigError("--sample-weights weighs single networks, --sample-by flops-groups weighs FLOPs groups: "
-                          "drop one of them")
+        raise ConfigError(
+            "--sample-weights weighs single networks, --sample-by flops-groups weighs FLOPs groups: drop one of them"
+        )
     import warnings
 
     from .flops import stitches_flops
@@ -195,7 +226,9 @@ class EpochSampler(DistributedSampler):
     starts after the first ``k`` batches of this rank.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, batch_size: int, shuffle: bool = True):
+    def __init__(
+        self, dataset: Dataset, num_replicas: int, rank: int, seed: int, batch_size: int, shuffle: bool = True
+    ):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.batch_size = batch_size
         self.skip = 0
@@ -205,7 +238,7 @@ class EpochSampler(DistributedSampler):
         self.skip = skip_batches * self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = list(super().__iter__())[self.skip:]
+        indices = list(super().__iter__())[self.skip :]
         return iter([(self.epoch, i) for i in indices])
 
     def __len__(self) -> int:
@@ -275,7 +308,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

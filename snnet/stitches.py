@@ -8,6 +8,7 @@ two-way stitching (:func:`two_way_stitches`) adds large -> small stitches and th
 routes. Block indices are global (over all of an anchor's blocks); the v1 rules below work on
 indices local to one stage.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -76,7 +77,9 @@ class StitchingLayerSpec:
     positions: tuple[Position, ...]
 
 
-def paired_positions(depth: int, kernel_size: int = 2, stride: int = 1, forward_only: bool = False) -> list[list[Position]]:
+def paired_positions(
+    depth: int, kernel_size: int = 2, stride: int = 1, forward_only: bool = False
+) -> list[list[Position]]:
     """Stitching positions of two equal-depth stages, grouped by the stitching layer they share.
 
     A window of ``kernel_size`` block indices slides over ``0..depth-1`` by ``stride``; inside
@@ -151,8 +154,17 @@ def _names_depths(anchors: Sequence[Anchor]) -> tuple[list[str], list[int]]:
     return [a.name for a in anchors], [a.num_blocks for a in anchors]
 
 
-def _pair_groups(front: Anchor, back: Anchor, f_depth: int, b_depth: int, rule: Optional[str],
-                 kernel_size: int, stride: int, forward_only: bool, official_sharing: bool = False) -> list[list[Position]]:
+def _pair_groups(
+    front: Anchor,
+    back: Anchor,
+    f_depth: int,
+    b_depth: int,
+    rule: Optional[str],
+    kernel_size: int,
+    stride: int,
+    forward_only: bool,
+    official_sharing: bool = False,
+) -> list[list[Position]]:
     """A pair's position groups under ``rule`` (None: paired for equal depths, else unpaired;
     ``official_sharing``: unpaired layers shared as the official code does)."""
     rule = rule or ("paired" if f_depth == b_depth else "unpaired")
@@ -160,12 +172,14 @@ def _pair_groups(front: Anchor, back: Anchor, f_depth: int, b_depth: int, rule: 
         if f_depth != b_depth:
             raise IncompatibleAnchorsError(
                 f"paired stitching needs stages of equal depth, but {front.name} has {f_depth} blocks there and "
-                f"{back.name} {b_depth}: use --stitching unpaired (or leave it unset)")
+                f"{back.name} {b_depth}: use --stitching unpaired (or leave it unset)"
+            )
         return paired_positions(f_depth, kernel_size, stride, forward_only)
     if f_depth == b_depth:
         raise IncompatibleAnchorsError(
             f"unpaired stitching needs stages of different depths, but {front.name} and {back.name} both have "
-            f"{f_depth} blocks there: use --stitching paired (or leave it unset)")
+            f"{f_depth} blocks there: use --stitching paired (or leave it unset)"
+        )
     if official_sharing:
         return list(official_unpaired_layers(f_depth, b_depth).values())
     return unpaired_positions(f_depth, b_depth)
@@ -199,14 +213,18 @@ def enumerate_stitches(
     stage_counts = {a.num_stages for a in anchors}
     if len(stage_counts) > 1:
         desc = ", ".join(f"{a.name}: {a.num_stages}" for a in anchors)
-        raise IncompatibleAnchorsError(f"anchors have different numbers of stages ({desc}); stitch anchors of one stage layout")
+        raise IncompatibleAnchorsError(
+            f"anchors have different numbers of stages ({desc}); stitch anchors of one stage layout"
+        )
     if stitching == "two-way":
         return two_way_stitches(anchors)
     num_stages = stage_counts.pop()
     stages = default_stages(anchors) if stages is None else list(stages)
     bad = [s for s in stages if not 0 <= s < num_stages]
     if bad:
-        raise IncompatibleAnchorsError(f"stitching stages {bad} out of range: the anchors have stages 0..{num_stages - 1}")
+        raise IncompatibleAnchorsError(
+            f"stitching stages {bad} out of range: the anchors have stages 0..{num_stages - 1}"
+        )
 
     names, depths = _names_depths(anchors)
     stitches = [Stitch(i, a.name, anchor_route(i, a.num_blocks)) for i, a in enumerate(anchors)]
@@ -216,8 +234,9 @@ def enumerate_stitches(
         for fa, ba in anchor_pairs(len(anchors), nearest):
             front, back = anchors[fa], anchors[ba]
             f_ids, b_ids = front.stage_block_ids(stage), back.stage_block_ids(stage)
-            groups = _pair_groups(front, back, len(f_ids), len(b_ids), stitching, kernel_size, stride, forward_only,
-                                  official_sharing)
+            groups = _pair_groups(
+                front, back, len(f_ids), len(b_ids), stitching, kernel_size, stride, forward_only, official_sharing
+            )
             for group in groups:
                 positions = tuple((f_ids[j], b_ids[k]) for j, k in group)
                 layer = len(specs)
@@ -255,16 +274,19 @@ def two_way_stitches(anchors: Sequence[Anchor]) -> tuple[list[Stitch], list[Stit
     if len(anchors) != 2:
         raise IncompatibleAnchorsError(
             f"two-way stitching joins exactly two anchors, got {len(anchors)} ({', '.join(a.name for a in anchors)}): "
-            f"pass two anchors ordered small to large")
+            f"pass two anchors ordered small to large"
+        )
     small, large = anchors
     if small.num_stages > 1:
         raise IncompatibleAnchorsError(
             f"two-way stitching needs single-stage anchors (ViT/DeiT/DeiT3), but {small.name} has {small.num_stages} "
-            f"stages: use the default stitching (--stitching unset) for these anchors")
+            f"stages: use the default stitching (--stitching unset) for these anchors"
+        )
     if small.num_blocks > large.num_blocks:
         raise IncompatibleAnchorsError(
             f"two-way stitching takes anchors ordered small to large, but {small.name} has {small.num_blocks} blocks "
-            f"and {large.name} {large.num_blocks}: swap them")
+            f"and {large.name} {large.num_blocks}: swap them"
+        )
     names, depths = _names_depths(anchors)
     d0, d1 = depths
     sl, ls = two_way_positions(d0, d1)
@@ -279,10 +301,18 @@ def two_way_stitches(anchors: Sequence[Anchor]) -> tuple[list[Stitch], list[Stit
     routes = [anchor_route(0, d0), anchor_route(1, d1)]
     routes += [Route((Segment(0, 0, j + 1), Segment(1, k, d1)), (n,)) for j, k, n in sl_layers]
     routes += [Route((Segment(1, 0, j + 1), Segment(0, k, d0)), (n,)) for j, k, n in ls_layers]
-    routes += [Route((Segment(1, 0, i + 1), Segment(0, t, j + 1), Segment(1, k, d1)), (m, n))
-               for i, t, m in ls_layers for j, k, n in sl_layers if j >= t]
-    routes += [Route((Segment(0, 0, j + 1), Segment(1, k, i + 1), Segment(0, t, d0)), (n, m))
-               for j, k, n in sl_layers for i, t, m in ls_layers if i >= k]
+    routes += [
+        Route((Segment(1, 0, i + 1), Segment(0, t, j + 1), Segment(1, k, d1)), (m, n))
+        for i, t, m in ls_layers
+        for j, k, n in sl_layers
+        if j >= t
+    ]
+    routes += [
+        Route((Segment(0, 0, j + 1), Segment(1, k, i + 1), Segment(0, t, d0)), (n, m))
+        for j, k, n in sl_layers
+        for i, t, m in ls_layers
+        if i >= k
+    ]
     stitches = [Stitch(c, route_name(r, names, depths), r, None if r.is_anchor else 0) for c, r in enumerate(routes)]
     return stitches, specs
 
@@ -298,7 +328,5 @@ def parse_stitch_ids(text: str, num_stitches: int) -> list[int]:
             raise ConfigError(f"bad stitch id '{part}' in '{text}': use e.g. 0,3,10-20") from None
     out_of_range = sorted(i for i in ids if not 0 <= i < num_stitches)
     if out_of_range:
-        raise ConfigError(
-            f"stitch id {out_of_range[0]} is out of range: this SN-Net has cfg_ids 0..{num_stitches - 1}"
-        )
+        raise ConfigError(f"stitch id {out_of_range[0]} is out of range: this SN-Net has cfg_ids 0..{num_stitches - 1}")
     return sorted(ids)

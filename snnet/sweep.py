@@ -22,9 +22,11 @@ run again for each network that starts with them. Here:
 
 The loaders and normalisation are :mod:`snnet.data`'s; latency is :mod:`snnet.latency`'s.
 """
+
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -65,7 +67,7 @@ def make_chunks(net: SNNet, cfg_ids: Iterable[int], size: int) -> list[list[int]
     order = sweep_order(net, cfg_ids)
     if size <= 0 or size >= len(order):
         return [order] if order else []
-    return [order[i:i + size] for i in range(0, len(order), size)]
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 class PrefixNode:
@@ -180,8 +182,11 @@ class MetricSums:
 def metrics_of(record: Mapping[str, Any]) -> dict[str, float]:
     """top1/top5 in percent and mean loss from a record of sums."""
     n = max(int(record["count"]), 1)
-    return {"top1": 100.0 * record["correct1"] / n, "top5": 100.0 * record["correct5"] / n,
-            "loss": record["loss_sum"] / n}
+    return {
+        "top1": 100.0 * record["correct1"] / n,
+        "top5": 100.0 * record["correct5"] / n,
+        "loss": record["loss_sum"] / n,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,9 +200,15 @@ def _no_prep(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
-def sweep_pass(net: SNNet, loader: Iterable, cfg_ids: Sequence[int], prep: Prep = _no_prep,
-               autocast: Callable[[], Any] = contextlib.nullcontext, device: torch.device | str = "cpu",
-               progress: Optional[Callable[[int, int], None]] = None) -> MetricSums:
+def sweep_pass(
+    net: SNNet,
+    loader: Iterable,
+    cfg_ids: Sequence[int],
+    prep: Prep = _no_prep,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+    device: torch.device | str = "cpu",
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> MetricSums:
     """One pass over ``loader``: the summed metrics of every network in ``cfg_ids`` (this
     process's shard only; call :meth:`MetricSums.all_reduce` to sum over processes)."""
     plan = SweepPlan(net, cfg_ids)
@@ -218,9 +229,14 @@ def sweep_pass(net: SNNet, loader: Iterable, cfg_ids: Sequence[int], prep: Prep 
 
 
 @torch.no_grad()
-def one_at_a_time(net: SNNet, loader: Iterable, cfg_ids: Sequence[int], prep: Prep = _no_prep,
-                  autocast: Callable[[], Any] = contextlib.nullcontext,
-                  device: torch.device | str = "cpu") -> MetricSums:
+def one_at_a_time(
+    net: SNNet,
+    loader: Iterable,
+    cfg_ids: Sequence[int],
+    prep: Prep = _no_prep,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+    device: torch.device | str = "cpu",
+) -> MetricSums:
     """The official way: a fresh pass over ``loader`` per network, ``net.select(i); net(x)``
     (the reference for tests and benchmarks)."""
     sums = MetricSums(sorted(set(cfg_ids)), device)
@@ -237,3 +253,19 @@ def one_at_a_time(net: SNNet, loader: Iterable, cfg_ids: Sequence[int], prep: Pr
     finally:
         net.train(was)
     return sums
+
+
+def progress_logger(
+    log: Callable[[str], None], what: str, interval: int, n_batches: int, world: int, start: float
+) -> Callable[[int, int], None]:
+    """A ``progress`` callback for :func:`sweep_pass` that logs a line (images per second over
+    ``world`` processes since ``start``) every ``interval`` batches."""
+    seen = [0]
+
+    def progress(b: int, n: int) -> None:
+        seen[0] += n
+        if interval and (b % interval == 0 or b == n_batches):
+            rate = seen[0] * world / max(time.perf_counter() - start, 1e-9)
+            log(f"  {what}: batch {b}/{n_batches}, {rate:.1f} img/s")
+
+    return progress

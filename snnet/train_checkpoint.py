@@ -1,6 +1,7 @@
 """What a train.py checkpoint holds, and how a :class:`~snnet.trainer.Trainer` is saved to and
 restored from one (the format and the resume rules are described in :mod:`snnet.trainer`).
 Files are written and read by :mod:`snnet.checkpoint` (atomic, ``weights_only``)."""
+
 from __future__ import annotations
 
 import logging
@@ -71,7 +72,8 @@ def training_state(trainer: Trainer, epoch_complete: bool, metric: Optional[floa
         state["scaler"] = trainer.scaler.state_dict()
     if trainer.ema is not None:
         state["state_dict_ema"] = OrderedDict(
-            (k, v) for k, v in trainer.ema.module.state_dict().items() if ".aux_bn." not in k)
+            (k, v) for k, v in trainer.ema.module.state_dict().items() if ".aux_bn." not in k
+        )
     if metric is not None:
         state["metric"] = metric
     return state
@@ -119,9 +121,13 @@ def restore_training_state(trainer: Trainer, path: str, resume_opt: bool) -> Non
         restore_rng_state(rngs[trainer.info.rank])
     else:
         if trainer.info.is_primary:
-            _logger.warning(f"checkpoint {path} was written by {ckpt.get('world_size')} processes, this run has "
-                            f"{trainer.info.world_size}: the run continues but will not repeat the original exactly")
-        trainer.net_sampler.load_state_dict(samplers[0] if not trainer.net_sampler.per_rank else samplers[trainer.info.rank % len(samplers)])
+            _logger.warning(
+                f"checkpoint {path} was written by {ckpt.get('world_size')} processes, this run has "
+                f"{trainer.info.world_size}: the run continues but will not repeat the original exactly"
+            )
+        trainer.net_sampler.load_state_dict(
+            samplers[0] if not trainer.net_sampler.per_rank else samplers[trainer.info.rank % len(samplers)]
+        )
     trainer.saver_state = ckpt.get("saver")
     where = f"epoch {trainer.epoch}" + (f" after step {trainer.step_in_epoch}" if trainer.step_in_epoch else "")
     _logger.info(f"Resumed from {path}: continuing at {where} (global step {trainer.global_step})")
@@ -131,10 +137,14 @@ def check_resume_compatible(ckpt: dict, path: str, config: Mapping[str, Any]) ->
     """Refuse to resume a checkpoint of other anchors or other stitching options than ``config``."""
     theirs = ckpt.get("snnet_config")
     if "official_args" in ckpt:
-        raise CheckpointError(f"checkpoint {path} is an official SN-Net checkpoint, which cannot be resumed: start "
-                              f"from its weights with --initial-checkpoint {path}")
+        raise CheckpointError(
+            f"checkpoint {path} is an official SN-Net checkpoint, which cannot be resumed: start "
+            f"from its weights with --initial-checkpoint {path}"
+        )
     if not isinstance(theirs, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"checkpoint {path} is not an SN-Net training checkpoint of train.py: start without --resume")
+        raise CheckpointError(
+            f"checkpoint {path} is not an SN-Net training checkpoint of train.py: start without --resume"
+        )
     ours = plain(config)
     if list(theirs.get("anchors", [])) != list(ours["anchors"]):
         raise CheckpointError(

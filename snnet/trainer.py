@@ -32,13 +32,11 @@ stops every rank there with :class:`DivergenceError` naming the first bad step a
 steps after it were not recorded and their weights never reach a checkpoint, so the last
 checkpoint on disk is the last good state.
 """
+
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import logging
-import math
 import os
 import time
 from argparse import Namespace
@@ -52,10 +50,9 @@ from torch import nn
 
 from .compile import compile_blocks
 from .config import plain
-from .distributed import DistInfo, GradAllReduce, all_reduce_sum, broadcast_state
+from .distributed import DistInfo, GradAllReduce, broadcast_state
 from .errors import DataError, DivergenceError
-from .loaders import Normalize, build_loaders, data_config_for
-from .model import SNNet
+from .loaders import build_loaders, data_config_for
 from .recipe import (
     apply_split_bn,
     build_loss,
@@ -67,8 +64,8 @@ from .recipe import (
 )
 from .sampling import create_network_sampler, seed_everything
 from .stitches import parse_stitch_ids
-from .sweep import metrics_of, sweep_pass
 from .train_checkpoint import checkpoint_saver_class, restore_training_state, training_state
+from .train_metrics import PendingSteps, StepLog, summarize, validate
 
 _logger = logging.getLogger("train")
 
@@ -76,61 +73,19 @@ _logger = logging.getLogger("train")
 StepCallback = Callable[["Trainer", int, torch.Tensor], Optional[torch.Tensor]]
 
 
-class PendingSteps:
-    """The steps trained since their losses were last read, the losses still on the device.
-
-    Reading a loss on the host waits for its step to finish on the GPU, so the trainer reads them
-    in one go: once per log interval and before every checkpoint (:meth:`read`).
-    """
-
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-        self.losses: list[torch.Tensor] = []
-
-    def add(self, record: dict, loss: torch.Tensor) -> None:
-        self.records.append(record)
-        self.losses.append(loss.detach().float().reshape(()))
-
-    def read(self, world_size: int) -> tuple[list[dict], Optional[int]]:
-        """The pending records with ``loss`` (this process's) and ``global_loss`` (the mean over
-        processes) filled in, and the index of the first non-finite one on any process (None if
-        all are finite). Collective: every rank has the same steps pending."""
-        if not self.records:
-            return [], None
-        local = torch.stack(self.losses)
-        summed = torch.stack([local, (~torch.isfinite(local)).float()])
-        all_reduce_sum(summed)
-        values = torch.cat([local, summed.flatten()]).tolist()  # the one host sync
-        k = len(self.records)
-        records, self.records, self.losses = self.records, [], []
-        first_bad = None
-        for i, record in enumerate(records):
-            record.update(loss=values[i], global_loss=values[k + i] / world_size)
-            if first_bad is None and (values[2 * k + i] > 0 or not math.isfinite(record["global_loss"])):
-                first_bad = i
-        return records, first_bad
-
-
-class StepLog:
-    """Per-step records (one JSON line per rank and optimizer step) in the run folder's steps.jsonl."""
-
-    def __init__(self, path: Path):
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def write(self, record: dict) -> None:
-        os.write(self.fd, (json.dumps(record) + "\n").encode())
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 class Trainer:
     """Everything one process holds while training, built from train.py's resolved arguments;
     :meth:`fit` trains to ``--epochs`` (or ``--stop-epoch``), :meth:`train_one_epoch` one epoch,
     :meth:`step` one optimizer step. ``resume`` is a checkpoint to continue from ('' for none)."""
 
-    def __init__(self, args: Namespace, info: DistInfo, out_dir: Path, resume: str = "",
-                 step_callbacks: Sequence[StepCallback] = ()):
+    def __init__(
+        self,
+        args: Namespace,
+        info: DistInfo,
+        out_dir: Path,
+        resume: str = "",
+        step_callbacks: Sequence[StepCallback] = (),
+    ):
         from timm.utils import ModelEmaV3
 
         from .config import save_args_yaml
@@ -170,32 +125,56 @@ class Trainer:
         data_cfg = data_config_for(net, train_ds)
         if info.is_primary:
             save_args_yaml(args, out_dir / "args.yaml")  # after resolve_args: the values the run uses
-            _logger.info(f"Run folder {out_dir}; {info.world_size} process(es) on {info.device.type}, batch "
-                         f"{args.batch_size} per process ({args.batch_size * info.world_size} global), lr {args.lr:.3g}")
-            _logger.info(f"SN-Net over {net.config['anchors']}: {net.num_stitches} networks, "
-                         f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters")
+            _logger.info(
+                f"Run folder {out_dir}; {info.world_size} process(es) on {info.device.type}, batch "
+                f"{args.batch_size} per process ({args.batch_size * info.world_size} global), lr {args.lr:.3g}"
+            )
+            _logger.info(
+                f"SN-Net over {net.config['anchors']}: {net.num_stitches} networks, "
+                f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters"
+            )
 
         if args.ls_init and not resume and not args.initial_checkpoint and net.layer_specs:
             if args.ls_init_images > len(train_ds):
-                raise DataError(f"--ls-init-images {args.ls_init_images} is larger than the training set "
-                                f"({len(train_ds)} images): use at most {len(train_ds)}")
+                raise DataError(
+                    f"--ls-init-images {args.ls_init_images} is larger than the training set "
+                    f"({len(train_ds)} images): use at most {len(train_ds)}"
+                )
             if info.is_primary:
                 start = time.perf_counter()
-                images = sample_images(train_ds, args.ls_init_images, data_cfg["input_size"][-1], args.seed,
-                                       mean=data_cfg["mean"], std=data_cfg["std"],
-                                       interpolation=data_cfg["interpolation"], crop_pct=data_cfg["crop_pct"])
-                net.init_stitching_layers(images, batch_size=args.ls_init_batch_size, combine=args.ls_init_combine,
-                                          progress=True)
-                _logger.info(f"Least-squares init of {len(net.stitch_layers)} stitching layers on {len(images)} "
-                             f"training images in {time.perf_counter() - start:.1f} s")
+                images = sample_images(
+                    train_ds,
+                    args.ls_init_images,
+                    data_cfg["input_size"][-1],
+                    args.seed,
+                    mean=data_cfg["mean"],
+                    std=data_cfg["std"],
+                    interpolation=data_cfg["interpolation"],
+                    crop_pct=data_cfg["crop_pct"],
+                )
+                net.init_stitching_layers(
+                    images, batch_size=args.ls_init_batch_size, combine=args.ls_init_combine, progress=True
+                )
+                _logger.info(
+                    f"Least-squares init of {len(net.stitch_layers)} stitching layers on {len(images)} "
+                    f"training images in {time.perf_counter() - start:.1f} s"
+                )
         net.to(info.device)
         if args.channels_last:
             net.to(memory_format=torch.channels_last)
         if info.distributed:
             broadcast_state(net)  # rank 0's LS-initialised weights to every rank
 
-        self.net_sampler = create_network_sampler(net, args.sample_by, args.seed, info.rank, args.sample_per_rank,
-                                                  args.sample_weights, args.flops_gap, args.flops_sampling_k)
+        self.net_sampler = create_network_sampler(
+            net,
+            args.sample_by,
+            args.seed,
+            info.rank,
+            args.sample_per_rank,
+            args.sample_weights,
+            args.flops_gap,
+            args.flops_sampling_k,
+        )
         self.optimizer = build_optimizer(net, args)
         self.apex_amp = None
         if args.amp and args.amp_impl == "apex":  # legacy: NVIDIA apex AMP O1 (patches net in place)
@@ -210,13 +189,19 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if cuda_fp16 else None
         self.ema = None
         if args.model_ema:
-            self.ema = ModelEmaV3(net, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
-                                  device=torch.device("cpu") if args.model_ema_force_cpu else None)
+            self.ema = ModelEmaV3(
+                net,
+                decay=args.model_ema_decay,
+                use_warmup=args.model_ema_warmup,
+                device=torch.device("cpu") if args.model_ema_force_cpu else None,
+            )
         # after the EMA's deep copy: a copy of a compiled module would call the original's forward
         self.mark_cudagraph_step = None
         if args.torchcompile:
             compile_blocks(net, args.torchcompile, args.torchcompile_mode)
-            if args.torchcompile_mode == "reduce-overhead":  # a new iteration may overwrite the last one's graph outputs
+            if (
+                args.torchcompile_mode == "reduce-overhead"
+            ):  # a new iteration may overwrite the last one's graph outputs
                 self.mark_cudagraph_step = torch.compiler.cudagraph_mark_step_begin
 
         loaders = build_loaders(train_ds, val_ds, args, info, data_cfg)
@@ -224,8 +209,10 @@ class Trainer:
         full_steps = self.data_sampler.num_samples // args.batch_size
         self.steps_per_epoch = min(full_steps, args.max_steps_per_epoch or full_steps)
         if self.steps_per_epoch < 1:
-            raise DataError(f"{self.data_sampler.num_samples} training images per process give no full batch of "
-                            f"{args.batch_size}: lower --batch-size")
+            raise DataError(
+                f"{self.data_sampler.num_samples} training images per process give no full batch of "
+                f"{args.batch_size}: lower --batch-size"
+            )
         self.scheduler = build_scheduler(self.optimizer, args, self.steps_per_epoch)
 
         if resume:
@@ -238,19 +225,28 @@ class Trainer:
 
         if info.distributed and args.grad_sync == "ddp":
             self.model = nn.parallel.DistributedDataParallel(
-                net, device_ids=[info.device.index] if info.device.type == "cuda" else None, find_unused_parameters=True)
+                net, device_ids=[info.device.index] if info.device.type == "cuda" else None, find_unused_parameters=True
+            )
             self.grad_sync = None  # DDP's own hooks
         else:
             self.model = net
             self.grad_sync = GradAllReduce(net.parameters(), info.world_size, union=args.sample_per_rank)
         self.mixup_fn, self.criterion = build_loss(args, teacher, num_classes)
 
-        self.val_ids = (list(range(net.num_stitches)) if args.val_stitches == "all" else
-                        parse_stitch_ids(args.val_stitches, net.num_stitches) if args.val_stitches
-                        else default_val_ids(net))
+        self.val_ids = (
+            list(range(net.num_stitches))
+            if args.val_stitches == "all"
+            else parse_stitch_ids(args.val_stitches, net.num_stitches)
+            if args.val_stitches
+            else default_val_ids(net)
+        )
         self.saver = checkpoint_saver_class()(
-            lambda metric: self.checkpoint_state(True, metric), checkpoint_dir=str(out_dir), recovery_dir=str(out_dir),
-            decreasing=args.eval_metric == "loss", max_history=args.checkpoint_hist)
+            lambda metric: self.checkpoint_state(True, metric),
+            checkpoint_dir=str(out_dir),
+            recovery_dir=str(out_dir),
+            decreasing=args.eval_metric == "loss",
+            max_history=args.checkpoint_hist,
+        )
         if self.saver_state and Path(resume).resolve().parent == out_dir.resolve():
             self.saver.load_state_dict(self.saver_state)
         self.writer = None
@@ -271,8 +267,10 @@ class Trainer:
         args, info, net = self.args, self.info, self.net
         out_dir = self.out_dir
         if info.is_primary:
-            _logger.info(f"Training {args.epochs - self.epoch} epoch(s) of {self.steps_per_epoch} steps; "
-                         f"validating cfg_ids {self.val_ids}")
+            _logger.info(
+                f"Training {args.epochs - self.epoch} epoch(s) of {self.steps_per_epoch} steps; "
+                f"validating cfg_ids {self.val_ids}"
+            )
         best = None
         try:
             end = args.epochs if args.stop_epoch is None else min(args.epochs, args.stop_epoch)
@@ -280,24 +278,39 @@ class Trainer:
                 train_metrics = self.train_one_epoch()
                 if info.distributed and args.dist_bn:
                     distribute_bn(net, info.world_size, args.dist_bn == "reduce")
-                per_net = validate(net, self.val_loader, self.val_prep, self.val_ids, self.autocast,
-                                   args.max_val_batches)
+                per_net = validate(
+                    net, self.val_loader, self.val_prep, self.val_ids, self.autocast, args.max_val_batches
+                )
                 eval_metrics = summarize(per_net)
                 metric = eval_metrics[args.eval_metric]
                 if self.ema is not None and not args.model_ema_force_cpu:
                     if info.distributed and args.dist_bn:
                         distribute_bn(self.ema, info.world_size, args.dist_bn == "reduce")
-                    ema_net = validate(self.ema.module, self.val_loader, self.val_prep, self.val_ids, self.autocast,
-                                       args.max_val_batches)
+                    ema_net = validate(
+                        self.ema.module,
+                        self.val_loader,
+                        self.val_prep,
+                        self.val_ids,
+                        self.autocast,
+                        args.max_val_batches,
+                    )
                     eval_metrics.update(summarize(ema_net, "ema_"))
                     metric = eval_metrics["ema_" + args.eval_metric]
                 lr = self.optimizer.param_groups[0]["lr"]
                 if info.is_primary:
                     desc = "  ".join(f"{cfg}: {v['top1']:.2f}" for cfg, v in per_net.items())
-                    _logger.info(f"Eval: {self.epoch}  mean top-1 {eval_metrics['top1']:.2f}  top-5 "
-                                 f"{eval_metrics['top5']:.2f}  loss {eval_metrics['loss']:.4f}  per network top-1 [{desc}]")
-                    update_summary(self.epoch, train_metrics, eval_metrics, filename=str(out_dir / "summary.csv"),
-                                   lr=lr, write_header=not (out_dir / "summary.csv").exists())
+                    _logger.info(
+                        f"Eval: {self.epoch}  mean top-1 {eval_metrics['top1']:.2f}  top-5 "
+                        f"{eval_metrics['top5']:.2f}  loss {eval_metrics['loss']:.4f}  per network top-1 [{desc}]"
+                    )
+                    update_summary(
+                        self.epoch,
+                        train_metrics,
+                        eval_metrics,
+                        filename=str(out_dir / "summary.csv"),
+                        lr=lr,
+                        write_header=not (out_dir / "summary.csv").exists(),
+                    )
                     for k, v in eval_metrics.items():
                         self.writer.add_scalar(f"eval/{k}", v, self.epoch)
                     self.writer.add_scalar("train/epoch_loss", train_metrics["loss"], self.epoch)
@@ -343,9 +356,20 @@ class Trainer:
             cfg_id = self.net_sampler.draw()
             loss = self.step(x, y, cfg_id)
             lr = self.optimizer.param_groups[0]["lr"]
-            self.pending.add({"epoch": self.epoch, "step": self.global_step, "step_in_epoch": self.step_in_epoch,
-                              "rank": info.rank, "cfg_id": cfg_id, "loss": None, "global_loss": None, "lr": lr,
-                              "attempt": attempt}, loss)
+            self.pending.add(
+                {
+                    "epoch": self.epoch,
+                    "step": self.global_step,
+                    "step_in_epoch": self.step_in_epoch,
+                    "rank": info.rank,
+                    "cfg_id": cfg_id,
+                    "loss": None,
+                    "global_loss": None,
+                    "lr": lr,
+                    "attempt": attempt,
+                },
+                loss,
+            )
             n_since += 1
             log_now = self.step_in_epoch % args.log_interval == 0 or self.step_in_epoch == steps
             save_now = bool(args.checkpoint_interval) and self.global_step % args.checkpoint_interval == 0
@@ -461,25 +485,3 @@ class Trainer:
 
     def load(self, path: str, resume_opt: bool) -> None:
         restore_training_state(self, path, resume_opt)
-
-
-@torch.no_grad()
-def validate(net: SNNet, loader, prep: Normalize, cfg_ids: list[int], autocast,
-             max_batches: Optional[int] = None) -> dict[int, dict[str, float]]:
-    """Top-1/top-5/loss of each network in ``cfg_ids``, in that order, from one pass over the
-    (sharded) data that shares the networks' common prefixes (eval.py's sweep), summed over
-    processes."""
-    batches = loader if max_batches is None else itertools.islice(loader, max_batches)
-    sums = sweep_pass(net, batches, cfg_ids, prep, autocast, device=prep.device).all_reduce()
-    by_id = {r["cfg_id"]: metrics_of(r) for r in sums.records()}
-    return {c: by_id[c] for c in cfg_ids}
-
-
-def summarize(per_net: dict[int, dict[str, float]], prefix: str = "") -> OrderedDict:
-    """Mean top-1/top-5/loss over the validated networks, and each network's top-1."""
-    row: OrderedDict = OrderedDict()
-    for m in ("top1", "top5", "loss"):
-        row[prefix + m] = sum(v[m] for v in per_net.values()) / len(per_net)
-    for cfg, v in per_net.items():
-        row[f"{prefix}top1_net{cfg}"] = v["top1"]
-    return row

@@ -5,6 +5,7 @@ size, picks the run folder and the checkpoint to resume, sets up logging, then h
 :class:`snnet.trainer.Trainer` (the loop, the checkpoints and how resuming works). The recipe
 (loss, distillation, optimizer, schedule) is :mod:`snnet.recipe`, the data :mod:`snnet.data`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -101,7 +102,9 @@ def resolve_args(args: Namespace, info: DistInfo) -> Namespace:
         raise ConfigError(f"Mixup/CutMix need an even per-process batch size, got --batch-size {args.batch_size}")
     if args.split_bn:
         if not args.resplit or args.reprob <= 0:
-            raise ConfigError("--split-bn needs --resplit with --reprob > 0 (the erased half gets its own BatchNorm stats)")
+            raise ConfigError(
+                "--split-bn needs --resplit with --reprob > 0 (the erased half gets its own BatchNorm stats)"
+            )
         if args.batch_size % 2:
             raise ConfigError(f"--split-bn needs an even per-process batch size, got --batch-size {args.batch_size}")
     if args.distillation_type != "none" and not args.teacher:
@@ -110,7 +113,9 @@ def resolve_args(args: Namespace, info: DistInfo) -> Namespace:
         try:
             import apex  # noqa: F401
         except ImportError:
-            raise ConfigError("--amp-impl apex needs NVIDIA apex installed; use --amp-impl native (torch.autocast)") from None
+            raise ConfigError(
+                "--amp-impl apex needs NVIDIA apex installed; use --amp-impl native (torch.autocast)"
+            ) from None
     if args.amp and args.amp_dtype == "float16" and info.device.type == "cpu":
         _logger.warning("--amp-dtype float16 on CPU runs without a GradScaler; bfloat16 is the usual CPU choice")
     if args.ls_init_images < 1:
@@ -122,8 +127,10 @@ def resolve_args(args: Namespace, info: DistInfo) -> Namespace:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}")
     if args.workers > max_workers:
         if info.is_primary:
-            _logger.warning(f"--workers {args.workers} x {local_world} processes exceeds the {cores} available cores: "
-                            f"using {max_workers} workers per process")
+            _logger.warning(
+                f"--workers {args.workers} x {local_world} processes exceeds the {cores} available cores: "
+                f"using {max_workers} workers per process"
+            )
         args.workers = max_workers
     if args.lr is None:
         global_batch = args.batch_size * info.world_size

@@ -1,4 +1,5 @@
 """Shared tiny anchor settings: small enough for 2 CPU cores, real timm architectures."""
+
 import warnings
 from typing import Callable, Sequence
 
@@ -57,11 +58,18 @@ def _flag_values(kwargs: dict) -> str:
 # TINY_PAIRS["deit"] as train.py / eval.py flags, on the digits, loading in the main process.
 _DEIT = TINY_PAIRS["deit"]
 TINY_DEIT_ARGS = [
-    "--dataset", "digits", "--img-size", str(_DEIT["img_size"]),
-    "--anchors", *_DEIT["anchors"],
-    "--model-kwargs", *_flag_values(_DEIT["model_kwargs"]).split(),
-    "--anchor-kwargs", *map(_flag_values, _DEIT["anchor_kwargs"]),
-    "--workers", "0",
+    "--dataset",
+    "digits",
+    "--img-size",
+    str(_DEIT["img_size"]),
+    "--anchors",
+    *_DEIT["anchors"],
+    "--model-kwargs",
+    *_flag_values(_DEIT["model_kwargs"]).split(),
+    "--anchor-kwargs",
+    *map(_flag_values, _DEIT["anchor_kwargs"]),
+    "--workers",
+    "0",
 ]
 
 

@@ -8,6 +8,7 @@
 TORCHELASTIC_RESTART_COUNT 0) when about to train global step N, after the forward: a worker
 dying in the middle of an epoch.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Anchor adapters reproduce timm's own forward exactly, and every stitch runs."""
+
 import pytest
 import timm
 import torch
@@ -16,7 +17,9 @@ def test_split_points_compose_to_timm_forward(family):
         kwargs = {**cfg.get("model_kwargs", {}), **(cfg.get("anchor_kwargs") or [{}] * 2)[i]}
         anchor = create_anchor(name, num_classes=7, img_size=cfg["img_size"], model_kwargs=kwargs)
         # The reference is an independently created timm model with the same weights.
-        reference = timm.create_model(name, num_classes=7, **({"img_size": cfg["img_size"]} if anchor.takes_img_size else {}), **kwargs)
+        reference = timm.create_model(
+            name, num_classes=7, **({"img_size": cfg["img_size"]} if anchor.takes_img_size else {}), **kwargs
+        )
         reference.load_state_dict(anchor.model.state_dict())
         anchor.model.eval(), reference.eval()
         x = torch.randn(2, 3, cfg["img_size"], cfg["img_size"])
@@ -54,11 +57,18 @@ def test_unknown_model_names_the_problem():
 def test_incompatible_anchors_explain_why():
     kw = dict(img_size=32, model_kwargs=dict(depth=2, embed_dim=32, num_heads=2))
     with pytest.raises(IncompatibleAnchorsError, match=r"spatial sizes differ \(tokens 65 vs 17\)"):
-        create_snnet(["deit_tiny_patch16_224", "deit_small_patch16_224"], anchor_kwargs=[dict(patch_size=4), dict(patch_size=8)], **kw)
+        create_snnet(
+            ["deit_tiny_patch16_224", "deit_small_patch16_224"],
+            anchor_kwargs=[dict(patch_size=4), dict(patch_size=8)],
+            **kw,
+        )
     with pytest.raises(IncompatibleAnchorsError, match="different numbers of stages"):
         create_snnet(["resnet18", "levit_128s"], img_size=64)
     with pytest.raises(IncompatibleAnchorsError, match="different input sizes"):
-        create_snnet(["deit_tiny_patch16_224", "deit_small_patch16_224"], anchor_kwargs=[dict(img_size=32), dict(img_size=64)],
-                     model_kwargs=dict(patch_size=8, depth=2, embed_dim=32, num_heads=2))
+        create_snnet(
+            ["deit_tiny_patch16_224", "deit_small_patch16_224"],
+            anchor_kwargs=[dict(img_size=32), dict(img_size=64)],
+            model_kwargs=dict(patch_size=8, depth=2, embed_dim=32, num_heads=2),
+        )
     with pytest.raises(IncompatibleAnchorsError, match="tokens features cannot feed nchw"):
         create_snnet(["levit_128s", "levit_conv_128s"], img_size=64)

@@ -1,4 +1,5 @@
 """Checkpoints: atomic saves survive SIGKILL, unsafe pickles never run, mismatches are explained."""
+
 import argparse
 import collections
 import os
@@ -23,7 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_round_trip(tmp_path):
     state = {
-        "epoch": 3, "metric": 0.5, "done": False, "none": None, "name": "x",
+        "epoch": 3,
+        "metric": 0.5,
+        "done": False,
+        "none": None,
+        "name": "x",
         "args": {"lr": 0.1, "anchors": ["a", "b"], "scale": (0.08, 1.0)},
         "state_dict": collections.OrderedDict(w=torch.arange(4.0), p=torch.nn.Parameter(torch.ones(2))),
         "optimizer": {"state": {0: {"step": torch.tensor(5.0)}}, "param_groups": [{"params": [0], "lr": 0.1}]},
@@ -32,7 +37,9 @@ def test_round_trip(tmp_path):
     path = tmp_path / "c.pth.tar"
     save_checkpoint(state, path)
     back = load_checkpoint_file(path)
-    assert back["args"] == state["args"] and back["meta"] == state["meta"] and back["optimizer"]["state"][0]["step"] == 5
+    assert (
+        back["args"] == state["args"] and back["meta"] == state["meta"] and back["optimizer"]["state"][0]["step"] == 5
+    )
     assert (back["epoch"], back["metric"], back["done"], back["none"], back["name"]) == (3, 0.5, False, None, "x")
     assert torch.equal(back["state_dict"]["w"], torch.arange(4.0)) and list(back["state_dict"]) == ["w", "p"]
     assert os.listdir(tmp_path) == ["c.pth.tar"]  # no temporary file left behind
@@ -41,13 +48,19 @@ def test_round_trip(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as plain torch.save would create it
 
 
-@pytest.mark.parametrize("state,where", [
-    ({"args": argparse.Namespace(lr=1)}, r"state\['args'\] is a argparse.Namespace"),
-    ({"opt": {"groups": [{"x": collections.defaultdict(int)}]}}, r"state\['opt'\]\['groups'\]\[0\]\['x'\] is a collections.defaultdict"),
-    ({"metric": np.float64(0.5)}, r"state\['metric'\] is a numpy.float64"),
-    ({"pair": collections.namedtuple("Pair", "a b")(1, 2)}, r"state\['pair'\] is a .*Pair"),
-    ({object(): 1}, r"a key of state is a builtins.object"),
-])
+@pytest.mark.parametrize(
+    "state,where",
+    [
+        ({"args": argparse.Namespace(lr=1)}, r"state\['args'\] is a argparse.Namespace"),
+        (
+            {"opt": {"groups": [{"x": collections.defaultdict(int)}]}},
+            r"state\['opt'\]\['groups'\]\[0\]\['x'\] is a collections.defaultdict",
+        ),
+        ({"metric": np.float64(0.5)}, r"state\['metric'\] is a numpy.float64"),
+        ({"pair": collections.namedtuple("Pair", "a b")(1, 2)}, r"state\['pair'\] is a .*Pair"),
+        ({object(): 1}, r"a key of state is a builtins.object"),
+    ],
+)
 def test_refuses_non_plain_state(tmp_path, state, where):
     path = tmp_path / "c.pth.tar"
     save_checkpoint({"epoch": 1}, path)
@@ -115,8 +128,13 @@ def test_missing_truncated_and_random_files(tmp_path):
     good = tmp_path / "good.pth.tar"
     torch.save({"state_dict": {"w": torch.randn(1000)}}, good)
     data = good.read_bytes()
-    bad = {"trunc": data[: len(data) // 2], "random": np.random.RandomState(0).bytes(4096), "empty": b"",
-           "text": b"epoch: 3\n", "trunc_legacy": None}
+    bad = {
+        "trunc": data[: len(data) // 2],
+        "random": np.random.RandomState(0).bytes(4096),
+        "empty": b"",
+        "text": b"epoch: 3\n",
+        "trunc_legacy": None,
+    }
     legacy = tmp_path / "legacy.pth.tar"
     torch.save({"w": torch.randn(1000)}, legacy, _use_new_zipfile_serialization=False)
     bad["trunc_legacy"] = legacy.read_bytes()[:-500]
@@ -124,8 +142,9 @@ def test_missing_truncated_and_random_files(tmp_path):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(CheckpointError) as e:
             load_checkpoint_file(tmp_path / name)
-        assert str(e.value).startswith(f"'{tmp_path / name}' is not a valid checkpoint (truncated or not written "
-                                       f"by torch.save): "), name
+        assert str(e.value).startswith(
+            f"'{tmp_path / name}' is not a valid checkpoint (truncated or not written by torch.save): "
+        ), name
         assert "\n" not in str(e.value) and len(str(e.value)) < 300, name
 
 
@@ -145,8 +164,11 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     torch.save({"x": payload}, legacy, _use_new_zipfile_serialization=False)
     raw.write_bytes(pickle.dumps({"x": payload}, protocol=2))
     for path in (zipped, legacy, raw):
-        with pytest.raises(CheckpointError, match=rf"^'{path}' holds pickled Python objects \(.*open\), which snnet "
-                                                  r"refuses to load because unpickling can run arbitrary code"):
+        with pytest.raises(
+            CheckpointError,
+            match=rf"^'{path}' holds pickled Python objects \(.*open\), which snnet "
+            r"refuses to load because unpickling can run arbitrary code",
+        ):
             load_checkpoint_file(path)
     assert not marker.exists()
     pickle.loads(raw.read_bytes())  # the payload is real: plain unpickling does run it
@@ -187,8 +209,9 @@ def test_extract_state_dict_variants():
 
 
 def tiny_deit(num_classes):
-    return timm.create_model("deit_tiny_patch16_224", num_classes=num_classes, img_size=32, patch_size=8, depth=1,
-                             embed_dim=16, num_heads=2)
+    return timm.create_model(
+        "deit_tiny_patch16_224", num_classes=num_classes, img_size=32, patch_size=8, depth=1, embed_dim=16, num_heads=2
+    )
 
 
 def test_load_model_weights(tmp_path):
@@ -200,18 +223,25 @@ def test_load_model_weights(tmp_path):
     assert load_model_weights(other, path) == ([], [])
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
 
-    with pytest.raises(CheckpointError, match=rf"^checkpoint '{path}' does not match the model: 2 shape mismatches "
-                                              r"\(head.weight: checkpoint \[10, 16\] vs model \[5, 16\]\); was it "
-                                              r"saved for other anchors, .*another --num-classes\?$"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^checkpoint '{path}' does not match the model: 2 shape mismatches "
+        r"\(head.weight: checkpoint \[10, 16\] vs model \[5, 16\]\); was it "
+        r"saved for other anchors, .*another --num-classes\?$",
+    ):
         load_model_weights(tiny_deit(5), path)
     with pytest.raises(CheckpointError, match=r"2 shape mismatches"):
         load_model_weights(tiny_deit(5), path, strict=False)  # strict=False forgives keys, not shapes
 
     headless = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     save_checkpoint({"model": {**headless, "extra.bias": torch.zeros(1)}}, tmp_path / "b.pth")
-    with pytest.raises(CheckpointError, match=r"2 missing keys \(e.g. head.weight\), 1 unexpected keys \(e.g. extra.bias\)"):
+    with pytest.raises(
+        CheckpointError, match=r"2 missing keys \(e.g. head.weight\), 1 unexpected keys \(e.g. extra.bias\)"
+    ):
         load_model_weights(tiny_deit(10), tmp_path / "b.pth")
     assert load_model_weights(tiny_deit(10), tmp_path / "b.pth", strict=False) == (
-        ["head.weight", "head.bias"], ["extra.bias"])
+        ["head.weight", "head.bias"],
+        ["extra.bias"],
+    )
     with pytest.raises(CheckpointError, match=rf"^checkpoint '{tmp_path / 'b.pth'}': the checkpoint has no EMA"):
         load_model_weights(tiny_deit(10), tmp_path / "b.pth", use_ema=True)

@@ -1,5 +1,6 @@
 """--torchcompile on CPU (backend aot_eager: compiled graphs, no C++ build): training and evaluation
 give eager's losses and metrics, and switching networks after warm-up never recompiles."""
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,24 @@ def compiled_graphs() -> int:
 
 @pytest.mark.slow
 def test_training_and_evaluation_match_eager(tmp_path):
-    common = TINY + PLAIN + ["--seed", "3", "-b", "16", "--epochs", "1", "--max-steps-per-epoch", "4",
-                             "--log-interval", "2", "--output", tmp_path]
+    common = (
+        TINY
+        + PLAIN
+        + [
+            "--seed",
+            "3",
+            "-b",
+            "16",
+            "--epochs",
+            "1",
+            "--max-steps-per-epoch",
+            "4",
+            "--log-interval",
+            "2",
+            "--output",
+            tmp_path,
+        ]
+    )
     assert run_entry(train_main, common + ["--experiment", "eager"]) == 0
     before = compiled_graphs()
     assert run_entry(train_main, common + ["--experiment", "compiled", "--torchcompile", BACKEND]) == 0
@@ -40,8 +57,27 @@ def test_training_and_evaluation_match_eager(tmp_path):
     for kind, extra in (("eager", []), ("compiled", ["--torchcompile", BACKEND])):
         out = tmp_path / f"eval-{kind}"
         before = compiled_graphs()
-        assert run_entry(eval_main, ["--resume", ckpt, "--dataset", "digits", "--workers", "0", "-b", "100",
-                                     "--output", out, "--log-interval", "0", *extra]) == 0
+        assert (
+            run_entry(
+                eval_main,
+                [
+                    "--resume",
+                    ckpt,
+                    "--dataset",
+                    "digits",
+                    "--workers",
+                    "0",
+                    "-b",
+                    "100",
+                    "--output",
+                    out,
+                    "--log-interval",
+                    "0",
+                    *extra,
+                ],
+            )
+            == 0
+        )
         assert (compiled_graphs() > before) == bool(extra)
         with open(out / "stitches.csv") as f:
             tables[kind] = list(csv.DictReader(f))

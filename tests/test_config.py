@@ -1,4 +1,5 @@
 """YAML defaults + argparse: overrides, typos, malformed files, k=v parsing, args.yaml round trip."""
+
 import argparse
 import os
 
@@ -31,7 +32,13 @@ def parse(tmp_path, text, *argv, **kwargs):
 def test_yaml_sets_defaults_and_cli_overrides(tmp_path):
     text = "lr: 0.5\nmodel-kwargs: {depth: 4}\nanchors: [a, b]\nsched: step\npretrained: true\n"
     args = parse(tmp_path, text)
-    assert (args.lr, args.model_kwargs, args.anchors, args.sched, args.pretrained) == (0.5, {"depth": 4}, ["a", "b"], "step", True)
+    assert (args.lr, args.model_kwargs, args.anchors, args.sched, args.pretrained) == (
+        0.5,
+        {"depth": 4},
+        ["a", "b"],
+        "step",
+        True,
+    )
     assert args.epochs == 3 and args.config == str(tmp_path / "c.yaml")
     args = parse(tmp_path, text, "--lr", "0.01", "--anchors", "c", "--sched", "cosine")
     assert (args.lr, args.anchors, args.sched, args.model_kwargs) == (0.01, ["c"], "cosine", {"depth": 4})
@@ -53,13 +60,16 @@ def test_unknown_key_suggests_the_close_one(tmp_path):
     assert parse(tmp_path, "lrr: 0.5\n", extra_known_keys=["lrr"]).lr == 0.1  # accepted, ignored
 
 
-@pytest.mark.parametrize("text,match", [
-    ("sched: cosin\n", r"config .*: sched is 'cosin' \(did you mean 'cosine'\?\): use one of cosine, step"),
-    ("epochs: 1.5\n", r"config .*: epochs is 1.5: use a number of type int"),
-    ("lr: fast\n", r"config .*: lr is 'fast', which float refuses"),
-    ("lr: true\n", r"lr is True: use a number of type float"),
-    ("pretrained: 1\n", r"pretrained is 1: use true or false"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("sched: cosin\n", r"config .*: sched is 'cosin' \(did you mean 'cosine'\?\): use one of cosine, step"),
+        ("epochs: 1.5\n", r"config .*: epochs is 1.5: use a number of type int"),
+        ("lr: fast\n", r"config .*: lr is 'fast', which float refuses"),
+        ("lr: true\n", r"lr is True: use a number of type float"),
+        ("pretrained: 1\n", r"pretrained is 1: use true or false"),
+    ],
+)
 def test_values_are_checked_like_the_command_line(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):
         parse(tmp_path, text)
@@ -71,12 +81,15 @@ def test_values_are_typed_like_the_command_line(tmp_path):
     assert type(args.lr) is float
 
 
-@pytest.mark.parametrize("text,match", [
-    ("lr: 0.1\nanchors: [a,\n", r"c.yaml is not valid YAML at line 3, column 1: expected the node content"),
-    ("lr: 1\n  epochs: 2\n", r"c.yaml is not valid YAML at line 2"),
-    ("lr: 1\nlr: 2\n", r"c.yaml is not valid YAML at line 2, column 1: key 'lr' is given twice"),
-    ("- 1\n- 2\n", r"c.yaml must be a mapping of argument names to values .*got a list"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("lr: 0.1\nanchors: [a,\n", r"c.yaml is not valid YAML at line 3, column 1: expected the node content"),
+        ("lr: 1\n  epochs: 2\n", r"c.yaml is not valid YAML at line 2"),
+        ("lr: 1\nlr: 2\n", r"c.yaml is not valid YAML at line 2, column 1: key 'lr' is given twice"),
+        ("- 1\n- 2\n", r"c.yaml must be a mapping of argument names to values .*got a list"),
+    ],
+)
 def test_malformed_yaml(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match) as e:
         parse(tmp_path, text)
@@ -90,10 +103,18 @@ def test_missing_and_empty_config_file(tmp_path):
 
 
 def test_parse_kwargs_types():
-    assert parse_kwargs(["depth=4", "qkv_bias=false", "name=abc", "ratio=0.5", "depths=[2,2]", "act=a:b:c",
-                         "embed_dim=64", "norm="]) == {
-        "depth": 4, "qkv_bias": False, "name": "abc", "ratio": 0.5, "depths": [2, 2], "act": "a:b:c",
-        "embed_dim": 64, "norm": None}
+    assert parse_kwargs(
+        ["depth=4", "qkv_bias=false", "name=abc", "ratio=0.5", "depths=[2,2]", "act=a:b:c", "embed_dim=64", "norm="]
+    ) == {
+        "depth": 4,
+        "qkv_bias": False,
+        "name": "abc",
+        "ratio": 0.5,
+        "depths": [2, 2],
+        "act": "a:b:c",
+        "embed_dim": 64,
+        "norm": None,
+    }
     assert parse_kwargs({"depth": 4}) == {"depth": 4}  # a mapping from YAML passes through
     assert parse_kwargs(None) == {} and parse_kwargs([]) == {}
     for bad in (["depth"], ["=4"]):
@@ -102,8 +123,20 @@ def test_parse_kwargs_types():
 
 
 def test_saved_args_round_trip(tmp_path):
-    argv = ["--lr", "0.3", "--model-kwargs", "depth=2", "qkv_bias=false", "--anchors", "x", "y",
-            "--pretrained", "--scale", "0.5", "1"]
+    argv = [
+        "--lr",
+        "0.3",
+        "--model-kwargs",
+        "depth=2",
+        "qkv_bias=false",
+        "--anchors",
+        "x",
+        "y",
+        "--pretrained",
+        "--scale",
+        "0.5",
+        "1",
+    ]
     args, text = parse_args_with_config(make_parser(), argv)
     save_args_yaml(text, tmp_path / "args.yaml")
     assert os.listdir(tmp_path) == ["args.yaml"]  # written atomically: no temporary file left

@@ -1,4 +1,5 @@
 """Datasets and loaders: the digits split is real, fixed and disjoint; ImageFolder errors are clear."""
+
 import numpy as np
 import pytest
 import torch
@@ -64,7 +65,9 @@ def test_image_folder(tmp_path):
 
 
 def test_missing_empty_and_flat_folders(tmp_path):
-    with pytest.raises(DataError, match=rf"data dir '{tmp_path}/val' does not exist: pass --data-dir .* --dataset digits$"):
+    with pytest.raises(
+        DataError, match=rf"data dir '{tmp_path}/val' does not exist: pass --data-dir .* --dataset digits$"
+    ):
         create_dataset("", tmp_path, "validation")
     (tmp_path / "train" / "cat").mkdir(parents=True)
     (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
@@ -89,8 +92,9 @@ def test_loaders_give_normalised_cpu_batches(tmp_path):
     assert len(loader) == len(train) // 16  # training drops the last partial batch
     assert "HorizontalFlip" not in repr(train.transform)  # a mirrored digit is not a digit
 
-    again = create_loader_for(load_digits_split("train"), img_size=32, batch_size=16, is_training=True,
-                              workers=0, seed=3)
+    again = create_loader_for(
+        load_digits_split("train"), img_size=32, batch_size=16, is_training=True, workers=0, seed=3
+    )
     assert torch.equal(next(iter(again))[1], y)  # the seed fixes the shuffling
 
     val = create_loader_for(load_digits_split("val"), img_size=24, batch_size=100, is_training=False, workers=0)
@@ -116,8 +120,11 @@ def test_sample_images_is_deterministic_and_unaugmented():
     first = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[0].item()
     expected = create_transform(32, is_training=False, crop_pct=1.0)(train[first][0])
     assert torch.equal(a[0], expected)
-    with pytest.raises(DataError, match=r"^--ls-init-images 1438 is larger than the training set \(1437 images\): "
-                                        r"use at most 1437$"):
+    with pytest.raises(
+        DataError,
+        match=r"^--ls-init-images 1438 is larger than the training set \(1437 images\): "
+        r"use at most 1437$",
+    ):
         sample_images(train, 1438, img_size=32)
     with pytest.raises(DataError, match="use at least 1"):
         sample_images(train, 0, img_size=32)
@@ -129,10 +136,12 @@ def test_distributed_loaders_use_timms_samplers(tmp_path):
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        train = create_loader_for(load_digits_split("train"), img_size=16, batch_size=8, is_training=True,
-                                  distributed=True, workers=0, seed=5)
-        val = create_loader_for(load_digits_split("val"), img_size=16, batch_size=8, is_training=False,
-                                distributed=True, workers=0)
+        train = create_loader_for(
+            load_digits_split("train"), img_size=16, batch_size=8, is_training=True, distributed=True, workers=0, seed=5
+        )
+        val = create_loader_for(
+            load_digits_split("val"), img_size=16, batch_size=8, is_training=False, distributed=True, workers=0
+        )
     finally:
         dist.destroy_process_group()
     assert type(train.sampler) is torch.utils.data.DistributedSampler and train.sampler.seed == 5

@@ -1,4 +1,5 @@
 """The demo end to end (shortened) through the real entry points, and the README's commands."""
+
 import csv
 import os
 import re
@@ -15,9 +16,14 @@ README = (ROOT / "README.md").read_text()
 
 @pytest.mark.slow
 def test_shortened_demo_runs_end_to_end(tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable, DEMO_OUTPUT=str(tmp_path / "out"), DEMO_RESULTS=str(tmp_path / "res"),
-               DEMO_ARGS="--epochs 1 --max-steps-per-epoch 3 --ls-init-images 20",
-               OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        DEMO_OUTPUT=str(tmp_path / "out"),
+        DEMO_RESULTS=str(tmp_path / "res"),
+        DEMO_ARGS="--epochs 1 --max-steps-per-epoch 3 --ls-init-images 20",
+        OMP_NUM_THREADS="1",
+    )
     proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = tmp_path / "res"
@@ -56,16 +62,24 @@ def test_readme_configs_exist_and_flags_are_real():
         else:
             continue
         for w in words:
-            if w.startswith("--") and "=" not in w and not w.startswith(("--nproc", "--nnodes", "--node_rank", "--rdzv", "--max-restarts")):
+            if (
+                w.startswith("--")
+                and "=" not in w
+                and not w.startswith(("--nproc", "--nnodes", "--node_rank", "--rdzv", "--max-restarts"))
+            ):
                 assert w in flags, f"{w} in README command: {command}"
 
 
 def test_readme_demo_table_is_the_committed_frontier():
     """The README's frontier table is copied by hand from results/demo/pareto.csv: keep them in step."""
     section = README.split("## The demo on digits", 1)[1]
-    table = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
-             if re.match(r"\|\s*\d+\s*\|", line)]
+    table = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in section.splitlines()
+        if re.match(r"\|\s*\d+\s*\|", line)
+    ]
     frontier = list(csv.DictReader((ROOT / "results" / "demo" / "pareto.csv").open()))
     assert [(int(r[0]), r[1].split(" (")[0], r[3].replace(",", ""), float(r[4])) for r in table] == [
-        (int(r["cfg_id"]), r["name"], r["params"], round(float(r["top1"]), 2)) for r in frontier]
+        (int(r["cfg_id"]), r["name"], r["params"], round(float(r["top1"]), 2)) for r in frontier
+    ]
     assert (ROOT / "results" / "demo" / "pareto.png").stat().st_size > 0

@@ -1,5 +1,6 @@
 """./distributed_train.sh on 2 CPU processes (gloo): the same training as 1 process, the documented
 network sampling on every rank, and automatic resume after a worker is killed mid-epoch."""
+
 from __future__ import annotations
 
 import os
@@ -14,14 +15,35 @@ from snnet.sampling import sampler_seed
 
 SEED = 7
 STEPS = 8  # per epoch
-COMMON = TINY + PLAIN + ["--seed", SEED, "--lr", "1e-3", "--epochs", "2", "--max-steps-per-epoch", STEPS,
-                         "--ls-init", "--log-interval", "4"]
+COMMON = (
+    TINY
+    + PLAIN
+    + [
+        "--seed",
+        SEED,
+        "--lr",
+        "1e-3",
+        "--epochs",
+        "2",
+        "--max-steps-per-epoch",
+        STEPS,
+        "--ls-init",
+        "--log-interval",
+        "4",
+    ]
+)
 
 
 def torchrun(nproc: int, args: list, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHON": PYTHON, "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run([str(REPO / "distributed_train.sh"), str(nproc)] + [str(a) for a in args],
-                          capture_output=True, text=True, cwd=REPO, env=full_env, timeout=timeout)
+    proc = subprocess.run(
+        [str(REPO / "distributed_train.sh"), str(nproc)] + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=full_env,
+        timeout=timeout,
+    )
     return proc
 
 
@@ -77,8 +99,9 @@ def test_every_rank_trains_the_network_the_sampling_rule_says(runs, tmp_path):
     assert len(set(expected)) > 3  # the rule really varies the network
 
     # --sample-per-rank: each rank its own stream (seed + 1000 * (rank + 1)); DDP sums over the union.
-    proc = torchrun(2, COMMON + ["-b", "16", "--epochs", "1", "--sample-per-rank", "--output", tmp_path,
-                                 "--experiment", "per-rank"])
+    proc = torchrun(
+        2, COMMON + ["-b", "16", "--epochs", "1", "--sample-per-rank", "--output", tmp_path, "--experiment", "per-rank"]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = by_step(read_steps(tmp_path / "per-rank"))
     got = [[records[s][rank]["cfg_id"] for s in sorted(records)] for rank in (0, 1)]
@@ -89,8 +112,9 @@ def test_every_rank_trains_the_network_the_sampling_rule_says(runs, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_find_unused_parameters_gives_the_same_training(runs, tmp_path):
-    proc = torchrun(2, COMMON + ["-b", "16", "--stop-epoch", "1", "--grad-sync", "ddp", "--output", tmp_path,
-                                 "--experiment", "ddp"])
+    proc = torchrun(
+        2, COMMON + ["-b", "16", "--stop-epoch", "1", "--grad-sync", "ddp", "--output", tmp_path, "--experiment", "ddp"]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp, ours = by_step(read_steps(tmp_path / "ddp")), by_step(read_steps(runs / "two"))
     assert sorted(ddp) == list(range(1, STEPS + 1))
@@ -104,12 +128,33 @@ def test_ddp_find_unused_parameters_gives_the_same_training(runs, tmp_path):
 def test_worker_killed_mid_epoch_is_restarted_and_resumes_exactly(tmp_path):
     """torchrun --max-restarts 1 restarts both workers after rank 1 dies at global step 11 (epoch 1,
     step 3); they resume from the step-10 last.pth.tar and end with the uninterrupted run's weights."""
-    args = TINY + ["--seed", SEED, "--lr", "1e-3", "--epochs", "2", "--max-steps-per-epoch", STEPS, "-b", "16",
-                   "--reprob", "0.25", "--drop-path", "0.1", "--checkpoint-interval", "5", "--output", tmp_path]
+    args = TINY + [
+        "--seed",
+        SEED,
+        "--lr",
+        "1e-3",
+        "--epochs",
+        "2",
+        "--max-steps-per-epoch",
+        STEPS,
+        "-b",
+        "16",
+        "--reprob",
+        "0.25",
+        "--drop-path",
+        "0.1",
+        "--checkpoint-interval",
+        "5",
+        "--output",
+        tmp_path,
+    ]
     proc = torchrun(2, args + ["--experiment", "clean"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = torchrun(2, args + ["--experiment", "killed", "--kill-at-step", "11"],
-                    env={"TRAIN_SCRIPT": str(REPO / "tests" / "hooked_train.py"), "TORCHRUN_ARGS": "--max-restarts 1"})
+    proc = torchrun(
+        2,
+        args + ["--experiment", "killed", "--kill-at-step", "11"],
+        env={"TRAIN_SCRIPT": str(REPO / "tests" / "hooked_train.py"), "TORCHRUN_ARGS": "--max-restarts 1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "continuing at epoch 1 after step 2 (global step 10)" in log, log[-3000:]
@@ -147,7 +192,7 @@ def test_launcher_uses_the_repos_venv_python_unless_python_is_set(tmp_path):
     venv_bin.mkdir(parents=True)
     for name, where in (("python", venv_bin), ("other-python", tmp_path)):
         fake = where / name
-        fake.write_text(f"#!/bin/sh\necho {name} \"$@\"\n")
+        fake.write_text(f'#!/bin/sh\necho {name} "$@"\n')
         fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
     used = subprocess.run([str(script), "2", "--epochs", "1"], capture_output=True, text=True, env=env, check=True)

@@ -1,4 +1,5 @@
 """Export of one network: exactly its parameters, the SN-Net's outputs, loadable with plain torch."""
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,6 @@ LOADER = textwrap.dedent("""
 """)
 
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -67,8 +67,10 @@ def test_standalone_modules_hold_exactly_each_networks_parameters():
     assert isinstance(module.front.head, torch.nn.Identity) and isinstance(module.back.patch_embed, torch.nn.Identity)
 
 
-@pytest.mark.parametrize("family,suffix", [("deit", ".pt"), ("deit", ".pt2"), ("resnet", ".pt"),
-                                           ("resnet_swin", ".pt"), ("resnet_swin", ".pt2")])
+@pytest.mark.parametrize(
+    "family,suffix",
+    [("deit", ".pt"), ("deit", ".pt2"), ("resnet", ".pt"), ("resnet_swin", ".pt"), ("resnet_swin", ".pt2")],
+)
 @pytest.mark.slow
 def test_exported_file_loads_with_plain_torch_and_matches(family, suffix, tmp_path):
     net = tiny_net(family)
@@ -79,9 +81,14 @@ def test_exported_file_loads_with_plain_torch_and_matches(family, suffix, tmp_pa
 
     x = torch.randn(3, 3, *net.input_size[1:])  # not the traced batch size
     torch.save(x, tmp_path / "x.pt")
-    proc = subprocess.run([sys.executable, "-I", "-c", LOADER, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", LOADER, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(tmp_path / "y.pt")
     assert got["foreign"] == []

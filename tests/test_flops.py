@@ -1,4 +1,5 @@
 """FLOPs and params per network against whole-network counts, autograd and the paper's table."""
+
 import json
 from pathlib import Path
 
@@ -11,7 +12,10 @@ from fvcore.nn import FlopCountAnalysis
 from snnet import create_snnet
 from snnet.flops import count_flops, flops_table, network_flops
 
-PUBLISHED = [json.loads(line) for line in (Path(__file__).parent / "data" / "snnet_deit_published.jsonl").read_text().splitlines()]
+PUBLISHED = [
+    json.loads(line)
+    for line in (Path(__file__).parent / "data" / "snnet_deit_published.jsonl").read_text().splitlines()
+]
 
 
 def test_deit_tiny_counts_fused_attention_like_the_paper():

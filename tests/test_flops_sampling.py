@@ -1,5 +1,6 @@
 """SN-Netv2's FLOPs-balanced sampling: the official grouping on a hand-computed case, the
 documented draw rule, exact resume of the sampler, and the same draws on two torchrun ranks."""
+
 from __future__ import annotations
 
 import pytest
@@ -44,8 +45,11 @@ def documented_draws(groups, weights, seed, n):
 @pytest.mark.parametrize("k", [None, 2.0])
 def test_draws_follow_the_documented_rule_and_resume_exactly(k):
     sampler = FlopsGroupSampler(FLOPS, 1.0, seed=5, k=k)
-    weights = torch.ones(4, dtype=torch.float64) if k is None else torch.tensor([.0625, .1875, .3125, .4375],
-                                                                                dtype=torch.float64)
+    weights = (
+        torch.ones(4, dtype=torch.float64)
+        if k is None
+        else torch.tensor([0.0625, 0.1875, 0.3125, 0.4375], dtype=torch.float64)
+    )
     expected = documented_draws([[0, 6], [1, 2, 4], [3], [5]], weights, 5, 40)
     first = [sampler.draw() for _ in range(15)]
     state = sampler.state_dict()
@@ -90,10 +94,33 @@ def test_two_ranks_draw_the_same_groups_and_networks(tmp_path):
     from snnet.flops import flops_table
 
     steps = 6
-    proc = torchrun(2, TWO_WAY_ARGS + PLAIN + ["--seed", "11", "--epochs", "1", "--max-steps-per-epoch", steps,
-                                               "-b", "8", "--lr", "1e-3", "--sample-by", "flops-groups",
-                                               "--flops-gap", "0.0001", "--flops-sampling-k", "2",
-                                               "--output", tmp_path, "--experiment", "two"])
+    proc = torchrun(
+        2,
+        TWO_WAY_ARGS
+        + PLAIN
+        + [
+            "--seed",
+            "11",
+            "--epochs",
+            "1",
+            "--max-steps-per-epoch",
+            steps,
+            "-b",
+            "8",
+            "--lr",
+            "1e-3",
+            "--sample-by",
+            "flops-groups",
+            "--flops-gap",
+            "0.0001",
+            "--flops-sampling-k",
+            "2",
+            "--output",
+            tmp_path,
+            "--experiment",
+            "two",
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = by_step(read_steps(tmp_path / "two"))
     assert sorted(records) == list(range(1, steps + 1))

@@ -1,5 +1,6 @@
 """Gradient averaging overlapped with backward (snnet.distributed.GradAllReduce) on 2 gloo processes:
 bit-equal weights to the all-reduce after backward, and the buckets really launched during backward."""
+
 from __future__ import annotations
 
 import socket
@@ -25,8 +26,9 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
     nets = [create_snnet(**TINY_PAIRS["deit"], num_classes=10) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
     # a small bucket cap: several buckets per network, so launch order and plans are exercised
-    syncs = [GradAllReduce(n.parameters(), world, overlap=overlap, bucket_mb=0.02)
-             for n, overlap in zip(nets, (False, True))]
+    syncs = [
+        GradAllReduce(n.parameters(), world, overlap=overlap, bucket_mb=0.02) for n, overlap in zip(nets, (False, True))
+    ]
     opts = [torch.optim.AdamW(n.parameters(), lr=1e-3) for n in nets]
     sampler = NetworkSampler(nets[0].num_stitches, seed=3)
     g = torch.Generator().manual_seed(rank)  # each rank its own data

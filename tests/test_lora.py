@@ -1,6 +1,7 @@
 """SN-Netv2's LoRA stitching layers: merged == unmerged, only the low-rank factors and the bias
 learn, LS init sets the frozen base, and a two-way LoRA run with FLOPs-group sampling resumes
 exactly and exports a three-segment network through eval.py."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,12 +15,32 @@ from snnet.layers import LoRAStitchingLayer, StitchingLayer, create_stitching_la
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TWO_WAY_ARGS = [
-    "--dataset", "digits", "--img-size", "32", "--workers", "0",
-    "--anchors", *TINY_TWO_WAY["anchors"],
-    "--model-kwargs", "patch_size=8", "init_values=0.5",
-    "--anchor-kwargs", "embed_dim=32 num_heads=2 depth=4", "embed_dim=48 num_heads=2 depth=8",
-    "--stitching", "two-way", "--stitch-layer", "lora", "--lora-rank", "4",
-    "--log-interval", "5", "--max-val-batches", "2", "--warmup-epochs", "0",
+    "--dataset",
+    "digits",
+    "--img-size",
+    "32",
+    "--workers",
+    "0",
+    "--anchors",
+    *TINY_TWO_WAY["anchors"],
+    "--model-kwargs",
+    "patch_size=8",
+    "init_values=0.5",
+    "--anchor-kwargs",
+    "embed_dim=32 num_heads=2 depth=4",
+    "embed_dim=48 num_heads=2 depth=8",
+    "--stitching",
+    "two-way",
+    "--stitch-layer",
+    "lora",
+    "--lora-rank",
+    "4",
+    "--log-interval",
+    "5",
+    "--max-val-batches",
+    "2",
+    "--warmup-epochs",
+    "0",
 ]
 
 
@@ -119,9 +140,33 @@ def test_two_way_lora_run_resumes_exactly_and_exports_three_segments(tmp_path):
     from snnet.evaluation import main as eval_main
     from snnet.training import main as train_main
 
-    recipe = TWO_WAY_ARGS + PLAIN + ["--seed", "3", "--epochs", "2", "--max-steps-per-epoch", "4", "-b", "8",
-                                     "--lr", "1e-3", "--ls-init", "--ls-init-images", "8", "--drop-path", "0.1",
-                                     "--sample-by", "flops-groups", "--flops-gap", "0.0001", "--output", tmp_path]
+    recipe = (
+        TWO_WAY_ARGS
+        + PLAIN
+        + [
+            "--seed",
+            "3",
+            "--epochs",
+            "2",
+            "--max-steps-per-epoch",
+            "4",
+            "-b",
+            "8",
+            "--lr",
+            "1e-3",
+            "--ls-init",
+            "--ls-init-images",
+            "8",
+            "--drop-path",
+            "0.1",
+            "--sample-by",
+            "flops-groups",
+            "--flops-gap",
+            "0.0001",
+            "--output",
+            tmp_path,
+        ]
+    )
     assert run_entry(train_main, recipe + ["--experiment", "full"]) == 0
     assert run_entry(train_main, recipe + ["--experiment", "split", "--stop-epoch", "1"]) == 0
     assert run_entry(train_main, recipe + ["--experiment", "split"]) == 0
@@ -136,8 +181,22 @@ def test_two_way_lora_run_resumes_exactly_and_exports_three_segments(tmp_path):
     net = create_snnet(num_classes=10, stitch_layer="lora", lora_rank=4, **TINY_TWO_WAY)
     cfg_id = next(s.cfg_id for s in net.stitches if len(s.route.segments) == 3)
     out = tmp_path / "net.pt"
-    assert run_entry(eval_main, ["--resume", tmp_path / "full" / "last.pth.tar", "--export", cfg_id,
-                                 "--export-path", out, "--output", tmp_path / "eval"]) == 0
+    assert (
+        run_entry(
+            eval_main,
+            [
+                "--resume",
+                tmp_path / "full" / "last.pth.tar",
+                "--export",
+                cfg_id,
+                "--export-path",
+                out,
+                "--output",
+                tmp_path / "eval",
+            ],
+        )
+        == 0
+    )
     net.load_state_dict(full["state_dict"])
     exported = torch.jit.load(str(out))
     x = torch.randn(3, 3, 32, 32)

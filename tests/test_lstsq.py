@@ -1,4 +1,5 @@
 """Least-squares init against numpy's lstsq on features captured by hooks on the timm models."""
+
 import numpy as np
 import pytest
 import torch
@@ -52,8 +53,11 @@ def test_solver_rank_deficient_gives_min_norm_solution():
 TIMM_BLOCKS = {
     "deit": lambda m: list(m.blocks),
     "resnet": lambda m: [b for layer in (m.layer1, m.layer2, m.layer3, m.layer4) for b in layer],
-    "resnet_swin": lambda m: [b for layer in (m.layer1, m.layer2, m.layer3, m.layer4) for b in layer]
-    if hasattr(m, "layer1") else [b for stage in m.layers for b in stage.blocks],
+    "resnet_swin": lambda m: (
+        [b for layer in (m.layer1, m.layer2, m.layer3, m.layer4) for b in layer]
+        if hasattr(m, "layer1")
+        else [b for stage in m.layers for b in stage.blocks]
+    ),
 }
 
 
@@ -71,14 +75,20 @@ def test_layers_reach_the_lstsq_residual(family):
     for spec, layer in zip(net.layer_specs, net.stitch_layers):
         if any(k == 0 for _, k in spec.positions):
             continue  # the stem output has no block hook; covered by the DeiT mean test
-        fresh = type(layer)(layer.transform.in_features, layer.transform.out_features, layer.in_layout, layer.out_layout)
+        fresh = type(layer)(
+            layer.transform.in_features, layer.transform.out_features, layer.in_layout, layer.out_layout
+        )
         x = np.concatenate([rows(front_out[j], fa.layout) for j, _ in spec.positions])
         y = np.concatenate([rows(back_out[k - 1], ba.layout) for _, k in spec.positions])
         w_ref, b_ref = numpy_lstsq(x, y)
         best = np.linalg.norm(x @ w_ref.T + b_ref - y)
         with torch.no_grad():
-            got = np.linalg.norm(np.concatenate([rows(layer(front_out[j]).double(), ba.layout) for j, _ in spec.positions]) - y)
-            untrained = np.linalg.norm(np.concatenate([rows(fresh(front_out[j]).double(), ba.layout) for j, _ in spec.positions]) - y)
+            got = np.linalg.norm(
+                np.concatenate([rows(layer(front_out[j]).double(), ba.layout) for j, _ in spec.positions]) - y
+            )
+            untrained = np.linalg.norm(
+                np.concatenate([rows(fresh(front_out[j]).double(), ba.layout) for j, _ in spec.positions]) - y
+            )
         assert abs(got - best) <= 1e-5 * np.linalg.norm(y), (family, spec.positions, got, best)
         assert got < 0.5 * untrained, (got, untrained)
         checked += 1
@@ -97,8 +107,12 @@ def test_shared_layer_is_mean_of_position_solutions_or_joint():
     sols = [numpy_lstsq(rows(feats_a[j + 1], "tokens"), rows(feats_b[k], "tokens")) for j, k in spec.positions]
 
     net.init_stitching_layers(images, combine="mean")
-    np.testing.assert_allclose(layer.transform.weight.detach().double().numpy(), np.mean([s[0] for s in sols], 0), atol=1e-4)
-    np.testing.assert_allclose(layer.transform.bias.detach().double().numpy(), np.mean([s[1] for s in sols], 0), atol=1e-4)
+    np.testing.assert_allclose(
+        layer.transform.weight.detach().double().numpy(), np.mean([s[0] for s in sols], 0), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        layer.transform.bias.detach().double().numpy(), np.mean([s[1] for s in sols], 0), atol=1e-4
+    )
 
     net.init_stitching_layers(images, combine="joint")
     x = np.concatenate([rows(feats_a[j + 1], "tokens") for j, _ in spec.positions])
@@ -109,7 +123,10 @@ def test_shared_layer_is_mean_of_position_solutions_or_joint():
 
 
 def test_init_restores_training_mode_and_ignores_dropout():
-    net = create_snnet(num_classes=5, **TINY_PAIRS["deit"], ).train()
+    net = create_snnet(
+        num_classes=5,
+        **TINY_PAIRS["deit"],
+    ).train()
     images = torch.randn(4, 3, 32, 32)
     net.init_stitching_layers(images)
     w1 = net.stitch_layers[1].transform.weight.clone()

@@ -1,5 +1,6 @@
 """Resuming: a run stopped after epoch 1 and resumed to epoch 3 equals an uninterrupted 3-epoch run,
 with augmentation, Mixup/CutMix, random erasing, drop-path, EMA and a data-loading worker on."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,35 @@ import torch
 from test_train import TINY, load, read_steps, run_main
 
 RECIPE = TINY + [
-    "--seed", "3", "--epochs", "3", "--max-steps-per-epoch", "6", "-b", "16", "--lr", "1e-3", "--warmup-epochs", "1",
-    "--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--resplit", "--mixup", "0.8", "--cutmix", "1.0",
-    "--drop-path", "0.1", "--model-ema", "--model-ema-decay", "0.9", "--ls-init", "--workers", "1",
+    "--seed",
+    "3",
+    "--epochs",
+    "3",
+    "--max-steps-per-epoch",
+    "6",
+    "-b",
+    "16",
+    "--lr",
+    "1e-3",
+    "--warmup-epochs",
+    "1",
+    "--aa",
+    "rand-m9-mstd0.5-inc1",
+    "--reprob",
+    "0.25",
+    "--resplit",
+    "--mixup",
+    "0.8",
+    "--cutmix",
+    "1.0",
+    "--drop-path",
+    "0.1",
+    "--model-ema",
+    "--model-ema-decay",
+    "0.9",
+    "--ls-init",
+    "--workers",
+    "1",
 ]
 
 
@@ -55,16 +82,32 @@ def test_resume_file_into_a_new_folder_and_no_resume_opt(uninterrupted, tmp_path
     full = [r["loss"] for r in read_steps(uninterrupted / "full")][12:]
     assert [r["loss"] for r in steps] == full
 
-    assert run_main(RECIPE + ["--output", tmp_path, "--experiment", "weights-only", "--resume", ckpt,
-                              "--no-resume-opt", "--epochs", "1"]) == 0
+    assert (
+        run_main(
+            RECIPE
+            + [
+                "--output",
+                tmp_path,
+                "--experiment",
+                "weights-only",
+                "--resume",
+                ckpt,
+                "--no-resume-opt",
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     steps = read_steps(tmp_path / "weights-only")
     assert [r["step"] for r in steps] == list(range(1, 7))  # a fresh schedule from epoch 0
 
 
 def test_checkpoint_of_other_anchors_is_refused(uninterrupted, tmp_path, capsys):
     other = [a if a != "deit_small_patch16_224" else "deit_base_patch16_224" for a in RECIPE]
-    code = run_main(other + ["--output", tmp_path, "--experiment", "x", "--resume",
-                             uninterrupted / "full" / "last.pth.tar"])
+    code = run_main(
+        other + ["--output", tmp_path, "--experiment", "x", "--resume", uninterrupted / "full" / "last.pth.tar"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "was trained with anchors ['deit_tiny_patch16_224', 'deit_small_patch16_224']" in err[0]

@@ -1,4 +1,5 @@
 """The paper's stitching rules: counts, order and names against hand counts and the paper."""
+
 import pytest
 from conftest import TINY_PAIRS
 

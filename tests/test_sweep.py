@@ -1,4 +1,5 @@
 """One-pass sweep: identical to one network at a time, counts every sample once, resumes exactly."""
+
 from __future__ import annotations
 
 import csv
@@ -25,7 +26,6 @@ from snnet.sweep import SweepPlan, exit_block, forward_networks, make_chunks, on
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 TINY = TINY_DEIT_ARGS + ["--log-interval", "0"]
-
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,7 +74,12 @@ def test_one_pass_metrics_equal_one_network_at_a_time():
     ours = sweep_pass(net, loader, ids, prep).records()
     ref = one_at_a_time(net, loader, ids, prep).records()
     for a, b in zip(ours, ref):
-        assert (a["cfg_id"], a["correct1"], a["correct5"], a["count"]) == (b["cfg_id"], b["correct1"], b["correct5"], b["count"])
+        assert (a["cfg_id"], a["correct1"], a["correct5"], a["count"]) == (
+            b["cfg_id"],
+            b["correct1"],
+            b["correct5"],
+            b["count"],
+        )
         assert a["loss_sum"] == pytest.approx(b["loss_sum"], rel=1e-9)
         assert a["count"] == len(ds)
     assert len({r["correct1"] for r in ref}) > 3, "networks should differ"
@@ -120,8 +125,10 @@ def read_csv(path):
 
 def brute_force_frontier(rows, cost):
     def dominated(r):
-        return any(o[cost] <= r[cost] and o["top1"] >= r["top1"] and (o[cost], o["top1"]) != (r[cost], r["top1"])
-                   for o in rows)
+        return any(
+            o[cost] <= r[cost] and o["top1"] >= r["top1"] and (o[cost], o["top1"]) != (r[cost], r["top1"]) for o in rows
+        )
+
     firsts = {}
     for r in sorted((r for r in rows if not dominated(r)), key=lambda r: r["cfg_id"]):
         firsts.setdefault((r[cost], r["top1"]), r)
@@ -129,24 +136,48 @@ def brute_force_frontier(rows, cost):
 
 
 def typed(rows):
-    return [{**r, "cfg_id": int(r["cfg_id"]), "flops": int(r["flops"]), "top1": float(r["top1"]),
-             **({"latency_ms": float(r["latency_ms"])} if "latency_ms" in r else {})} for r in rows]
+    return [
+        {
+            **r,
+            "cfg_id": int(r["cfg_id"]),
+            "flops": int(r["flops"]),
+            "top1": float(r["top1"]),
+            **({"latency_ms": float(r["latency_ms"])} if "latency_ms" in r else {}),
+        }
+        for r in rows
+    ]
 
 
 def test_written_pareto_sets_equal_brute_force_of_written_table(tmp_path):
     out = tmp_path / "r"
-    assert run_main(TINY + ["--output", out, "-b", "100", "--measure-latency", "--latency-warmup", "1",
-                            "--latency-repeats", "3"]) == 0
+    assert (
+        run_main(
+            TINY
+            + ["--output", out, "-b", "100", "--measure-latency", "--latency-warmup", "1", "--latency-repeats", "3"]
+        )
+        == 0
+    )
     rows = typed(read_csv(out / "stitches.csv"))
     assert [r["cfg_id"] for r in rows] == list(range(12))
-    assert list(read_csv(out / "stitches.csv")[0]) == ["cfg_id", "name", "flops", "params", "top1", "top5", "loss",
-                                                       "latency_ms", "is_anchor"]
+    assert list(read_csv(out / "stitches.csv")[0]) == [
+        "cfg_id",
+        "name",
+        "flops",
+        "params",
+        "top1",
+        "top5",
+        "loss",
+        "latency_ms",
+        "is_anchor",
+    ]
     for cost, name in (("flops", "pareto.csv"), ("latency_ms", "pareto_latency.csv")):
         written = [int(r["cfg_id"]) for r in read_csv(out / name)]
         assert written == [r["cfg_id"] for r in brute_force_frontier(rows, cost)], cost
     official = [json.loads(line) for line in (out / "stitches_res.txt").read_text().splitlines()]
     assert [list(o) for o in official] == [["cfg_id", "flops", "params", "acc1"]] * 12
-    assert [(o["cfg_id"], o["flops"], o["acc1"]) for o in official] == [(r["cfg_id"], r["flops"], round(r["top1"], 3)) for r in rows]
+    assert [(o["cfg_id"], o["flops"], o["acc1"]) for o in official] == [
+        (r["cfg_id"], r["flops"], round(r["top1"], 3)) for r in rows
+    ]
     assert (out / "pareto.png").stat().st_size > 10_000 and (out / "pareto_latency.png").is_file()
 
 
@@ -186,15 +217,34 @@ def write_image_folder(root: Path, n: int, classes: int = 3) -> None:
 def test_two_processes_count_every_sample_once(tmp_path):
     """47 images, batch 8 per rank: timm's eval sampler would pad rank 1 with a repeated image."""
     write_image_folder(tmp_path / "data", 47)
-    args = [a for a in TINY if a not in ("--dataset", "digits")] + ["--data-dir", tmp_path / "data", "--val-split", "val",
-                                                                    "-b", "8", "--sweep-chunk", "7"]
+    args = [a for a in TINY if a not in ("--dataset", "digits")] + [
+        "--data-dir",
+        tmp_path / "data",
+        "--val-split",
+        "val",
+        "-b",
+        "8",
+        "--sweep-chunk",
+        "7",
+    ]
     args = [str(a) for a in args]
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_main(args + ["--output", one]) == 0
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "eval.py", *args,
-           "--output", str(two)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "eval.py",
+        *args,
+        "--output",
+        str(two),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
 
@@ -205,8 +255,13 @@ def test_two_processes_count_every_sample_once(tmp_path):
     a, b = sums(one), sums(two)
     assert sorted(a) == sorted(b) == list(range(12))
     for i in a:
-        assert (a[i]["correct1"], a[i]["correct5"], a[i]["count"]) == (b[i]["correct1"], b[i]["correct5"], b[i]["count"])
+        assert (a[i]["correct1"], a[i]["correct5"], a[i]["count"]) == (
+            b[i]["correct1"],
+            b[i]["correct5"],
+            b[i]["count"],
+        )
         assert a[i]["count"] == 47
         assert a[i]["loss_sum"] == pytest.approx(b[i]["loss_sum"], rel=1e-5)
-    assert (one / "stitches.csv").read_text().replace("\r", "") .splitlines()[0] == \
-        (two / "stitches.csv").read_text().replace("\r", "").splitlines()[0]
+    assert (one / "stitches.csv").read_text().replace("\r", "").splitlines()[0] == (
+        two / "stitches.csv"
+    ).read_text().replace("\r", "").splitlines()[0]

@@ -1,5 +1,6 @@
 """SN-Netv2's two-way stitching: the official enumeration, routes equal to composing timm blocks
 by hand, FLOPs by composition equal to whole-network tracing, LS init of every layer."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,12 @@ def official_configs(d0: int, d1: int) -> list[tuple[list[int], list[list[int]],
     for i in range(d1):
         if (i % 2 == 1 if d1 != d0 else True) and i < d1 - 1:
             ls.append(([1, 0], [[i, mapping[i] + 1]], [i // (d1 // d0)]))
-    lsl = [([1, 0, 1], [b[1][0], f[1][0]], b[2] + f[2]) for b in ls for f in sl
-           if f[2][0] != d0 - 1 and f[1][0][0] >= b[1][0][1]]
+    lsl = [
+        ([1, 0, 1], [b[1][0], f[1][0]], b[2] + f[2])
+        for b in ls
+        for f in sl
+        if f[2][0] != d0 - 1 and f[1][0][0] >= b[1][0][1]
+    ]
     sls = [([0, 1, 0], [f[1][0], b[1][0]], f[2] + b[2]) for f in sl for b in ls if b[1][0][0] >= f[1][0][1]]
     return cfgs + sl + ls + lsl + sls
 
@@ -36,7 +41,7 @@ def official_name(comb, cfgs, names):
     if len(comb) == 1:
         return names[comb[0]]
     if len(comb) == 2:
-        (f, e), = cfgs
+        ((f, e),) = cfgs
         return f"{names[comb[0]]}[:{f + 1}]>{names[comb[1]]}[{e}:]"
     (f1, e1), (f2, e2) = cfgs
     return f"{names[comb[0]]}[:{f1 + 1}]>{names[comb[1]]}[{e1}:{f2 + 1}]>{names[comb[2]]}[{e2}:]"
@@ -45,8 +50,9 @@ def official_name(comb, cfgs, names):
 def test_deit3_s_l_is_the_official_134_in_order():
     names = ["deit3_small_patch16_224", "deit3_large_patch16_224"]
     # the real depths (12 / 24); narrow widths keep the build fast on a CPU
-    net = create_snnet(names, num_classes=10, img_size=32, model_kwargs=dict(embed_dim=16, num_heads=1),
-                       stitching="two-way")
+    net = create_snnet(
+        names, num_classes=10, img_size=32, model_kwargs=dict(embed_dim=16, num_heads=1), stitching="two-way"
+    )
     official = official_configs(12, 24)
     assert len(official) == 135
     official = [c for c in official if not (c[0] == [0, 1] and c[1][0][0] == 11)]  # cfg 13, left out officially
@@ -61,13 +67,19 @@ def test_deit3_s_l_is_the_official_134_in_order():
         assert list(s.route.layers) == expected, s.name
     assert len(net.stitch_layers) == 22
     assert net.stitches[net.num_stitches - 1].name.count(">") == 2
-    assert "deit3_small_patch16_224[:4]>deit3_large_patch16_224[8:16]>deit3_small_patch16_224[8:]" in \
-        [s.name for s in net.stitches]
+    assert "deit3_small_patch16_224[:4]>deit3_large_patch16_224[8:16]>deit3_small_patch16_224[8:]" in [
+        s.name for s in net.stitches
+    ]
 
 
 def test_equal_depths_follow_the_official_rule():
-    net = create_snnet(["deit3_small_patch16_224", "deit3_base_patch16_224"], num_classes=10, img_size=32,
-                       model_kwargs=dict(embed_dim=16, num_heads=1, depth=6), stitching="two-way")
+    net = create_snnet(
+        ["deit3_small_patch16_224", "deit3_base_patch16_224"],
+        num_classes=10,
+        img_size=32,
+        model_kwargs=dict(embed_dim=16, num_heads=1, depth=6),
+        stitching="two-way",
+    )
     official = [c for c in official_configs(6, 6) if not (c[0] == [0, 1] and c[1][0][0] == 5)]
     names = net.config["anchors"]
     assert [s.name for s in net.stitches] == [official_name(c, s, names) for c, s, _ in official]
@@ -80,16 +92,17 @@ def hand_route(net, route, x):
     models = [a.model for a in net.anchor_adapters]
     first, last = route.segments[0], route.segments[-1]
     captured = {}
-    handle = models[first.anchor].blocks[first.stop - 1].register_forward_hook(
-        lambda m, i, o: captured.__setitem__("h", o))
+    handle = (
+        models[first.anchor].blocks[first.stop - 1].register_forward_hook(lambda m, i, o: captured.__setitem__("h", o))
+    )
     models[first.anchor](x)
     handle.remove()
     h = captured["h"]
-    for (_, layer, seg) in route.junctions():
+    for _, layer, seg in route.junctions():
         t = net.stitch_layers[layer].transform
         h = F.linear(h, t.weight, t.bias)
         if seg is not last:
-            for blk in models[seg.anchor].blocks[seg.start:seg.stop]:
+            for blk in models[seg.anchor].blocks[seg.start : seg.stop]:
                 h = blk(h)
     handle = models[last.anchor].blocks[last.start - 1].register_forward_hook(lambda m, i, o: h)
     out = models[last.anchor](x)
@@ -148,8 +161,10 @@ def test_ls_init_initialises_every_layer_both_directions():
     feats = []
     for a in net.anchor_adapters:  # block outputs captured by hooks on the timm models
         out = {}
-        hs = [b.register_forward_hook(lambda m, i, o, n=n, out=out: out.__setitem__(n, o))
-              for n, b in enumerate(a.model.blocks)]
+        hs = [
+            b.register_forward_hook(lambda m, i, o, n=n, out=out: out.__setitem__(n, o))
+            for n, b in enumerate(a.model.blocks)
+        ]
         with torch.no_grad():
             a.model.eval()(images)
         for h in hs:
@@ -157,7 +172,7 @@ def test_ls_init_initialises_every_layer_both_directions():
         feats.append(out)
     directions = set()
     for spec, layer in zip(net.layer_specs, net.stitch_layers):
-        (j, k), = spec.positions
+        ((j, k),) = spec.positions
         x, y = rows(feats[spec.front][j]), rows(feats[spec.back][k - 1])
         sol, *_ = np.linalg.lstsq(np.concatenate([x, np.ones((len(x), 1))], 1), y, rcond=None)
         np.testing.assert_allclose(layer.transform.weight.detach().double().numpy(), sol[:-1].T, atol=1e-4)
@@ -170,11 +185,17 @@ def test_incompatible_anchors_get_one_line_errors():
     with pytest.raises(IncompatibleAnchorsError, match="single-stage anchors.*4 stages"):
         create_snnet(num_classes=5, **{**TINY_PAIRS["swin"], "stitching": "two-way"})
     with pytest.raises(IncompatibleAnchorsError, match="exactly two anchors, got 3"):
-        create_snnet(["deit_tiny_patch16_224"] * 3, num_classes=5, img_size=32, model_kwargs=dict(depth=2),
-                     stitching="two-way")
+        create_snnet(
+            ["deit_tiny_patch16_224"] * 3, num_classes=5, img_size=32, model_kwargs=dict(depth=2), stitching="two-way"
+        )
     with pytest.raises(IncompatibleAnchorsError, match="token.*differ|spatial sizes differ"):
-        create_snnet(["deit3_small_patch16_224", "deit3_large_patch16_224"], num_classes=5, img_size=32,
-                     anchor_kwargs=[dict(patch_size=8, depth=2), dict(patch_size=16, depth=4)], stitching="two-way")
+        create_snnet(
+            ["deit3_small_patch16_224", "deit3_large_patch16_224"],
+            num_classes=5,
+            img_size=32,
+            anchor_kwargs=[dict(patch_size=8, depth=2), dict(patch_size=16, depth=4)],
+            stitching="two-way",
+        )
 
 
 @pytest.mark.parametrize("kind", ["linear", "lora"])
@@ -222,9 +243,14 @@ def test_three_segment_network_exports_as_a_plain_model(tmp_path):
     report = export_network(net, cfg_id, path)
     assert report.params == net.num_params(cfg_id)
     torch.save(x, tmp_path / "x.pt")
-    proc = subprocess.run([sys.executable, "-I", "-c", LOADER, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", LOADER, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(tmp_path / "y.pt")
     assert got["foreign"] == [] and got["params"] == net.num_params(cfg_id)
@@ -239,8 +265,10 @@ def test_deit3_s_l_flops_equal_the_official_table():
     import json
     from pathlib import Path
 
-    published = [json.loads(line) for line in
-                 (Path(__file__).parent / "data" / "snnetv2_deit3_s_l_published.jsonl").read_text().splitlines()]
+    published = [
+        json.loads(line)
+        for line in (Path(__file__).parent / "data" / "snnetv2_deit3_s_l_published.jsonl").read_text().splitlines()
+    ]
     net = create_snnet(["deit3_small_patch16_224", "deit3_large_patch16_224"], num_classes=1000, stitching="two-way")
     rows = flops_table(net)
     assert [p["cfg_id"] for p in published] == [i for i in range(135) if i != 13]
@@ -251,10 +279,14 @@ def test_deit3_s_l_flops_equal_the_official_table():
 def test_layer_positions_are_exactly_the_route_junctions(two_way):
     """LS init solves each layer for its spec's positions; those are the junctions the routes run."""
     net = tiny_two_way() if two_way else create_snnet(num_classes=5, **TINY_PAIRS["deit"])
-    junctions = {(layer, (before.anchor, before.stop - 1), (after.anchor, after.start))
-                 for s in net.stitches for before, layer, after in s.route.junctions()}
-    positions = {(i, (spec.front, j), (spec.back, k))
-                 for i, spec in enumerate(net.layer_specs) for j, k in spec.positions}
+    junctions = {
+        (layer, (before.anchor, before.stop - 1), (after.anchor, after.start))
+        for s in net.stitches
+        for before, layer, after in s.route.junctions()
+    }
+    positions = {
+        (i, (spec.front, j), (spec.back, k)) for i, spec in enumerate(net.layer_specs) for j, k in spec.positions
+    }
     assert junctions == positions
 
 
@@ -268,8 +300,23 @@ def test_paired_unpaired_checked_and_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(IncompatibleAnchorsError, match="unpaired stitching needs stages of different depths"):
         create_snnet(num_classes=5, **{**TINY_PAIRS["deit"], "stitching": "unpaired"})
     forced = create_snnet(num_classes=5, **{**TINY_PAIRS["deit"], "stitching": "paired"})
-    assert [s.name for s in forced.stitches] == [s.name for s in create_snnet(num_classes=5, **TINY_PAIRS["deit"]).stitches]
-    code = run_entry(eval_main, ["--anchors", "resnet18", "resnet50", "--img-size", "64", "--stitching", "two-way",
-                                 "--flops-only", "--output", tmp_path])
+    assert [s.name for s in forced.stitches] == [
+        s.name for s in create_snnet(num_classes=5, **TINY_PAIRS["deit"]).stitches
+    ]
+    code = run_entry(
+        eval_main,
+        [
+            "--anchors",
+            "resnet18",
+            "resnet50",
+            "--img-size",
+            "64",
+            "--stitching",
+            "two-way",
+            "--flops-only",
+            "--output",
+            tmp_path,
+        ],
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: two-way stitching needs single-stage"), err

@@ -5,6 +5,7 @@ known, so that the front of one anchor can be joined to the back of another. An 
 that view over an unmodified timm model: it holds references to the model's own modules, so
 the weights, the state dict and ``model(x)`` stay exactly timm's.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar, Iterable, Literal, Sequence
@@ -146,4 +147,3 @@ class Anchor:
         finally:
             self.model.train(was_training)
         return shapes
-

@@ -1,4 +1,5 @@
 """LeViT anchors (timm ``Levit`` / ``LevitDistilled``): three stages of attention blocks."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Model name -> anchor adapter, keyed by the timm module that defines the model."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -89,4 +90,3 @@ def create_anchor(
     elif hasattr(getattr(model, "patch_embed", None), "img_size"):
         size = (size[0], *model.patch_embed.img_size)
     return cls(model, model_name, size)
-

@@ -1,4 +1,5 @@
 """ResNet anchors (timm ``ResNet``): four stages of NCHW residual blocks."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Swin Transformer anchors (timm ``SwinTransformer``): four stages of NHWC window blocks."""
+
 from __future__ import annotations
 
 import torch

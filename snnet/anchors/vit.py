@@ -1,4 +1,5 @@
 """ViT / DeiT anchors (timm ``VisionTransformer``): one stage of equal-width token blocks."""
+
 from __future__ import annotations
 
 import torch
