@@ -185,8 +185,6 @@ def _classifier_size(net: SNNet, state: dict) -> Optional[int]:
 
 def build_model(args: Namespace, num_classes: Optional[int], state: Optional[dict]) -> SNNet:
     """The SN-Net of the arguments, with the checkpoint's weights when given."""
-    from .checkpoint import describe_mismatch
-
     model_args = Namespace(**vars(args))
     model_args.model_kwargs = parse_kwargs(args.model_kwargs)
     if state is not None:
@@ -200,17 +198,14 @@ def build_model(args: Namespace, num_classes: Optional[int], state: Optional[dic
         if size is not None and size != _classifier_size(net, net.state_dict()):
             torch.manual_seed(args.seed)
             net = build_snnet(model_args, num_classes=size, pretrained=False)
-    from .official import convert_official_state, is_official_state
+    from .official import load_snnet_state
 
-    if is_official_state(state):
-        state = convert_official_state(state, net)
-    problem = describe_mismatch(state, net)
-    if problem:
-        raise CheckpointError(
-            f"checkpoint {args.checkpoint} does not match the model: {problem}; check --anchors, --model-kwargs, "
-            f"--anchor-kwargs, --img-size and --num-classes"
-        )
-    net.load_state_dict(state)
+    load_snnet_state(
+        net,
+        state,
+        f"checkpoint {args.checkpoint}",
+        "--anchors, --model-kwargs, --anchor-kwargs, --img-size and --num-classes",
+    )
     return net
 
 

@@ -161,18 +161,27 @@ def convert_official_state(state: Mapping[str, torch.Tensor], net) -> dict[str, 
     return out
 
 
-def load_initial_weights(net, ckpt: Mapping[str, Any], path: str) -> None:
-    """Weights of a train.py or an official SN-Net checkpoint into ``net`` (no optimizer state);
-    an official one needs ``net`` built with ``official_forward=True``."""
-    from .checkpoint import describe_mismatch, extract_state_dict
+def load_snnet_state(net, state: Mapping[str, torch.Tensor], source: str, check: str) -> None:
+    """``state`` (snnet's layout, or an official checkpoint's, mapped onto ``net``) into ``net``;
+    a mismatch is one :class:`CheckpointError` naming ``source`` and the arguments to ``check``.
+    An official state needs ``net`` built with ``official_forward=True``."""
+    from .checkpoint import describe_mismatch
 
-    state = extract_state_dict(ckpt)
     if is_official_state(state):
         state = convert_official_state(state, net)
     problem = describe_mismatch(state, net)
     if problem:
-        raise CheckpointError(
-            f"--initial-checkpoint {path} does not match the model: {problem}; check --anchors, "
-            f"--model-kwargs, --anchor-kwargs and --num-classes"
-        )
+        raise CheckpointError(f"{source} does not match the model: {problem}; check {check}")
     net.load_state_dict(state)
+
+
+def load_initial_weights(net, ckpt: Mapping[str, Any], path: str) -> None:
+    """Weights of a train.py or an official SN-Net checkpoint into ``net`` (no optimizer state)."""
+    from .checkpoint import extract_state_dict
+
+    load_snnet_state(
+        net,
+        extract_state_dict(ckpt),
+        f"--initial-checkpoint {path}",
+        "--anchors, --model-kwargs, --anchor-kwargs and --num-classes",
+    )
