@@ -11,7 +11,7 @@ See ``snnet/evaluation.py`` for what it does and writes, ``snnet/cli.py`` for th
 
 import sys
 
-from snnet.evaluation import main
+from snnet.evaluate.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,7 @@ See ``snnet/predict.py`` for the options.
 
 import sys
 
-from snnet.predict import main
+from snnet.evaluate.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,7 @@ resuming works.
 
 import sys
 
-from snnet.training import main
+from snnet.train.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from snnet.evaluation import main as eval_main
-from snnet.results import read_results
+from snnet.evaluate.main import main as eval_main
+from snnet.evaluate.results import read_results
 
 # score column -> (label, sign: +1 if higher should mean more accurate)
 SCORES = {

@@ -12,7 +12,7 @@ import time
 import warnings
 
 from snnet import create_snnet
-from snnet.flops import flops_table, network_flops
+from snnet.core.flops import flops_table, network_flops
 
 
 def main() -> None:

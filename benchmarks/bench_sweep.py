@@ -6,7 +6,7 @@
 Writes a JPEG ImageFolder of 224x224 images (the scikit-learn digits, upscaled, 10 classes),
 then, side by side on the same loader (timm eval transform, ``--workers`` processes):
 
-* one-pass sweep (``snnet.sweep.sweep_pass``, what eval.py runs): every batch decoded once,
+* one-pass sweep (``snnet.evaluate.sweep.sweep_pass``, what eval.py runs): every batch decoded once,
   each front anchor's stem and blocks run once per batch, every network branches off;
 * one pass per network (the official SN-Net evaluation): ``net.select(i); net(x)`` over a fresh
   pass of the data for each of the networks.
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from snnet import create_snnet
-from snnet.data import create_dataset
-from snnet.loaders import Normalize, data_config_for, eval_loader, eval_transform
-from snnet.model import SNNet
-from snnet.sweep import SweepPlan, forward_networks, one_at_a_time, sweep_pass
+from snnet.core.model import SNNet
+from snnet.data.datasets import create_dataset
+from snnet.data.loaders import Normalize, data_config_for, eval_loader, eval_transform
+from snnet.evaluate.sweep import SweepPlan, forward_networks, one_at_a_time, sweep_pass
 
 
 def write_jpegs(root: Path, n: int, size: int = 224) -> None:

@@ -17,7 +17,7 @@ import argparse
 from bench_sweep import main
 
 from snnet import create_snnet
-from snnet.model import SNNet
+from snnet.core.model import SNNet
 
 
 def build_s_l(args: argparse.Namespace) -> SNNet:

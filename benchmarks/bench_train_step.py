@@ -33,9 +33,9 @@ from timing import interleaved_medians
 from torch import nn
 
 from snnet import create_snnet
+from snnet.core.stitches import parse_stitch_ids
 from snnet.distributed import GradAllReduce
-from snnet.sampling import NetworkSampler
-from snnet.stitches import parse_stitch_ids
+from snnet.train.network_sampling import NetworkSampler
 
 
 def _optimizer(params):

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from snnet import create_snnet
-from snnet.compile import compile_blocks
-from snnet.sampling import NetworkSampler
+from snnet.core.compile import compile_blocks
+from snnet.train.network_sampling import NetworkSampler
 
 REPO = Path(__file__).resolve().parents[1]
 ANCHORS = ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]
@@ -229,9 +229,9 @@ def check_sweep(args, device, rows: list[str]) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_sweep import write_jpegs
 
-    from snnet.data import create_dataset
-    from snnet.loaders import Normalize, data_config_for, eval_loader, eval_transform
-    from snnet.sweep import one_at_a_time, sweep_pass
+    from snnet.data.datasets import create_dataset
+    from snnet.data.loaders import Normalize, data_config_for, eval_loader, eval_transform
+    from snnet.evaluate.sweep import one_at_a_time, sweep_pass
 
     kw = model_kwargs(args)
     torch.manual_seed(0)
@@ -273,7 +273,7 @@ def check_sweep(args, device, rows: list[str]) -> None:
 
 def check_latency(args, device, rows: list[str]) -> None:
     """Part 4: latency per anchor as eval.py --measure-latency measures it."""
-    from snnet.latency import measure_latency
+    from snnet.evaluate.latency import measure_latency
 
     kw = model_kwargs(args)
     torch.manual_seed(0)

@@ -62,7 +62,7 @@ if [[ "$(realpath -m "$RESULTS")" != "$(realpath -m "$COMMITTED")" && -f "$COMMI
 import filecmp, sys
 from pathlib import Path
 
-from snnet.results import read_results
+from snnet.evaluate.results import read_results
 
 new, old = map(Path, sys.argv[1:3])
 if all(filecmp.cmp(new / f, old / f, shallow=False) for f in ("stitches.csv", "pareto.csv")):

@@ -1,9 +1,9 @@
 """Stitchable Neural Networks (SN-Net) over stock timm models."""
 
 from .anchors import Anchor, create_anchor, register_anchor
+from .core.model import SNNet, create_snnet
+from .core.stitches import Stitch, enumerate_stitches
 from .errors import SNNetError
-from .model import SNNet, create_snnet
-from .stitches import Stitch, enumerate_stitches
 
 __all__ = [
     "Anchor",

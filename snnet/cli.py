@@ -7,11 +7,11 @@ import argparse
 from typing import Any, Optional
 
 from .config import parse_kwargs
+from .core.layers import STITCH_LAYER_KINDS
+from .core.model import SNNet, create_snnet
+from .core.stitches import STITCHING_RULES
 from .errors import ConfigError
-from .layers import STITCH_LAYER_KINDS
-from .model import SNNet, create_snnet
-from .sampling import SAMPLE_BY
-from .stitches import STITCHING_RULES
+from .train.network_sampling import SAMPLE_BY
 
 
 # The option tables below stay one option per line (``# fmt: off``): they read as tables.

@@ -187,7 +187,7 @@ def parse_kwargs(items: Optional[Sequence[str] | Mapping[str, Any]]) -> dict[str
 
 def save_args_yaml(args: str | argparse.Namespace, path: str | Path) -> None:
     """Write the resolved arguments (YAML text or a Namespace) to ``path`` atomically."""
-    from .checkpoint import atomic_write
+    from .io.checkpoint import atomic_write
 
     text = args if isinstance(args, str) else yaml.safe_dump(plain(args), sort_keys=True)
     with atomic_write(path, "w") as f:

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from snnet.training import main  # noqa: E402
+from snnet.train.main import main  # noqa: E402
 
 
 def kill_at_step(step: int):

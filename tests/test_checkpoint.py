@@ -16,8 +16,8 @@ import pytest
 import timm
 import torch
 
-from snnet.checkpoint import extract_state_dict, load_checkpoint_file, load_model_weights, save_checkpoint
 from snnet.errors import CheckpointError
+from snnet.io.checkpoint import extract_state_dict, load_checkpoint_file, load_model_weights, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def test_killed_save_keeps_previous_checkpoint(tmp_path):
     before = path.read_bytes()
     script = textwrap.dedent(f"""
         import torch
-        from snnet.checkpoint import save_checkpoint
+        from snnet.io.checkpoint import save_checkpoint
         big = {{"epoch": 2, "w": torch.ones(50_000_000)}}  # 200 MB
         print("ready", flush=True)
         while True:

@@ -10,10 +10,10 @@ import torch
 from conftest import TINY_DEIT_ARGS, TINY_PAIRS, run_entry
 
 from snnet import create_snnet
-from snnet.compat import junction_scores
-from snnet.evaluation import main as eval_main
-from snnet.layers import to_rows
-from snnet.results import read_results
+from snnet.core.layers import to_rows
+from snnet.evaluate.compat import junction_scores
+from snnet.evaluate.main import main as eval_main
+from snnet.evaluate.results import read_results
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

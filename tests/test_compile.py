@@ -10,9 +10,9 @@ from conftest import TINY_PAIRS, run_entry
 from test_train import PLAIN, TINY, read_steps
 
 from snnet import create_snnet
-from snnet.compile import compile_blocks, compiled_blocks
-from snnet.evaluation import main as eval_main
-from snnet.training import main as train_main
+from snnet.core.compile import compile_blocks, compiled_blocks
+from snnet.evaluate.main import main as eval_main
+from snnet.train.main import main as train_main
 
 BACKEND = "aot_eager"
 

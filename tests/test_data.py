@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from snnet.data import create_dataset, create_loader_for, load_digits_split, num_classes_of, sample_images
+from snnet.data.datasets import create_dataset, create_loader_for, load_digits_split, num_classes_of, sample_images
 from snnet.errors import DataError
 
 
@@ -150,7 +150,7 @@ def test_distributed_loaders_use_timms_samplers(tmp_path):
 
 
 def test_num_classes_smaller_than_the_labels_is_refused():
-    from snnet.data import load_digits_split, resolve_num_classes
+    from snnet.data.datasets import load_digits_split, resolve_num_classes
 
     ds = load_digits_split("validation")
     assert resolve_num_classes(None, ds) == 10 and resolve_num_classes(12, ds) == 12

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_train import PLAIN, PYTHON, REPO, TINY, load, read_steps, run_main
 
-from snnet.sampling import sampler_seed
+from snnet.train.network_sampling import sampler_seed
 
 SEED = 7
 STEPS = 8  # per epoch

@@ -14,10 +14,10 @@ import yaml
 from conftest import TINY_PAIRS, run_entry
 
 from snnet import create_snnet
-from snnet.checkpoint import save_checkpoint
-from snnet.evaluation import main
-from snnet.pareto import pareto_frontier
-from snnet.results import read_results
+from snnet.evaluate.main import main
+from snnet.evaluate.pareto import pareto_frontier
+from snnet.evaluate.results import read_results
+from snnet.io.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = [
@@ -74,9 +74,9 @@ def checkpoint(tmp_path_factory):
 
 def reference_top1(net, cfg_ids):
     """top-1 of each network, one at a time, on the digits with the trainer's validation transform."""
-    from snnet.data import create_dataset
-    from snnet.loaders import Normalize, data_config_for, eval_loader, eval_transform
-    from snnet.sweep import metrics_of, one_at_a_time
+    from snnet.data.datasets import create_dataset
+    from snnet.data.loaders import Normalize, data_config_for, eval_loader, eval_transform
+    from snnet.evaluate.sweep import metrics_of, one_at_a_time
 
     ds = create_dataset("digits", None, "validation")
     cfg = data_config_for(net, ds)

@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_PAIRS
 
 from snnet import create_snnet
-from snnet.export import export_network, standalone_network
+from snnet.evaluate.export import export_network, standalone_network
 
 # Loads an exported file in a fresh interpreter (-I: no cwd or PYTHONPATH on sys.path) that never
 # imports snnet or timm, runs it on a saved batch and reports its parameter count.

@@ -10,7 +10,7 @@ from conftest import TINY_PAIRS, families
 from fvcore.nn import FlopCountAnalysis
 
 from snnet import create_snnet
-from snnet.flops import count_flops, flops_table, network_flops
+from snnet.core.flops import count_flops, flops_table, network_flops
 
 PUBLISHED = [
     json.loads(line)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from snnet.errors import ConfigError
-from snnet.sampling import FlopsGroupSampler, create_network_sampler, flops_group_weights, group_by_flops
+from snnet.train.network_sampling import FlopsGroupSampler, create_network_sampler, flops_group_weights, group_by_flops
 
 G = 1e9
 # cfg_id -> FLOPs; sorted: 0 (0.5), 6 (0.9), 1 (1.2), 2 (1.4), 4 (2.1), 3 (2.3), 5 (4.0) GFLOPs
@@ -91,7 +91,7 @@ def test_two_ranks_draw_the_same_groups_and_networks(tmp_path):
     from test_train import PLAIN, read_steps
 
     from snnet import create_snnet
-    from snnet.flops import flops_table
+    from snnet.core.flops import flops_table
 
     steps = 6
     proc = torchrun(

@@ -18,7 +18,7 @@ STEPS = 12
 def _worker(rank: int, world: int, port: int, queue) -> None:
     from snnet import create_snnet
     from snnet.distributed import GradAllReduce
-    from snnet.sampling import NetworkSampler
+    from snnet.train.network_sampling import NetworkSampler
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)

@@ -9,8 +9,8 @@ import torch
 from conftest import TINY_PAIRS, TINY_TWO_WAY, run_entry
 
 from snnet import create_snnet
-from snnet.flops import flops_table, network_flops
-from snnet.layers import LoRAStitchingLayer, StitchingLayer, create_stitching_layer
+from snnet.core.flops import flops_table, network_flops
+from snnet.core.layers import LoRAStitchingLayer, StitchingLayer, create_stitching_layer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -137,8 +137,8 @@ def test_two_way_lora_run_resumes_exactly_and_exports_three_segments(tmp_path):
     from test_resume import _equal_states
     from test_train import PLAIN, load, read_steps
 
-    from snnet.evaluation import main as eval_main
-    from snnet.training import main as train_main
+    from snnet.evaluate.main import main as eval_main
+    from snnet.train.main import main as train_main
 
     recipe = (
         TWO_WAY_ARGS

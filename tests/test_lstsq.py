@@ -6,7 +6,7 @@ import torch
 from conftest import TINY_PAIRS, families
 
 from snnet import create_snnet
-from snnet.lstsq import solve_least_squares
+from snnet.core.lstsq import solve_least_squares
 
 
 def rows(t, layout):

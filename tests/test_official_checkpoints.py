@@ -14,12 +14,12 @@ from conftest import run_entry
 from test_official_rules import official_networks
 
 from snnet import create_snnet
-from snnet.checkpoint import extract_state_dict, load_checkpoint_file
 from snnet.errors import CheckpointError
-from snnet.evaluation import main as eval_main
-from snnet.official import convert_official_state
-from snnet.results import read_results
-from snnet.sweep import SweepPlan, forward_networks
+from snnet.evaluate.main import main as eval_main
+from snnet.evaluate.results import read_results
+from snnet.evaluate.sweep import SweepPlan, forward_networks
+from snnet.io.checkpoint import extract_state_dict, load_checkpoint_file
+from snnet.io.official import convert_official_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,8 +111,8 @@ def test_official_deit_checkpoint_gives_the_official_logits(official_deit):
 
 @pytest.mark.slow
 def test_eval_py_on_official_deit_checkpoint_reproduces_the_official_accuracies(official_deit, tmp_path, capsys):
-    from snnet.data import create_dataset
-    from snnet.loaders import Normalize, data_config_for, eval_loader, eval_transform
+    from snnet.data.datasets import create_dataset
+    from snnet.data.loaders import Normalize, data_config_for, eval_loader, eval_transform
 
     path, anchors, layers = official_deit
     out = tmp_path / "eval"
@@ -242,8 +242,8 @@ def test_official_resnet_checkpoint_gives_the_official_logits(official_resnet):
 @pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--initial-checkpoint", "--resume"])
 def test_train_py_starts_from_an_official_checkpoint(official_deit, tmp_path, flag):
-    from snnet.official import looks_official
-    from snnet.training import main as train_main
+    from snnet.io.official_layout import looks_official
+    from snnet.train.main import main as train_main
 
     path, anchors, layers = official_deit
     assert looks_official(path) and not looks_official(tmp_path / "missing.pth")

@@ -5,7 +5,7 @@ in one stage; the Swin tree stitches stages 0-2 forward only; the ResNet/Swin tr
 only (``if i in [0, 3]: continue``); the LeViT tree stages 0-1. Unequal stages map the shallow
 one onto the deep one with ``F.interpolate`` (nearest) and assign stitching layers by list
 position (``zip(stitch_cfgs, end_mapping_ids)``). The rules are restated here from that code,
-independently of snnet.stitches.
+independently of snnet.core.stitches.
 """
 
 from __future__ import annotations

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from snnet.errors import BudgetError, ConfigError
-from snnet.pareto import format_flops, format_table, pareto_frontier, parse_flops, pick_for_budget, plot_frontier
+from snnet.evaluate.pareto import (
+    format_flops,
+    format_table,
+    pareto_frontier,
+    parse_flops,
+    pick_for_budget,
+    plot_frontier,
+)
 
 
 def random_rows(seed, n=60):

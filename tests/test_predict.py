@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from conftest import TINY_DEIT_ARGS, run_entry
 
-from snnet.data import load_digits_split
-from snnet.evaluation import main as eval_main
-from snnet.predict import main as predict_main
-from snnet.results import read_results
-from snnet.training import main as train_main
+from snnet.data.datasets import load_digits_split
+from snnet.evaluate.main import main as eval_main
+from snnet.evaluate.predict import main as predict_main
+from snnet.evaluate.results import read_results
+from snnet.train.main import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,8 +4,8 @@ import pytest
 from conftest import TINY_PAIRS
 
 from snnet import create_snnet
+from snnet.core.stitches import paired_positions, parse_stitch_ids, unpaired_positions
 from snnet.errors import ConfigError
-from snnet.stitches import paired_positions, parse_stitch_ids, unpaired_positions
 
 
 def brute_force_paired(depth, kernel, stride):

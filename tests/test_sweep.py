@@ -17,11 +17,11 @@ from conftest import TINY_DEIT_ARGS, TINY_PAIRS, run_entry
 from PIL import Image
 
 from snnet import create_snnet
-from snnet.data import create_dataset
-from snnet.evaluation import main
-from snnet.loaders import Normalize, ShardSampler, data_config_for, eval_loader, eval_transform
-from snnet.results import PartialResults
-from snnet.sweep import SweepPlan, exit_block, forward_networks, make_chunks, one_at_a_time, sweep_pass
+from snnet.data.datasets import create_dataset
+from snnet.data.loaders import Normalize, ShardSampler, data_config_for, eval_loader, eval_transform
+from snnet.evaluate.main import main
+from snnet.evaluate.results import PartialResults
+from snnet.evaluate.sweep import SweepPlan, exit_block, forward_networks, make_chunks, one_at_a_time, sweep_pass
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

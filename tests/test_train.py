@@ -14,7 +14,7 @@ import torch
 from conftest import TINY_DEIT_ARGS, run_entry
 from hooked_train import nan_at_step
 
-from snnet.training import main
+from snnet.train.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -267,7 +267,7 @@ def test_size_and_option_checks():
     from snnet.cli import build_train_parser
     from snnet.distributed import DistInfo
     from snnet.errors import ConfigError
-    from snnet.training import resolve_args
+    from snnet.train.main import resolve_args
 
     parser = build_train_parser()
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from conftest import TINY_PAIRS, TINY_TWO_WAY
 
 from snnet import create_snnet
+from snnet.core.flops import flops_table, network_flops
 from snnet.errors import IncompatibleAnchorsError
-from snnet.flops import flops_table, network_flops
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -200,7 +200,7 @@ def test_incompatible_anchors_get_one_line_errors():
 
 @pytest.mark.parametrize("kind", ["linear", "lora"])
 def test_one_pass_sweep_is_bit_identical_to_select(kind):
-    from snnet.sweep import SweepPlan, forward_networks
+    from snnet.evaluate.sweep import SweepPlan, forward_networks
 
     net = tiny_two_way(stitch_layer=kind, lora_rank=4)
     if kind == "lora":
@@ -227,7 +227,7 @@ def test_three_segment_network_exports_as_a_plain_model(tmp_path):
 
     from test_export import LOADER
 
-    from snnet.export import export_network, standalone_network
+    from snnet.evaluate.export import export_network, standalone_network
 
     net = tiny_two_way()
     three = [s.cfg_id for s in net.stitches if len(s.route.segments) == 3]
@@ -293,7 +293,7 @@ def test_layer_positions_are_exactly_the_route_junctions(two_way):
 def test_paired_unpaired_checked_and_cli_errors_are_one_line(tmp_path, capsys):
     from conftest import run_entry
 
-    from snnet.evaluation import main as eval_main
+    from snnet.evaluate.main import main as eval_main
 
     with pytest.raises(IncompatibleAnchorsError, match="paired stitching needs stages of equal depth"):
         create_snnet(num_classes=5, **{**TINY_TWO_WAY, "stitching": "paired"})

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 from snnet.anchors import create_anchor
-from snnet.checkpoint import load_model_weights
 from snnet.cli import build_train_parser
 from snnet.errors import CheckpointError
+from snnet.io.checkpoint import load_model_weights
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VIT = dict(patch_size=4, depth=2, embed_dim=24, num_heads=2)

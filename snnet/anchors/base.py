@@ -51,7 +51,7 @@ class Anchor:
     layout: ClassVar[Layout] = "tokens"
     #: whether the timm constructor takes ``img_size`` (ResNets take any size and do not).
     takes_img_size: ClassVar[bool] = True
-    #: the first stage stitched by default (see :func:`snnet.stitches.default_stages`).
+    #: the first stage stitched by default (see :func:`snnet.core.stitches.default_stages`).
     first_stitch_stage: ClassVar[int] = 0
     #: set by ``SNNet(official_forward=True)``: stitched networks end as the official code's do.
     official_forward: bool = False
@@ -105,7 +105,7 @@ class Anchor:
 
     def stitched_head(self, x: torch.Tensor) -> torch.Tensor:
         """The head as a stitched network runs it; a family whose official forward differs
-        overrides this (see :mod:`snnet.official`)."""
+        overrides this (see :mod:`snnet.io.official`)."""
         return self.head(x)
 
     def channels(self, index: int) -> int:

@@ -61,7 +61,7 @@ def create_anchor(
     Args:
         model_name: a timm model name (``deit_small_patch16_224``, ``swin_tiny_...``).
         pretrained: load timm's pretrained weights (local cache first, then the hub; see
-            :mod:`snnet.weights`).
+            :mod:`snnet.io.weights`).
         checkpoint_path: a local weights file loaded after creation (safe loading only); it replaces
             ``pretrained``.
         num_classes: classifier size; None keeps timm's default.
@@ -75,13 +75,13 @@ def create_anchor(
     if img_size is not None and cls.takes_img_size:
         kwargs.setdefault("img_size", img_size)
     if pretrained and not checkpoint_path:  # a local file replaces the pretrained weights
-        from ..weights import create_pretrained_model
+        from ..io.weights import create_pretrained_model
 
         model: nn.Module = create_pretrained_model(model_name, **kwargs)
     else:
         model = timm.create_model(model_name, **kwargs)
     if checkpoint_path:
-        from ..checkpoint import load_model_weights
+        from ..io.checkpoint import load_model_weights
 
         load_model_weights(model, checkpoint_path)
     size = default_input_size(model_name)

@@ -2,8 +2,8 @@
 
 This module turns the command line into a run: it checks the arguments that need the world
 size, picks the run folder and the checkpoint to resume, sets up logging, then hands over to
-:class:`snnet.trainer.Trainer` (the loop, the checkpoints and how resuming works). The recipe
-(loss, distillation, optimizer, schedule) is :mod:`snnet.recipe`, the data :mod:`snnet.data`.
+:class:`snnet.train.trainer.Trainer` (the loop, the checkpoints and how resuming works). The recipe
+(loss, distillation, optimizer, schedule) is :mod:`snnet.train.recipe`, the data :mod:`snnet.data.datasets`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Optional, Sequence
 
 import torch.distributed as dist
 
-from .cli import build_train_parser
-from .config import parse_args_with_config
-from .distributed import DistInfo, init_distributed
-from .errors import ConfigError, exit_on_user_error
+from ..cli import build_train_parser
+from ..config import parse_args_with_config
+from ..distributed import DistInfo, init_distributed
+from ..errors import ConfigError, exit_on_user_error
 from .trainer import StepCallback, Trainer
 
 _logger = logging.getLogger("train")
@@ -32,7 +32,7 @@ AUTO = "auto"
 
 @exit_on_user_error
 def main(argv: Optional[list[str]] = None, step_callbacks: Sequence[StepCallback] = ()) -> int:
-    """train.py. ``step_callbacks`` go to the :class:`~snnet.trainer.Trainer` (see there)."""
+    """train.py. ``step_callbacks`` go to the :class:`~snnet.train.trainer.Trainer` (see there)."""
     parser = build_train_parser()
     args, _ = parse_args_with_config(parser, argv)
     info = init_distributed(args.device)
@@ -67,7 +67,7 @@ def resume_target(args: Namespace, out_dir: Path, info: DistInfo) -> str:
     """The checkpoint to resume: ``--resume FILE``, or the run folder's last.pth.tar when it
     exists (``--resume auto``, also the default); '' to start fresh. An official SN-Net
     checkpoint given to ``--resume`` becomes ``--initial-checkpoint``."""
-    from .official import looks_official
+    from ..io.official_layout import looks_official
 
     last = out_dir / "last.pth.tar"
     resume = args.resume

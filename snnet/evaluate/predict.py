@@ -27,13 +27,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .errors import CheckpointError, ConfigError, DataError, exit_on_user_error
+from ..errors import CheckpointError, ConfigError, DataError, exit_on_user_error
 
 INFO_SUFFIX = ".json"
 
 
 def build_predict_parser() -> argparse.ArgumentParser:
-    from .cli import add_data_args, add_model_args
+    from ..cli import add_data_args, add_model_args
 
     parser = argparse.ArgumentParser(
         description="Top-5 classes of image files from one network of an SN-Net or an exported network."
@@ -80,8 +80,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
 
 
 def parse_predict_args(argv: Optional[Sequence[str]] = None) -> Namespace:
-    from .config import parse_args_with_config
-    from .evaluation import _train_keys
+    from ..config import parse_args_with_config
+    from .main import _train_keys
 
     parser = build_predict_parser()
     args, _ = parse_args_with_config(parser, argv, extra_known_keys=_train_keys())
@@ -166,8 +166,8 @@ def class_names(num_classes: int, dataset) -> list[str]:
 def prediction_info(net, dataset_name: str, data_dir: Optional[str], split: str = "validation") -> dict[str, Any]:
     """What running one network on images needs besides its weights: the evaluation transform's
     settings and the class names (from the dataset when it can be opened)."""
-    from .data import create_dataset
-    from .loaders import data_config_for
+    from ..data.datasets import create_dataset
+    from ..data.loaders import data_config_for
 
     try:
         dataset = create_dataset(dataset_name, data_dir, split) if (dataset_name or data_dir) else None
@@ -197,7 +197,7 @@ def write_prediction_info(export_path: str | Path, info: dict[str, Any], cfg_id:
 
 
 def _transform(info: dict[str, Any]):
-    from .loaders import eval_transform
+    from ..data.loaders import eval_transform
 
     return eval_transform({**info, "input_size": tuple(info["input_size"])})
 
@@ -207,7 +207,7 @@ def _transform(info: dict[str, Any]):
 # ---------------------------------------------------------------------------------------------
 def choose_network(args: Namespace, net) -> int:
     """``--stitch``: a cfg_id, or the budget pick / the most accurate network of the sweep."""
-    from .evaluation import default_out_dir
+    from .main import default_out_dir
     from .pareto import parse_flops, pick, pick_for_budget
     from .results import read_results
 
@@ -250,8 +250,8 @@ def choose_network(args: Namespace, net) -> int:
 
 def load_snnet(args: Namespace):
     """The SN-Net of ``--resume`` (with its own anchors and options) and its prediction info."""
-    from .checkpoint import extract_state_dict, load_checkpoint_file
-    from .evaluation import apply_checkpoint_args, build_model
+    from ..io.checkpoint import extract_state_dict, load_checkpoint_file
+    from .main import apply_checkpoint_args, build_model
 
     ckpt = load_checkpoint_file(args.checkpoint)
     apply_checkpoint_args(args, ckpt)
@@ -297,7 +297,7 @@ def predict(
     device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
     """Per image: its top-k class indices, names and probabilities."""
-    from .loaders import Normalize
+    from ..data.loaders import Normalize
 
     transform = _transform(info)
     prep = Normalize(info["mean"], info["std"], torch.device(device))

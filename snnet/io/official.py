@@ -21,75 +21,14 @@ allows exactly that class, and only for files whose weights have this layout.
 
 from __future__ import annotations
 
-import re
-import zipfile
-from argparse import Namespace
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from .errors import CheckpointError
-
-# stitch_layers.<pair>.<layer>.transform.* (DeiT) or stitch_layers.<group>.<pair>.<layer>.transform.*
-_OFFICIAL_LAYER = re.compile(r"^stitch_layers\.(\d+)\.(\d+)(?:\.(\d+))?\.transform\.(weight|bias)$")
-_OFFICIAL_BYTES = re.compile(rb"stitch_layers\.\d+\.\d+(?:\.\d+)?\.transform\.")
-_STATE_KEYS = ("model", "state_dict")
-
-
-def is_official_state(state: Mapping[str, Any]) -> bool:
-    """Whether a state dict has the official code's stitching-layer keys."""
-    return any(_OFFICIAL_LAYER.match(str(k)) for k in state)
-
-
-def official_state_of(ckpt: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
-    """The weights of an official SN-Net checkpoint, or None if ``ckpt`` is not one."""
-    for key in _STATE_KEYS:
-        state = ckpt.get(key)
-        if isinstance(state, Mapping) and is_official_state(state):
-            return state
-    return None
-
-
-def looks_official(path: str | Path) -> bool:
-    """Whether ``path`` is a torch zip checkpoint that pickles an ``argparse.Namespace`` next to
-    official stitching-layer keys, read from its pickle stream without unpickling it (the real
-    load, :func:`snnet.checkpoint.load_checkpoint_file`, still checks everything)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-            data = archive.read(names[0]) if names else b""
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return b"argparse" in data and b"Namespace" in data and _OFFICIAL_BYTES.search(data) is not None
-
-
-def plain_official_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """``ckpt`` with its pickled ``args`` Namespace turned into a plain dict (``official_args``),
-    so that nothing downstream mistakes the official arguments for snnet's."""
-    out = dict(ckpt)
-    args = out.pop("args", None)
-    if isinstance(args, Namespace):
-        out["official_args"] = dict(vars(args))
-    return out
-
-
-def official_unpaired_layers(front_depth: int, back_depth: int) -> dict[int, list[tuple[int, int]]]:
-    """Positions of two unequal-depth stages grouped by the official layer they use.
-
-    As ``unpaired_stitching`` + ``get_stitch_configs``: the front blocks are mapped onto the back
-    ones by nearest interpolation; stitch ``(j, k)`` exists when back block ``k`` maps to ``j``
-    and ``j < k``; the n-th stitch (front-major order) uses layer ``end_mapping_ids[n]``.
-    """
-    ids = torch.arange(front_depth, dtype=torch.float32)[None, None]
-    end_mapping = F.interpolate(ids, back_depth).long().flatten().tolist()
-    stitches = [(j, k) for j in range(front_depth) for k, e in enumerate(end_mapping) if e == j and j < k]
-    groups: dict[int, list[tuple[int, int]]] = {}
-    for position, layer in zip(stitches, end_mapping):
-        groups.setdefault(layer, []).append(position)
-    return dict(sorted(groups.items()))
+from ..core.stitches import anchor_pairs, official_unpaired_layers
+from ..errors import CheckpointError
+from .official_layout import OFFICIAL_LAYER_KEY, is_official_state
 
 
 def official_layer_index(net) -> dict[tuple[int, int, int], int]:
@@ -98,8 +37,6 @@ def official_layer_index(net) -> dict[tuple[int, int, int], int]:
     Pairs are numbered as the official code does (neighbouring anchors: the front anchor's
     index); stage groups are the positions in the list of stitched stages.
     """
-    from .stitches import anchor_pairs
-
     pairs = {pair: i for i, pair in enumerate(anchor_pairs(len(net.anchor_adapters), net.config["nearest"]))}
     stages = sorted({spec.stage for spec in net.layer_specs})
     index: dict[tuple[int, int, int], int] = {}
@@ -137,7 +74,7 @@ def convert_official_state(state: Mapping[str, torch.Tensor], net) -> dict[str, 
     index = official_layer_index(net)
     hierarchical = net.anchor_adapters[0].num_stages > 1
     for key, value in state.items():
-        m = _OFFICIAL_LAYER.match(key)
+        m = OFFICIAL_LAYER_KEY.match(key)
         if not m:
             continue
         a, b, c, what = m.groups()

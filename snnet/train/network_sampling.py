@@ -1,41 +1,25 @@
-"""Seeded sampling for training: which network a step trains, which images it sees, and how.
+"""Which network each training step trains: seeded network samplers, saved in checkpoints.
 
-Everything random in a training run is a function of ``--seed`` and of state that the
-checkpoints save, so that a run repeats exactly and a resumed run continues the very same
-sequence:
+:class:`NetworkSampler` draws the ``cfg_id`` of each optimizer step from its own
+``torch.Generator``. The documented rule (``tests/test_distributed.py`` re-implements it)::
 
-* **Networks.** :class:`NetworkSampler` draws the ``cfg_id`` of each optimizer step from its own
-  ``torch.Generator``. The documented rule (``tests/test_distributed.py`` re-implements it)::
+    g = torch.Generator().manual_seed(sampler_seed(seed, rank, per_rank))
+    for every step:  cfg_id = int(torch.multinomial(weights, 1, generator=g))
 
-      g = torch.Generator().manual_seed(sampler_seed(seed, rank, per_rank))
-      for every step:  cfg_id = int(torch.multinomial(weights, 1, generator=g))
-
-  with ``weights`` a float64 tensor, all ones for uniform sampling. By default every rank uses
-  the same seed, so all ranks train the same network at the same step and DDP averages
-  gradients of one network; ``--sample-per-rank`` gives each rank its own stream.
-* **Data order.** :class:`EpochSampler` is a ``DistributedSampler`` whose order depends only on
-  ``(seed, epoch)`` (also with one process) and which can start after the first ``k`` batches
-  of an epoch, which is how a run resumed inside an epoch skips the batches already trained
-  on without loading them.
-* **Augmentation.** :class:`SeededSamples` seeds python/numpy/torch before loading each sample
-  from ``(seed, epoch, index)``: an image's crop, flip, RandAugment and random erasing are the
-  same whichever worker, process count or resume loads it.
-* **Process RNGs** (drop-path, Mixup/CutMix, batch-level random erasing) are the global
-  torch/numpy/python generators; :func:`capture_rng_state` / :func:`restore_rng_state` put them
-  into checkpoints as tensors and plain Python data.
+with ``weights`` a float64 tensor, all ones for uniform sampling. By default every rank uses
+the same seed, so all ranks train the same network at the same step and gradients average over
+one network; ``--sample-per-rank`` gives each rank its own stream. :class:`FlopsGroupSampler` is
+SN-Netv2's FLOPs-balanced sampling (``--sample-by flops-groups``).
 """
 
 from __future__ import annotations
 
-import random
-from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, get_worker_info
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SAMPLE_WEIGHT_KEYWORDS = ("uniform", "flops", "params")
 
@@ -65,7 +49,7 @@ def resolve_sample_weights(spec: Optional[Sequence[Any] | str], net) -> Optional
             return [float(net.num_params(i)) for i in range(n)]
         import warnings
 
-        from .flops import stitches_flops
+        from ..core.flops import stitches_flops
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # fvcore's tracing warnings
@@ -208,116 +192,9 @@ def create_network_sampler(
         )
     import warnings
 
-    from .flops import stitches_flops
+    from ..core.flops import stitches_flops
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fvcore's tracing warnings
         flops = stitches_flops(net)
     return FlopsGroupSampler(flops, flops_gap, seed, rank, per_rank, flops_sampling_k)
-
-
-class EpochSampler(DistributedSampler):
-    """``DistributedSampler`` over ``(epoch, index)`` keys, resumable inside an epoch.
-
-    The permutation is ``torch.randperm(len(dataset))`` seeded with ``seed + epoch`` (exactly
-    ``DistributedSampler``'s), padded to a multiple of the world size, and rank ``r`` takes
-    positions ``r, r + world, ...``. So one process with batch ``2B`` and two processes with
-    batch ``B`` put the same images in each global batch. ``set_epoch(epoch, skip_batches=k)``
-    starts after the first ``k`` batches of this rank.
-    """
-
-    def __init__(
-        self, dataset: Dataset, num_replicas: int, rank: int, seed: int, batch_size: int, shuffle: bool = True
-    ):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-        self.batch_size = batch_size
-        self.skip = 0
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        super().set_epoch(epoch)
-        self.skip = skip_batches * self.batch_size
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = list(super().__iter__())[self.skip :]
-        return iter([(self.epoch, i) for i in indices])
-
-    def __len__(self) -> int:
-        return max(0, self.num_samples - self.skip)
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of one sample's augmentation."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-@contextmanager
-def _seeded(seed: int):
-    """Seed python, numpy and torch (CPU); in the main process, restore their states afterwards."""
-    in_main = get_worker_info() is None
-    if in_main:
-        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed % (2**32 - 1))
-    torch.default_generator.manual_seed(seed)
-    try:
-        yield
-    finally:
-        if in_main:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
-            torch.set_rng_state(saved[2])
-
-
-class SeededSamples(Dataset):
-    """Wraps a dataset indexed by ``(epoch, index)``: each sample's augmentation is seeded from
-    ``(seed, epoch, index)`` so it does not depend on workers, world size or resumes."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset = dataset
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        with _seeded(sample_seed(self.seed, epoch, index)):
-            return self.dataset[index]
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The process's python/numpy/torch RNG states as tensors and plain Python data."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "kind": np_state[0],
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32 - 1))
-    torch.manual_seed(seed)

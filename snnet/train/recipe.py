@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cli import build_snnet
-from .config import parse_kwargs
-from .errors import ConfigError
-from .model import SNNet
+from ..cli import build_snnet
+from ..config import parse_kwargs
+from ..core.model import SNNet
+from ..errors import ConfigError
 
 
 def build_model(args: Namespace, num_classes: int) -> SNNet:
@@ -67,14 +67,14 @@ def build_teacher(args: Namespace, num_classes: int, device: torch.device) -> Op
         return None
     import timm
 
-    from .checkpoint import load_model_weights
+    from ..io.checkpoint import load_model_weights
 
     kwargs = parse_kwargs(args.teacher_kwargs)
     pretrained = args.teacher_checkpoint is None
     if not timm.is_model(args.teacher.split(".")[0]):
         raise ConfigError(f"unknown teacher model '{args.teacher}': timm has no model of that name")
     if pretrained:
-        from .weights import create_pretrained_model
+        from ..io.weights import create_pretrained_model
 
         teacher = create_pretrained_model(args.teacher, "--teacher-checkpoint FILE", num_classes=num_classes, **kwargs)
     else:

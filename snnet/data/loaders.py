@@ -1,4 +1,4 @@
-"""Transforms, loaders and normalisation of train.py and eval.py, over :mod:`snnet.data`'s datasets.
+"""Transforms, loaders and normalisation of train.py and eval.py, over :mod:`snnet.data.datasets`'s datasets.
 
 Loaders give uint8 batches (timm's ``fast_collate``); :class:`Normalize` (and :class:`BatchPrep`
 in training, which adds random erasing) turns them into normalised float batches on the device.
@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
-from .data import DigitsDataset
-from .sampling import EpochSampler, SeededSamples
+from .datasets import DigitsDataset
+from .samplers import EpochSampler, SeededSamples
 
 if TYPE_CHECKING:
-    from .distributed import DistInfo
-    from .model import SNNet
+    from ..core.model import SNNet
+    from ..distributed import DistInfo
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,9 +26,9 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .errors import ConfigError
-from .layers import to_rows
-from .model import SNNet
+from ..core.layers import to_rows
+from ..core.model import SNNet
+from ..errors import ConfigError
 
 COLUMNS = ("cfg_id", "name", "stage", "cka", "ls_residual", "ls_top1")
 
@@ -104,8 +104,8 @@ def ls_initialise_and_score(
 ) -> dict[int, dict[str, float]]:
     """Least-squares init of every stitching layer on ``n_images`` training images (as train.py's
     ``--ls-init``: same sampling from ``seed``, same transform), then :func:`junction_scores` on them."""
-    from .data import create_dataset, sample_images
-    from .loaders import data_config_for
+    from ..data.datasets import create_dataset, sample_images
+    from ..data.loaders import data_config_for
 
     train_ds = create_dataset(dataset, data_dir, "train")
     cfg = data_config_for(net, train_ds)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from .model import SNNet
+from ..core.model import SNNet
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
-"""What a train.py checkpoint holds, and how a :class:`~snnet.trainer.Trainer` is saved to and
-restored from one (the format and the resume rules are described in :mod:`snnet.trainer`).
-Files are written and read by :mod:`snnet.checkpoint` (atomic, ``weights_only``)."""
+"""What a train.py checkpoint holds, and how a :class:`~snnet.train.trainer.Trainer` is saved to and
+restored from one (the format and the resume rules are described in :mod:`snnet.train.trainer`).
+Files are written and read by :mod:`snnet.io.checkpoint` (atomic, ``weights_only``)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import load_checkpoint_file
-from .config import plain
-from .distributed import DistInfo
-from .errors import CheckpointError
-from .sampling import capture_rng_state, restore_rng_state
+from ..config import plain
+from ..distributed import DistInfo
+from ..errors import CheckpointError
+from ..io.checkpoint import load_checkpoint_file
+from .rng import capture_rng_state, restore_rng_state
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -180,7 +180,7 @@ def checkpoint_saver_class():
     from timm.utils import CheckpointSaver
 
     class SNNetCheckpointSaver(CheckpointSaver):
-        """timm's top-k bookkeeping; files written by :func:`snnet.checkpoint.save_checkpoint`
+        """timm's top-k bookkeeping; files written by :func:`snnet.io.checkpoint.save_checkpoint`
         with plain data only (timm's ``_save`` pickles the argparse Namespace)."""
 
         def __init__(self, state_fn, **kwargs):
@@ -193,7 +193,7 @@ def checkpoint_saver_class():
             os.replace(src, dst)
 
         def _save(self, save_path, epoch, metric=None):
-            from .checkpoint import save_checkpoint
+            from ..io.checkpoint import save_checkpoint
 
             state = self.state_fn(metric)
             state["saver"] = plain(self.state_dict(epoch, metric))

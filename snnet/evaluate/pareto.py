@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from .errors import BudgetError, ConfigError
+from ..errors import BudgetError, ConfigError
 
 Row = Mapping[str, Any]
 

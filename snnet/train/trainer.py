@@ -1,6 +1,6 @@
 """The training loop of train.py: a :class:`Trainer` holds everything one process trains with.
 
-One optimizer step trains ONE network of the SN-Net, drawn by :class:`snnet.sampling.NetworkSampler`
+One optimizer step trains ONE network of the SN-Net, drawn by :class:`snnet.train.network_sampling.NetworkSampler`
 (every rank the same network by default): :meth:`Trainer.step` is that step and may be overridden,
 as in timm's training tasks. ``step_callbacks`` run after each forward with ``(trainer, step,
 loss)`` (``step``: the global step being trained, from 1) and may return a replacement loss or
@@ -48,11 +48,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .compile import compile_blocks
-from .config import plain
-from .distributed import DistInfo, GradAllReduce, broadcast_state
-from .errors import DataError, DivergenceError
-from .loaders import build_loaders, data_config_for
+from ..config import plain
+from ..core.compile import compile_blocks
+from ..core.stitches import parse_stitch_ids
+from ..data.loaders import build_loaders, data_config_for
+from ..distributed import DistInfo, GradAllReduce, broadcast_state
+from ..errors import DataError, DivergenceError
+from .checkpoint import checkpoint_saver_class, restore_training_state, training_state
+from .metrics import PendingSteps, StepLog, summarize, validate
+from .network_sampling import create_network_sampler
 from .recipe import (
     apply_split_bn,
     build_loss,
@@ -62,10 +66,7 @@ from .recipe import (
     build_teacher,
     default_val_ids,
 )
-from .sampling import create_network_sampler, seed_everything
-from .stitches import parse_stitch_ids
-from .train_checkpoint import checkpoint_saver_class, restore_training_state, training_state
-from .train_metrics import PendingSteps, StepLog, summarize, validate
+from .rng import seed_everything
 
 _logger = logging.getLogger("train")
 
@@ -88,8 +89,8 @@ class Trainer:
     ):
         from timm.utils import ModelEmaV3
 
-        from .config import save_args_yaml
-        from .data import create_dataset, resolve_num_classes, sample_images
+        from ..config import save_args_yaml
+        from ..data.datasets import create_dataset, resolve_num_classes, sample_images
 
         self.args, self.info, self.out_dir = args, info, out_dir
         self.step_callbacks = list(step_callbacks)
@@ -106,15 +107,15 @@ class Trainer:
 
         initial = None
         if args.initial_checkpoint:
-            from .checkpoint import load_checkpoint_file
-            from .official import official_state_of
+            from ..io.checkpoint import load_checkpoint_file
+            from ..io.official_layout import official_state_of
 
             initial = load_checkpoint_file(args.initial_checkpoint)
             args.official_forward = args.official_forward or official_state_of(initial) is not None
         torch.manual_seed(args.seed)  # the same initial weights on every rank
         self.net = net = build_model(args, num_classes)
         if initial is not None:
-            from .official import load_initial_weights
+            from ..io.official import load_initial_weights
 
             load_initial_weights(net, initial, args.initial_checkpoint)
             del initial
@@ -469,7 +470,7 @@ class Trainer:
 
     def save_last(self) -> None:
         """Step-level checkpoint: last.pth.tar inside an epoch (collective; rank 0 writes)."""
-        from .checkpoint import save_checkpoint
+        from ..io.checkpoint import save_checkpoint
 
         state = self.checkpoint_state(epoch_complete=False)
         if state is not None:

@@ -16,12 +16,12 @@ from argparse import Namespace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from .config import parse_kwargs, plain
-from .errors import ConfigError
+from ..config import parse_kwargs, plain
+from ..errors import ConfigError
 from .sweep import metrics_of
 
 if TYPE_CHECKING:
-    from .model import SNNet
+    from ..core.model import SNNet
 
 PARTIAL_NAME = "sweep_partial.jsonl"
 PARTIAL_VERSION = 1

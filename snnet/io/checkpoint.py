@@ -20,7 +20,7 @@ from typing import IO, Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 # What torch.load(weights_only=True) rebuilds. Exact types: a subclass (a namedtuple, a
 # defaultdict, a str Enum) pickles as its own class, which weights_only refuses.
@@ -113,7 +113,7 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
 
     The one exception: an official SN-Net checkpoint may hold an ``argparse.Namespace`` (its
     ``args``); that class alone is allowed for such files, and it comes back as a plain dict
-    under ``official_args`` (:mod:`snnet.official`).
+    under ``official_args`` (:mod:`snnet.io.official`).
 
     Raises:
         CheckpointError: the file is missing, truncated or not a checkpoint, holds pickled
@@ -164,7 +164,7 @@ def _load_official(path: Path, map_location, refusal: pickle.UnpicklingError) ->
     hold official SN-Net weights; anything else re-raises the original ``refusal``."""
     import argparse
 
-    from .official import official_state_of, plain_official_checkpoint
+    from .official_layout import official_state_of, plain_official_checkpoint
 
     if "argparse.Namespace" not in str(refusal):
         raise refusal

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .anchors import Layout
-from .errors import ConfigError
+from ..anchors import Layout
+from ..errors import ConfigError
 
 STITCH_LAYER_KINDS = ("linear", "lora")
 

@@ -11,7 +11,7 @@ only the trainer uses are ignored, unknown keys are errors). What happens:
 1. The checkpoint's weights are loaded (``--use-ema`` for its EMA weights); anchors, kwargs and
    image size default to the checkpoint's own when not given.
 2. The selected networks (``--stitches``, default all) are evaluated from ONE pass over the
-   validation data (:mod:`snnet.sweep`), in chunks of ``--sweep-chunk`` networks (0: all in one
+   validation data (:mod:`snnet.evaluate.sweep`), in chunks of ``--sweep-chunk`` networks (0: all in one
    pass). Each finished chunk is appended to ``DIR/sweep_partial.jsonl``; a rerun into the same
    DIR skips what is there. Under torchrun every rank evaluates its own shard, without padding.
 3. ``--measure-latency`` times each network alone at ``--latency-batch-size`` on the device.
@@ -20,7 +20,7 @@ only the trainer uses are ignored, unknown keys are errors). What happens:
    latency was measured; the frontier is printed.
 5. ``--budget-flops 2.5G`` / ``--budget-latency MS`` print the best network within budget;
    ``--export CFG_ID|best --export-path net.{pt,pt2,onnx}`` writes one network as a standalone
-   model (:mod:`snnet.export`). ``--export CFG_ID`` alone only exports (no data pass).
+   model (:mod:`snnet.evaluate.export`). ``--export CFG_ID`` alone only exports (no data pass).
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from .cli import build_eval_parser, build_snnet, build_train_parser
-from .compile import compiled_blocks
-from .config import parse_args_with_config, parse_kwargs, plain
-from .distributed import is_distributed, on_primary
-from .errors import CheckpointError, ConfigError, DataError, exit_on_user_error
+from ..cli import build_eval_parser, build_snnet, build_train_parser
+from ..config import parse_args_with_config, parse_kwargs, plain
+from ..core.compile import compiled_blocks
+from ..core.model import SNNet
+from ..core.stitches import parse_stitch_ids
+from ..distributed import is_distributed, on_primary
+from ..errors import CheckpointError, ConfigError, DataError, exit_on_user_error
 from .latency import autocast_for, cached_latencies
-from .model import SNNet
-from .stitches import parse_stitch_ids
 
 # Model arguments a checkpoint's own ``args`` fill in when the command line and config leave
 # them at their defaults (the trainer saves its arguments as plain data).
@@ -135,7 +135,7 @@ def _is_default(args: Namespace, key: str) -> bool:
 def apply_checkpoint_args(args: Namespace, ckpt: dict) -> None:
     """Fill model arguments the user left at their defaults from the checkpoint; refuse a
     checkpoint of other anchors or other stitching options."""
-    from .official import official_state_of
+    from ..io.official_layout import official_state_of
 
     if official_state_of(ckpt) is not None:  # the official code's layout: its forward, our anchors' names
         args.official_forward = True
@@ -198,7 +198,7 @@ def build_model(args: Namespace, num_classes: Optional[int], state: Optional[dic
         if size is not None and size != _classifier_size(net, net.state_dict()):
             torch.manual_seed(args.seed)
             net = build_snnet(model_args, num_classes=size, pretrained=False)
-    from .official import load_snnet_state
+    from ..io.official import load_snnet_state
 
     load_snnet_state(
         net,
@@ -229,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None, on_chunk_saved: Sequence[ChunkCal
     the sweep is saved (e.g. a test simulating a crash there)."""
     args = parse_eval_args(argv)
     check_args(args)
-    from .distributed import init_distributed
+    from ..distributed import init_distributed
 
     info = init_distributed(args.device)
     try:
@@ -242,7 +242,7 @@ def main(argv: Optional[Sequence[str]] = None, on_chunk_saved: Sequence[ChunkCal
 def run(args: Namespace, info, on_chunk_saved: Sequence[ChunkCallback] = ()) -> int:
     """Load the checkpoint, then one of three modes: FLOPs only, export only, or the sweep
     (with budget picking and export of the pick)."""
-    from .checkpoint import load_checkpoint_file
+    from ..io.checkpoint import load_checkpoint_file
     from .predict import training_data
 
     log = (lambda msg: print(msg, flush=True)) if info.is_primary else (lambda msg: None)
@@ -272,7 +272,7 @@ def _flops_table(net: SNNet, ids: list[int]) -> list[dict[str, Any]]:
 
     with warnings.catch_warnings():  # fvcore calls the deprecated torch.jit.script when imported
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.script.*")
-        from .flops import flops_table
+        from ..core.flops import flops_table
     return flops_table(net, ids)
 
 
@@ -302,13 +302,13 @@ def load_model(
 ) -> tuple[SNNet, Any]:
     """The SN-Net with the checkpoint's weights (or untrained, with a warning), and the
     validation dataset when ``with_data``."""
-    from .checkpoint import extract_state_dict
+    from ..io.checkpoint import extract_state_dict
 
     state = extract_state_dict(ckpt, args.use_ema) if ckpt is not None else None
     dataset = None
     num_classes = args.num_classes
     if with_data:
-        from .data import create_dataset, resolve_num_classes
+        from ..data.datasets import create_dataset, resolve_num_classes
 
         dataset = create_dataset(args.dataset, args.data_dir, args.val_split, args.img_size, args.seed)
         num_classes = resolve_num_classes(num_classes, dataset)
@@ -338,7 +338,7 @@ def load_model(
                 )
             )
         if info.distributed:
-            from .distributed import broadcast_state
+            from ..distributed import broadcast_state
 
             broadcast_state(net)
     return net, dataset
@@ -435,7 +435,7 @@ def _sweep(
     log,
     on_chunk_saved: Sequence[ChunkCallback] = (),
 ) -> None:
-    from .loaders import Normalize, data_config_for, eval_loader, eval_transform
+    from ..data.loaders import Normalize, data_config_for, eval_loader, eval_transform
     from .sweep import make_chunks, progress_logger, sweep_pass
 
     data_cfg = data_config_for(net, dataset)  # the trainer's validation transform (digits: no crop)

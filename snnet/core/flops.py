@@ -24,7 +24,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from .anchors import Anchor
+from ..anchors import Anchor
 from .model import SNNet
 
 _SDPA_OPS = (

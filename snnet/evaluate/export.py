@@ -26,9 +26,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .model import SNNet
-from .routes import Route, apply_step
+from ..core.model import SNNet
+from ..core.routes import Route, apply_step
+from ..errors import ConfigError
 
 FORMATS = {".pt": "torchscript", ".ts": "torchscript", ".pt2": "exported_program", ".onnx": "onnx"}
 

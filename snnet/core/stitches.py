@@ -1,6 +1,6 @@
 """Which networks an SN-Net holds: the papers' stitching rules as small value objects.
 
-Every network is a :class:`~snnet.routes.Route`. An SN-Net (v1) stitch runs anchor ``front`` up
+Every network is a :class:`~snnet.core.routes.Route`. An SN-Net (v1) stitch runs anchor ``front`` up
 to and including block ``front_block`` (``j``), a stitching layer, then anchor ``back`` from
 block ``back_block`` (``k``) to its head; its name reads as Python slices:
 ``deit_tiny_patch16_224[:4]>deit_small_patch16_224[4:]`` is ``j = 3, k = 4``. SN-Netv2's
@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Optional, Sequence
 
-from .anchors import Anchor
-from .errors import ConfigError, IncompatibleAnchorsError
-from .official import official_unpaired_layers
+import torch
+import torch.nn.functional as F
+
+from ..anchors import Anchor
+from ..errors import ConfigError, IncompatibleAnchorsError
 from .routes import Route, Segment, anchor_route, route_name
 
 Position = tuple[int, int]
@@ -204,7 +206,7 @@ def enumerate_stitches(
     stitches in window order. Single-stage anchors pair every ``(j, k)`` of a window;
     multi-stage anchors stitch forward only, inside a stage, never at a stage's first block
     (its input has the previous stage's resolution). ``official_sharing``: unequal-depth stages
-    share layers as the official code does (:func:`snnet.official.official_unpaired_layers`).
+    share layers as the official code does (:func:`official_unpaired_layers`).
     """
     if stitching is not None and stitching not in STITCHING_RULES:
         raise ConfigError(f"unknown stitching '{stitching}': use one of {', '.join(STITCHING_RULES)}")
@@ -330,3 +332,19 @@ def parse_stitch_ids(text: str, num_stitches: int) -> list[int]:
     if out_of_range:
         raise ConfigError(f"stitch id {out_of_range[0]} is out of range: this SN-Net has cfg_ids 0..{num_stitches - 1}")
     return sorted(ids)
+
+
+def official_unpaired_layers(front_depth: int, back_depth: int) -> dict[int, list[tuple[int, int]]]:
+    """Positions of two unequal-depth stages grouped by the official layer they use.
+
+    As ``unpaired_stitching`` + ``get_stitch_configs``: the front blocks are mapped onto the back
+    ones by nearest interpolation; stitch ``(j, k)`` exists when back block ``k`` maps to ``j``
+    and ``j < k``; the n-th stitch (front-major order) uses layer ``end_mapping_ids[n]``.
+    """
+    ids = torch.arange(front_depth, dtype=torch.float32)[None, None]
+    end_mapping = F.interpolate(ids, back_depth).long().flatten().tolist()
+    stitches = [(j, k) for j in range(front_depth) for k, e in enumerate(end_mapping) if e == j and j < k]
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for position, layer in zip(stitches, end_mapping):
+        groups.setdefault(layer, []).append(position)
+    return dict(sorted(groups.items()))

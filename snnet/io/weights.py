@@ -4,7 +4,7 @@
 it is cached, and on a machine without internet retries for about a minute before failing
 with a long traceback. Here the local caches are tried first (the HF cache, then torch.hub's
 download folder for timm's legacy URLs); a cached file is loaded safely
-(:func:`snnet.checkpoint.load_checkpoint_file`) and handed to timm as its pretrained state
+(:func:`snnet.io.checkpoint.load_checkpoint_file`) and handed to timm as its pretrained state
 dict, so timm's own checkpoint filter and classifier handling still apply. Only when nothing
 is cached is the hub asked, after a short connection probe, and a failure is one clear line.
 """
@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 # The hub file names timm looks for, in its order of preference.
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -2,7 +2,7 @@
 
 Both yield ``(PIL RGB image, int target)`` and carry a settable ``transform``, so timm's
 transforms and loaders (``timm.data.create_transform`` / ``create_loader``) apply to the digits
-exactly as they apply to ImageNet. The loaders train.py and eval.py use are :mod:`snnet.loaders`.
+exactly as they apply to ImageNet. The loaders train.py and eval.py use are :mod:`snnet.data.loaders`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .errors import DataError
+from ..errors import DataError
 
 _VAL_SPLITS = ("val", "validation")
 

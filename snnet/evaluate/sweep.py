@@ -18,9 +18,9 @@ run again for each network that starts with them. Here:
   (no padding, unlike timm's ``OrderedDistributedSampler``) and the sums are all-reduced, so
   every validation sample counts exactly once;
 * the selected networks are processed in chunks (``--sweep-chunk``, :func:`make_chunks`); eval.py
-  saves each finished chunk (:mod:`snnet.results`), so an interrupted sweep loses at most one.
+  saves each finished chunk (:mod:`snnet.evaluate.results`), so an interrupted sweep loses at most one.
 
-The loaders and normalisation are :mod:`snnet.data`'s; latency is :mod:`snnet.latency`'s.
+The loaders and normalisation are :mod:`snnet.data.datasets`'s; latency is :mod:`snnet.evaluate.latency`'s.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .model import SNNet
-from .routes import Route, Step
-from .stitches import Stitch
+from ..core.model import SNNet
+from ..core.routes import Route, Step
+from ..core.stitches import Stitch
 
 
 # ---------------------------------------------------------------------------------------------

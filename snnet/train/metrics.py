@@ -14,10 +14,10 @@ from typing import Optional
 
 import torch
 
-from .distributed import all_reduce_sum
-from .loaders import Normalize
-from .model import SNNet
-from .sweep import metrics_of, sweep_pass
+from ..core.model import SNNet
+from ..data.loaders import Normalize
+from ..distributed import all_reduce_sum
+from ..evaluate.sweep import metrics_of, sweep_pass
 
 
 class PendingSteps:

@@ -10,8 +10,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from .anchors import Anchor, create_anchor
-from .errors import ConfigError, IncompatibleAnchorsError
+from ..anchors import Anchor, create_anchor
+from ..errors import ConfigError, IncompatibleAnchorsError
 from .layers import StitchingLayer, create_stitching_layer, to_rows
 from .lstsq import augment, solve_normal_equations
 from .routes import Route, Step, apply_step, run_route
@@ -53,7 +53,7 @@ class SNNet(nn.Module):
             desc = ", ".join(f"{a.name}: {'x'.join(map(str, a.input_size[1:]))}" for a in anchors)
             raise IncompatibleAnchorsError(f"anchors take different input sizes ({desc}); pass one --img-size for all")
         self.anchor_adapters = list(anchors)
-        for adapter in self.anchor_adapters:  # how stitched networks end (snnet.official)
+        for adapter in self.anchor_adapters:  # how stitched networks end (snnet.io.official)
             adapter.official_forward = official_forward
         self.anchors = nn.ModuleList(a.model for a in anchors)
         self.stitches, self.layer_specs = enumerate_stitches(

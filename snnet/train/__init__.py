@@ -1,0 +1,1 @@
+"""Training (train.py): the run, the Trainer, its recipe, network sampling and checkpoints."""
