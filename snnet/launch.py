@@ -33,6 +33,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -244,13 +245,20 @@ class Task(Checkpointable):
             flag = PreemptionFlag()
             signal.signal(sig, flag.on_signal)
             kwargs["stop_check"] = flag
+        submitted = Path(job_env.paths.submitted_pickle)
+        pickled_at = submitted.stat().st_mtime_ns if submitted.exists() else 0
         try:
             code = self.entry(list(self.argv), **kwargs)
         except TrainingInterrupted as e:
             print(f"{e}: requeueing", flush=True)
             if dist_env.rank == 0:
                 requeue(sig, None)  # exits (requeued), or raises when the job may not be requeued
-            sys.exit(-1)  # the other tasks leave; the requeued job starts them all again
+            # the other tasks leave once rank 0 has pickled the requeued job (an early exit could
+            # make Slurm end the job first); the requeued job starts them all again
+            deadline = time.time() + 60
+            while time.time() < deadline and submitted.exists() and submitted.stat().st_mtime_ns == pickled_at:
+                time.sleep(0.2)
+            sys.exit(-1)
         # a user error (exit 2) and submitit's requeue (exit) leave as SystemExit, without a result
         if code:
             raise RuntimeError(f"{self} returned {code}")
