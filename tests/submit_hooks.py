@@ -52,3 +52,19 @@ class StandInLab:
             if (folder / f"attempts-{i}").read_text() == "x":
                 os.kill(os.getpid(), signal.SIGUSR2)  # submitit's handler: requeue with the same shard
         return 0
+
+
+@dataclass
+class Heartbeat:
+    """A job that writes its pid to ``folder/pid-<rank>``, then a heartbeat file until killed."""
+
+    folder: str
+
+    def __call__(self, argv: list[str]) -> int:
+        import time
+
+        folder = Path(self.folder)
+        (folder / f"pid-{os.environ['RANK']}").write_text(str(os.getpid()))
+        while True:
+            (folder / f"beat-{os.environ['RANK']}").write_text(str(time.time()))
+            time.sleep(0.2)

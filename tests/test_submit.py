@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from submit_hooks import SignalOnceAtStep, StandInLab
+from submit_hooks import Heartbeat, SignalOnceAtStep, StandInLab
 from test_train import PYTHON, REPO, TINY, load, read_steps
 
 from snnet import launch
@@ -192,4 +192,30 @@ def test_sigkill_of_the_launcher_ends_its_workers(tmp_path):
     finally:
         launcher.kill()
         for pid in filter(_alive, locals().get("workers", [])):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_sigkill_of_a_local_jobs_controller_ends_its_tasks(tmp_path, tasks_import_tests):
+    """submit.py's tasks under submitit's local controller: SIGKILL the controller, the 2 tasks end."""
+    args = launch.build_submit_parser().parse_args(submit_argv(tmp_path / "jobs", "--ngpus", "2")[:-1])
+    job = launch.make_executor(args).submit(launch.Task(Heartbeat(str(tmp_path)), []))
+    controller = job._process  # submitit's LocalJob keeps the controller's Popen
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("beat-*"))) < 2:
+            assert controller.poll() is None and time.time() < deadline, "tasks never started"
+            time.sleep(0.2)
+        tasks = [int((tmp_path / f"pid-{rank}").read_text()) for rank in (0, 1)]
+        assert all(map(_alive, tasks))
+        controller.kill()
+        controller.wait()
+        deadline = time.time() + 10
+        while any(map(_alive, tasks)) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(map(_alive, tasks)), "tasks outlived their controller"
+    finally:
+        controller.kill()
+        for pid in filter(_alive, locals().get("tasks", [])):
             os.kill(pid, signal.SIGKILL)
