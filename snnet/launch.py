@@ -242,23 +242,17 @@ class Task(Checkpointable):
         requeue = signal.getsignal(sig)  # submitit's handler: checkpoint(), then requeue (None in debug)
         kwargs = dict(self.kwargs)
         if self.stop_at_step_boundary and callable(requeue):
-            flag = PreemptionFlag()
+            flag = PreemptionFlag(Path(job_env.paths.submitted_pickle))
             signal.signal(sig, flag.on_signal)
             kwargs["stop_check"] = flag
-        submitted = Path(job_env.paths.submitted_pickle)
-        pickled_at = submitted.stat().st_mtime_ns if submitted.exists() else 0
         try:
             code = self.entry(list(self.argv), **kwargs)
         except TrainingInterrupted as e:
             print(f"{e}: requeueing", flush=True)
             if dist_env.rank == 0:
                 requeue(sig, None)  # exits (requeued), or raises when the job may not be requeued
-            # the other tasks leave once rank 0 has pickled the requeued job (an early exit could
-            # make Slurm end the job first); the requeued job starts them all again
-            deadline = time.time() + 60
-            while time.time() < deadline and submitted.exists() and submitted.stat().st_mtime_ns == pickled_at:
-                time.sleep(0.2)
-            sys.exit(-1)
+            flag.wait_for_requeue()
+            sys.exit(-1)  # the requeued job starts every task again
         # a user error (exit 2) and submitit's requeue (exit) leave as SystemExit, without a result
         if code:
             raise RuntimeError(f"{self} returned {code}")
@@ -278,11 +272,22 @@ class PreemptionFlag:
     started at the previous one and starts the next, on a gloo group of its own (CPU: no device
     sync), so every rank reads the same value at the same boundary, one step after the signal."""
 
-    def __init__(self) -> None:
+    def __init__(self, submitted: Path) -> None:
         self.signalled = False
         self.pid = os.getpid()
         self.group: Any = None
         self.pending: Optional[tuple[Any, Any]] = None
+        self.submitted = submitted  # the job's pickle, which rank 0 rewrites to requeue
+        self.pickled_at = submitted.stat().st_mtime_ns if submitted.exists() else 0
+
+    def wait_for_requeue(self, timeout_s: float = 60.0) -> None:
+        """Return once rank 0 has pickled the requeued job: a task leaving before that could make
+        Slurm end the job first (KillOnBadExit)."""
+        deadline = time.time() + timeout_s
+        while (
+            time.time() < deadline and self.submitted.exists() and self.submitted.stat().st_mtime_ns == self.pickled_at
+        ):
+            time.sleep(0.2)
 
     def on_signal(self, signum: int, frame: Any) -> None:
         if os.getpid() == self.pid:  # forked DataLoader workers inherit the handler: only the task counts

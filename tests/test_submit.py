@@ -219,3 +219,14 @@ def test_sigkill_of_a_local_jobs_controller_ends_its_tasks(tmp_path, tasks_impor
         controller.kill()
         for pid in filter(_alive, locals().get("tasks", [])):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_debug_cluster_trains_in_this_process(tmp_path, one_thread):
+    """--cluster debug: one task, in this process, the usual run folder; the environment is restored."""
+    entry_args = ARGS + ["--epochs", "1", "--max-steps-per-epoch", "2", "--output", tmp_path / "out"]
+    argv = ["--cluster", "debug", "--job-dir", str(tmp_path / "jobs"), "--"] + [str(a) for a in entry_args]
+    assert launch.main(argv) == 0
+    (run,) = (tmp_path / "out").iterdir()
+    assert [r["step"] for r in read_steps(run)] == [1, 2]
+    assert (run / "last.pth.tar").is_file() and (run / "train.log").is_file()
+    assert "RANK" not in os.environ and "MASTER_PORT" not in os.environ
