@@ -30,5 +30,7 @@ for a in "${EXTRA[@]}"; do
       STANDALONE=() ;;
   esac
 done
+# exec: this script becomes torchrun, so a SIGKILL of it is one of torchrun, and the workers die
+# with torchrun (PR_SET_PDEATHSIG, snnet.distributed.die_with_parent)
 exec "$PY" -m torch.distributed.run "${STANDALONE[@]}" --nproc_per_node="$NUM_PROC" "${EXTRA[@]}" \
   "${TRAIN_SCRIPT:-$(dirname "$0")/train.py}" "$@"

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable, Optional
 
@@ -49,8 +51,25 @@ class DistInfo:
         return self.rank == 0
 
 
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send ``sig`` to this process when its parent (torchrun, submitit's task
+    controller) dies, even by SIGKILL; without it the workers of a killed launcher keep training,
+    in sessions of their own, and keep writing its run folder. Linux only (a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sig, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl: nobody will send the signal
+        os.kill(os.getpid(), sig)
+
+
 def init_distributed(device: Optional[str] = None) -> DistInfo:
-    """Read torchrun's environment; start a gloo (CPU) or nccl (CUDA) process group if world > 1."""
+    """Read torchrun's environment; start a gloo (CPU) or nccl (CUDA) process group if world > 1.
+    A torchrun worker dies with torchrun (:func:`die_with_parent`)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        die_with_parent()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

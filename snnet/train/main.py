@@ -23,7 +23,7 @@ from ..cli import build_train_parser
 from ..config import parse_args_with_config
 from ..distributed import DistInfo, init_distributed
 from ..errors import ConfigError, exit_on_user_error
-from .trainer import StepCallback, Trainer
+from .trainer import StepCallback, StopCheck, Trainer
 
 _logger = logging.getLogger("train")
 
@@ -31,14 +31,18 @@ AUTO = "auto"
 
 
 @exit_on_user_error
-def main(argv: Optional[list[str]] = None, step_callbacks: Sequence[StepCallback] = ()) -> int:
-    """train.py. ``step_callbacks`` go to the :class:`~snnet.train.trainer.Trainer` (see there)."""
+def main(
+    argv: Optional[list[str]] = None,
+    step_callbacks: Sequence[StepCallback] = (),
+    stop_check: Optional[StopCheck] = None,
+) -> int:
+    """train.py. ``step_callbacks`` and ``stop_check`` go to the :class:`~snnet.train.trainer.Trainer` (see there)."""
     parser = build_train_parser()
     args, _ = parse_args_with_config(parser, argv)
     info = init_distributed(args.device)
     handlers: list[logging.Handler] = []
     try:
-        return _run(args, info, handlers, step_callbacks)
+        return _run(args, info, handlers, step_callbacks, stop_check)
     finally:
         for h in handlers:
             _logger.removeHandler(h)
@@ -47,7 +51,13 @@ def main(argv: Optional[list[str]] = None, step_callbacks: Sequence[StepCallback
             dist.destroy_process_group()
 
 
-def _run(args: Namespace, info: DistInfo, handlers: list, step_callbacks: Sequence[StepCallback]) -> int:
+def _run(
+    args: Namespace,
+    info: DistInfo,
+    handlers: list,
+    step_callbacks: Sequence[StepCallback],
+    stop_check: Optional[StopCheck] = None,
+) -> int:
     handlers += setup_logging(info)
     if not args.anchors:
         raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] (small to large) or -c a config")
@@ -60,7 +70,7 @@ def _run(args: Namespace, info: DistInfo, handlers: list, step_callbacks: Sequen
         handlers.append(add_file_log(out_dir))
     args = resolve_args(args, info)
     resume = resume_target(args, out_dir, info)
-    return Trainer(args, info, out_dir, resume, step_callbacks).fit()
+    return Trainer(args, info, out_dir, resume, step_callbacks, stop_check).fit()
 
 
 def resume_target(args: Namespace, out_dir: Path, info: DistInfo) -> str:

@@ -72,6 +72,13 @@ _logger = logging.getLogger("train")
 
 # (trainer, global step being trained, loss) -> a replacement loss or None; may raise.
 StepCallback = Callable[["Trainer", int, torch.Tensor], Optional[torch.Tensor]]
+# (trainer) -> True to stop at this step boundary. Collective: every rank calls it at the same
+# boundaries and must get the same answer (snnet.launch's preemption flag agrees over the ranks).
+StopCheck = Callable[["Trainer"], bool]
+
+
+class TrainingInterrupted(Exception):
+    """``stop_check`` stopped training at a step boundary; last.pth.tar resumes there exactly."""
 
 
 class Trainer:
@@ -86,6 +93,7 @@ class Trainer:
         out_dir: Path,
         resume: str = "",
         step_callbacks: Sequence[StepCallback] = (),
+        stop_check: Optional[StopCheck] = None,
     ):
         from timm.utils import ModelEmaV3
 
@@ -94,6 +102,7 @@ class Trainer:
 
         self.args, self.info, self.out_dir = args, info, out_dir
         self.step_callbacks = list(step_callbacks)
+        self.stop_check = stop_check
         self.epoch = 0
         self.step_in_epoch = 0  # optimizer steps done in self.epoch
         self.global_step = 0
@@ -390,6 +399,10 @@ class Trainer:
                     self.writer.add_scalar("train/lr", lr, self.global_step)
             if save_now and self.step_in_epoch < steps:
                 self.save_last()
+            if self.step_in_epoch < steps and self.stop_check is not None and self.stop_check(self):
+                self.read_losses()  # the steps so far to steps.jsonl, then last.pth.tar at this step
+                self.save_last()
+                raise TrainingInterrupted(f"stopped at global step {self.global_step}: {self.out_dir}/last.pth.tar")
         self.read_losses()  # an epoch that ran out of data before a log step
         return OrderedDict(loss=self.loss_sum / max(self.loss_n, 1))
 

@@ -1,0 +1,70 @@
+"""Test-only step callbacks and a lab.py stand-in for submit.py's jobs (tests/test_submit.py). The
+job's tasks unpickle them, so this module stays light: no pytest, no test modules."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class SignalOnceAtStep:
+    """Step callback: at global step ``steps[rank]`` the task sends itself the preemption signal
+    (as Slurm does to every task), once per rank (a marker file in ``marker_dir``)."""
+
+    steps: tuple
+    marker_dir: str
+
+    def __call__(self, trainer, global_step: int, loss) -> None:
+        rank = trainer.info.rank
+        marker = Path(self.marker_dir) / f"signalled-{rank}"
+        if global_step == self.steps[rank] and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
+@dataclass
+class StandInLab:
+    """A lab.py stand-in: owns the cells ``c`` with ``c % K == i`` for ``--cell-shard i/K``, writes
+    ``cell-c.done`` for each and skips those already written; in its first attempt it is preempted
+    (sends itself the signal) after its first cell."""
+
+    cells: int
+    folder: str
+
+    def __call__(self, argv: list[str]) -> int:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--cell-shard")
+        i, k = map(int, parser.parse_args(argv).cell_shard.split("/"))
+        folder = Path(self.folder)
+        with open(folder / f"attempts-{i}", "a") as f:
+            f.write("x")
+        for c in range(i, self.cells, k):
+            done = folder / f"cell-{c}.done"
+            if done.exists():
+                continue
+            with open(folder / "computed", "a") as f:
+                f.write(f"{c}\n")
+            done.write_text(f"{i}/{k}")
+            if (folder / f"attempts-{i}").read_text() == "x":
+                os.kill(os.getpid(), signal.SIGUSR2)  # submitit's handler: requeue with the same shard
+        return 0
+
+
+@dataclass
+class Heartbeat:
+    """A job that writes its pid to ``folder/pid-<rank>``, then a heartbeat file until killed."""
+
+    folder: str
+
+    def __call__(self, argv: list[str]) -> int:
+        import time
+
+        folder = Path(self.folder)
+        (folder / f"pid-{os.environ['RANK']}").write_text(str(os.getpid()))
+        while True:
+            (folder / f"beat-{os.environ['RANK']}").write_text(str(time.time()))
+            time.sleep(0.2)
