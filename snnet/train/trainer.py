@@ -108,16 +108,17 @@ class Trainer:
         initial = None
         if args.initial_checkpoint:
             from ..io.checkpoint import load_checkpoint_file
-            from ..io.official_layout import official_state_of
+            from ..io.official_layout import official_forward_of
 
             initial = load_checkpoint_file(args.initial_checkpoint)
-            args.official_forward = args.official_forward or official_state_of(initial) is not None
+            # SN-Net's checkpoints need its forward; SN-Netv2's run as snnet's (final norm applied)
+            args.official_forward = args.official_forward or official_forward_of(initial) == "v1"
         torch.manual_seed(args.seed)  # the same initial weights on every rank
         self.net = net = build_model(args, num_classes)
         if initial is not None:
             from ..io.official import load_initial_weights
 
-            load_initial_weights(net, initial, args.initial_checkpoint)
+            load_initial_weights(net, initial, args.initial_checkpoint, _logger.info)
             del initial
         if args.split_bn:
             apply_split_bn(net)
