@@ -146,8 +146,9 @@ def test_official_v2_checkpoint_gives_the_official_logits(official_v2):
     notes = []
     net.load_state_dict(convert_official_state(extract_state_dict(ckpt), net, notes.append))
     assert len(notes) == 1 and f"stitch_layers.0.{D0 - 1} dropped" in notes[0] and f"cfg {D0 + 1}" in notes[0]
+    loaded = net.state_dict()
     for k, v in built_from.state_dict().items():
-        assert torch.equal(net.state_dict()[k], v), k
+        assert torch.equal(loaded[k], v), k
     anchors = [a.eval() for a in net.anchors]
     by_name = {s.name: s for s in net.stitches}
     x = torch.randn(3, 3, 32, 32)
@@ -282,8 +283,9 @@ def test_deit3_release_file_loads_as_an_anchor_with_every_tensor_equal(tmp_path)
         stitching="two-way",
     )
     assert small["embed_dim"] == 32 and set(net.anchors[0].state_dict()) == set(source.state_dict())
+    loaded = net.anchors[0].state_dict()
     for k, v in source.state_dict().items():
-        assert torch.equal(net.anchors[0].state_dict()[k], v), k
+        assert torch.equal(loaded[k], v), k
 
 
 # --- drop-path schedule ------------------------------------------------------------------------

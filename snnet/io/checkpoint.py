@@ -14,12 +14,14 @@ import pickle
 import re
 import uuid
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from ..anchors.levit import original_levit_state
 from ..errors import CheckpointError
 
 # What torch.load(weights_only=True) rebuilds. Exact types: a subclass (a namedtuple, a
@@ -27,6 +29,9 @@ from ..errors import CheckpointError
 _PLAIN_TYPES = {str, int, float, bool, type(None), torch.Tensor, nn.Parameter, torch.Size, torch.dtype, torch.device}
 _MAPPING_TYPES = {dict, OrderedDict}
 _SEQUENCE_TYPES = {list, tuple}
+
+# Original layouts of a timm family that its checkpoint_filter_fn no longer converts.
+_ORIGINAL_LAYOUTS = {"timm.models.levit": original_levit_state}
 
 # DeiT-III's original LayerScale keys (blocks.<i>.gamma_1 / gamma_2; timm: ls1.gamma / ls2.gamma).
 _GAMMA_KEY = re.compile(r"(^|\.)gamma_\d$")
@@ -232,27 +237,27 @@ def convert_with_timm_filter(
 ) -> tuple[dict[str, torch.Tensor], str]:
     """``state`` and '' if it fits ``model``; else ``state`` converted by the timm family's
     ``checkpoint_filter_fn`` (what timm applies to its pretrained files: Swin's original layout,
-    DeiT-III's ``gamma_1/gamma_2`` LayerScale keys, ...) if that makes it fit; otherwise
-    ``state`` and the mismatch (:func:`describe_mismatch`)."""
+    DeiT-III's ``gamma_1/gamma_2`` LayerScale keys, ...) or by snnet's converter of a layout timm
+    no longer converts (the original LeViT code's) if that makes it fit; otherwise ``state`` and
+    the mismatch (:func:`describe_mismatch`)."""
     import inspect
     import sys
 
     problem = describe_mismatch(state, model, strict)
     if not problem:
         return state, problem
-    convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-    if convert is None:
-        return state, problem
+    convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", lambda sd, m: sd)
     kwargs = {}
     if "adapt_layer_scale" in inspect.signature(convert).parameters and any(_GAMMA_KEY.search(k) for k in state):
         kwargs["adapt_layer_scale"] = True  # DeiT-III's release files, as timm's deit3 pretrained_filter_fn
-    try:
-        converted = convert(dict(state), model, **kwargs)
-    except Exception:  # a file of another architecture can trip the converter anywhere
-        return state, problem
-    if describe_mismatch(converted, model, strict):
-        return state, problem
-    return converted, ""
+    for candidate in (partial(convert, **kwargs), _ORIGINAL_LAYOUTS.get(type(model).__module__)):
+        try:
+            converted = candidate(dict(state), model) if candidate else None
+        except Exception:  # a file of another architecture can trip a converter anywhere
+            continue
+        if converted is not None and not describe_mismatch(converted, model, strict):
+            return converted, ""
+    return state, problem
 
 
 def load_model_weights(
