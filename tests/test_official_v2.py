@@ -203,6 +203,8 @@ def test_train_and_predict_start_from_an_official_v2_checkpoint(official_v2, tmp
     run = [*TWO_WAY_FLAGS, "--stitching", "two-way", "--stitch-layer", "lora", "--lora-rank", RANK, "--epochs", 1]
     run += ["--max-steps-per-epoch", 1, "--lr", 0, "--warmup-epochs", 0, "--max-val-batches", 1, "--output", tmp_path]
     assert run_entry(train_main, [*run, "--experiment", "r", "--initial-checkpoint", folder / "checkpoint.pth"]) == 0
+    bad = [*run, "--experiment", "bad", "--initial-checkpoint", folder / "checkpoint.pth", "--official-forward"]
+    assert run_entry(train_main, bad) == 2 and "drop --official-forward" in capsys.readouterr().err
     saved = load_checkpoint_file(tmp_path / "r" / "last.pth.tar")
     assert "official_forward" not in saved["snnet_config"]
     for k, v in net.state_dict().items():  # lr 0: the official weights, unchanged
