@@ -13,6 +13,8 @@ from .core.stitches import STITCHING_RULES
 from .errors import ConfigError
 from .train.network_sampling import SAMPLE_BY
 
+DROP_PATH_SCHEDULES = ("linear", "uniform")  # snnet.train.recipe.build_model
+
 
 # The option tables below stay one option per line (``# fmt: off``): they read as tables.
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +72,8 @@ def add_compile_args(group: argparse._ArgumentGroup) -> None:
     # fmt: on
 
 
-def _anchor_kwargs(args: argparse.Namespace) -> Optional[list[dict[str, Any]]]:
+def anchor_kwargs_of(args: argparse.Namespace) -> Optional[list[dict[str, Any]]]:
+    """``--anchor-kwargs`` as one dict per anchor (None when not given)."""
     if args.anchor_kwargs is None:
         return None
     # YAML gives mappings, the command line gives 'k=v k=v' strings.
@@ -92,7 +95,7 @@ def build_snnet(
         num_classes=num_classes if num_classes is not None else args.num_classes,
         img_size=args.img_size,
         model_kwargs=parse_kwargs(args.model_kwargs),
-        anchor_kwargs=_anchor_kwargs(args),
+        anchor_kwargs=anchor_kwargs_of(args),
         anchor_checkpoints=ckpts,
         kernel_size=args.kernel_size,
         stride=args.stride,
@@ -119,6 +122,9 @@ def build_train_parser() -> argparse.ArgumentParser:
 
     g = parser.add_argument_group("model extras")
     g.add_argument("--drop-path", type=float, default=None, metavar="P", help="drop-path rate of every anchor")
+    g.add_argument("--drop-path-schedule", default="linear", choices=DROP_PATH_SCHEDULES,
+                   help="per-block drop-path rates: linear (timm's ramp from 0 to the rate) or uniform (the rate "
+                        "on every block, as DeiT-III and SN-Netv2)")
     g.add_argument("--drop", type=float, default=None, metavar="P", help="dropout rate of every anchor")
     g.add_argument("--ls-init", action=argparse.BooleanOptionalAction, default=False,
                    help="least-squares init of the stitching layers before training (not redone on resume)")

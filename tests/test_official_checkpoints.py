@@ -320,3 +320,91 @@ def test_official_resnet_swin_checkpoint_gives_the_official_logits(tmp_path):
         assert torch.equal(net.select(1)(x), swin(x))
         for cfg_id, entry in enumerate(entries, start=2):
             assert torch.allclose(net.select(cfg_id)(x), official(entry, x), atol=1e-4, rtol=1e-4), cfg_id
+
+
+# --- LeViT (the original LeViT code's keys) -----------------------------------------------------
+def original_levit_keys(model) -> dict[str, str]:
+    """timm key -> the key the original LeViT code (stitching_levit/levit.py) gives the same
+    tensor: ``patch_embed`` = b16 (Conv2d_BN ``c``/``bn`` at 0, 2, 4, 6), one flat ``blocks``
+    Sequential of ``Residual(m=...)`` units (per block Attention then MLP; between stages
+    AttentionSubsample, then its MLP residual), ``head``/``head_dist`` = BN_Linear (``bn``, ``l``)."""
+    names = {f"stem.conv{i + 1}.{p}": f"patch_embed.{2 * i}.{p}" for i in range(4) for p in ("linear", "bn")}
+    names.update(
+        {f"{h}.bn": f"{h}.bn" for h in ("head", "head_dist")} | {f"{h}.linear": f"{h}.l" for h in ("head", "head_dist")}
+    )
+    flat = 0
+    for s, stage in enumerate(model.stages):
+        if s > 0:  # LevitDownsample: AttentionSubsample (kv, q = (Subsample, Linear_BN), proj), MLP residual
+            ds = f"stages.{s}.downsample."
+            for t, o in (
+                ("attn_downsample.kv", "kv"),
+                ("attn_downsample.q.ln", "q.1"),
+                ("attn_downsample.proj.ln", "proj.1"),
+            ):
+                names[f"{ds}{t}.linear"], names[f"{ds}{t}.bn"] = f"blocks.{flat}.{o}.c", f"blocks.{flat}.{o}.bn"
+            names[f"{ds}attn_downsample.attention_biases"] = f"blocks.{flat}.attention_biases"
+            names[f"{ds}mlp.ln1.linear"], names[f"{ds}mlp.ln1.bn"] = (
+                f"blocks.{flat + 1}.m.0.c",
+                f"blocks.{flat + 1}.m.0.bn",
+            )
+            names[f"{ds}mlp.ln2.linear"], names[f"{ds}mlp.ln2.bn"] = (
+                f"blocks.{flat + 1}.m.2.c",
+                f"blocks.{flat + 1}.m.2.bn",
+            )
+            flat += 2
+        for d in range(len(stage.blocks)):
+            b = f"stages.{s}.blocks.{d}."
+            names[f"{b}attn.qkv.linear"], names[f"{b}attn.qkv.bn"] = f"blocks.{flat}.m.qkv.c", f"blocks.{flat}.m.qkv.bn"
+            names[f"{b}attn.proj.ln.linear"], names[f"{b}attn.proj.ln.bn"] = (
+                f"blocks.{flat}.m.proj.1.c",
+                f"blocks.{flat}.m.proj.1.bn",
+            )
+            names[f"{b}attn.attention_biases"] = f"blocks.{flat}.m.attention_biases"
+            names[f"{b}mlp.ln1.linear"], names[f"{b}mlp.ln1.bn"] = (
+                f"blocks.{flat + 1}.m.0.c",
+                f"blocks.{flat + 1}.m.0.bn",
+            )
+            names[f"{b}mlp.ln2.linear"], names[f"{b}mlp.ln2.bn"] = (
+                f"blocks.{flat + 1}.m.2.c",
+                f"blocks.{flat + 1}.m.2.bn",
+            )
+            flat += 2
+    out = {}
+    for key in model.state_dict():
+        module = max((m for m in names if key == m or key.startswith(m + ".")), key=len)
+        out[key] = names[module] + key[len(module) :]
+    return out
+
+
+def test_official_levit_checkpoint_with_original_levit_keys_loads_every_tensor():
+    torch.manual_seed(0)
+    source = create_snnet(["levit_128", "levit_192"], num_classes=10, img_size=64, official_forward=True).eval()
+    for a in source.anchors:
+        _randomize_norms(a)
+        for m in a.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_var.uniform_(0.5, 1.5)
+    state = {}
+    for i, a in enumerate(source.anchors):
+        original = original_levit_keys(a)
+        state.update({f"anchors.{i}.{original[k]}": v for k, v in a.state_dict().items()})
+        for name, m in a.named_modules():  # the original code saves its constant bias index buffers too
+            if hasattr(m, "attention_bias_idxs"):
+                unit = original[f"{name}.attention_biases"].rsplit(".", 1)[0]
+                state[f"anchors.{i}.{unit}.attention_bias_idxs"] = m.attention_bias_idxs
+    assert not any(".stages." in k or ".stem." in k for k in state)
+    for stage in (0, 1):  # stitch_layers[stage][pair 0][layer]: the paired windows of that stage, in order
+        for lid, i in enumerate(i for i, spec in enumerate(source.layer_specs) if spec.stage == stage):
+            for what in ("weight", "bias"):
+                state[f"stitch_layers.{stage}.0.{lid}.transform.{what}"] = getattr(
+                    source.stitch_layers[i].transform, what
+                )
+    net = create_snnet(["levit_128", "levit_192"], num_classes=10, img_size=64, official_forward=True)
+    net.load_state_dict(convert_official_state(state, net))
+    loaded = net.state_dict()
+    for k, v in source.state_dict().items():
+        assert torch.equal(loaded[k], v), k
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for cfg_id in range(net.num_stitches):
+            assert torch.equal(net.eval().select(cfg_id)(x), source.select(cfg_id)(x)), cfg_id

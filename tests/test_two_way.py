@@ -273,6 +273,9 @@ def test_deit3_s_l_flops_equal_the_official_table():
     rows = flops_table(net)
     assert [p["cfg_id"] for p in published] == [i for i in range(135) if i != 13]
     assert [r["flops"] for r in rows] == [p["flops"] for p in published]
+    # the official ids beside snnet's contiguous ones: the published table diffs line by line
+    assert [(r["official_cfg_id"], r["flops"]) for r in rows] == [(p["cfg_id"], p["flops"]) for p in published]
+    assert [r["cfg_id"] for r in rows] == list(range(134))
 
 
 @pytest.mark.parametrize("two_way", [False, True])

@@ -126,16 +126,23 @@ def network_flops(net: SNNet, cfg_id: int) -> int:
 
 
 def flops_table(net: SNNet, cfg_ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
-    """Rows ``cfg_id, name, flops, params, is_anchor`` for the given (default: all) networks."""
+    """Rows ``cfg_id, name, flops, params, is_anchor`` for the given (default: all) networks;
+    two-way SN-Nets add ``official_cfg_id`` after ``cfg_id`` (SN-Netv2's numbering, which skips
+    one id: :func:`~snnet.core.stitches.official_two_way_id`)."""
     flops = stitches_flops(net)
     ids = range(net.num_stitches) if cfg_ids is None else cfg_ids
-    return [
-        {
-            "cfg_id": i,
-            "name": net.stitches[i].name,
-            "flops": flops[i],
-            "params": net.num_params(i),
-            "is_anchor": net.stitches[i].is_anchor,
-        }
-        for i in ids
-    ]
+    rows = []
+    for i in ids:
+        stitch = net.stitches[i]
+        official = {} if stitch.official_id is None else {"official_cfg_id": stitch.official_id}
+        rows.append(
+            {
+                "cfg_id": i,
+                **official,
+                "name": stitch.name,
+                "flops": flops[i],
+                "params": net.num_params(i),
+                "is_anchor": stitch.is_anchor,
+            }
+        )
+    return rows

@@ -36,13 +36,16 @@ class Stitch:
     """One network of an SN-Net; ``cfg_id`` is its index in ``SNNet.stitches``.
 
     ``front``/``front_block`` name where the route leaves its first anchor and
-    ``back``/``back_block`` where it enters its last one (None for an anchor).
+    ``back``/``back_block`` where it enters its last one (None for an anchor). ``official_id``
+    is the official code's number where it differs in kind from ``cfg_id`` (two-way stitching:
+    :func:`official_two_way_id`), else None (the SN-Net trees number as snnet does).
     """
 
     cfg_id: int
     name: str
     route: Route
     stage: Optional[int] = None
+    official_id: Optional[int] = None
 
     @property
     def is_anchor(self) -> bool:
@@ -315,8 +318,19 @@ def two_way_stitches(anchors: Sequence[Anchor]) -> tuple[list[Stitch], list[Stit
         for i, t, m in ls_layers
         if i >= k
     ]
-    stitches = [Stitch(c, route_name(r, names, depths), r, None if r.is_anchor else 0) for c, r in enumerate(routes)]
+    stitches = [
+        Stitch(c, route_name(r, names, depths), r, None if r.is_anchor else 0, official_two_way_id(c, d0))
+        for c, r in enumerate(routes)
+    ]
     return stitches, specs
+
+
+def official_two_way_id(cfg_id: int, small_depth: int) -> int:
+    """SN-Netv2's id of the two-way network ``cfg_id``: the official code numbers, but never trains
+    or evaluates, the small -> large stitch after the small anchor's last block (id
+    ``small_depth + 1``: 13 for DeiT3-S/L), which snnet leaves out; later ids are one above snnet's."""
+    skipped = 2 + small_depth - 1  # two anchors, then the small anchor's blocks 0..d0-2
+    return cfg_id if cfg_id < skipped else cfg_id + 1
 
 
 def parse_stitch_ids(text: str, num_stitches: int) -> list[int]:

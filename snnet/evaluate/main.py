@@ -135,15 +135,11 @@ def _is_default(args: Namespace, key: str) -> bool:
 def apply_checkpoint_args(args: Namespace, ckpt: dict) -> None:
     """Fill model arguments the user left at their defaults from the checkpoint; refuse a
     checkpoint of other anchors or other stitching options."""
-    from ..io.official_layout import official_state_of
+    from ..io.official_layout import official_forward_of, official_snnet_options
 
-    if official_state_of(ckpt) is not None:  # the official code's layout: its forward, our anchors' names
-        args.official_forward = True
-        if not args.anchors:
-            raise CheckpointError(
-                f"{args.checkpoint} is an official SN-Net checkpoint, which does not name its anchors: "
-                f"pass the config of its run, e.g. -c configs/deit_ti_s_b.yaml"
-            )
+    official = official_forward_of(ckpt)
+    if official is not None:  # the official code's layout: its forward, our anchors' names
+        _apply_official_args(args, official, official_snnet_options(ckpt))
     saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     config = ckpt.get("snnet_config") if isinstance(ckpt.get("snnet_config"), dict) else {}
     if args.anchors and config.get("anchors") and list(config["anchors"]) != list(args.anchors):
@@ -168,6 +164,27 @@ def apply_checkpoint_args(args: Namespace, ckpt: dict) -> None:
         )
 
 
+def _apply_official_args(args: Namespace, official: str, options: dict) -> None:
+    """An official checkpoint: the forward it needs (SN-Net's ``official_forward``; SN-Netv2's is
+    snnet's natural one) and the options its weights imply where the user left the defaults."""
+    if official == "v1":
+        args.official_forward = True
+    elif args.official_forward:
+        raise CheckpointError(
+            f"{args.checkpoint} is an official SN-Netv2 checkpoint, whose networks end with the final norm: "
+            f"drop --official-forward (SN-Net's rule without it)"
+        )
+    for key, value in options.items():
+        if _is_default(args, key):
+            setattr(args, key, value)
+    if not args.anchors:
+        example = "configs/deit3_s_l_v2.yaml" if official == "v2" else "configs/deit_ti_s_b.yaml"
+        raise CheckpointError(
+            f"{args.checkpoint} is an official SN-Net{'v2' if official == 'v2' else ''} checkpoint, which does not "
+            f"name its anchors: pass the config of its run, e.g. -c {example}"
+        )
+
+
 def _classifier_size(net: SNNet, state: dict) -> Optional[int]:
     """The class count the checkpoint's classifiers have (from the timm models' own classifier)."""
     for i, model in enumerate(net.anchors):
@@ -183,8 +200,11 @@ def _classifier_size(net: SNNet, state: dict) -> Optional[int]:
     return None
 
 
-def build_model(args: Namespace, num_classes: Optional[int], state: Optional[dict]) -> SNNet:
-    """The SN-Net of the arguments, with the checkpoint's weights when given."""
+def build_model(
+    args: Namespace, num_classes: Optional[int], state: Optional[dict], log: Callable[[str], None] = print
+) -> SNNet:
+    """The SN-Net of the arguments, with the checkpoint's weights when given (notes of an official
+    checkpoint's import to ``log``)."""
     model_args = Namespace(**vars(args))
     model_args.model_kwargs = parse_kwargs(args.model_kwargs)
     if state is not None:
@@ -205,6 +225,7 @@ def build_model(args: Namespace, num_classes: Optional[int], state: Optional[dic
         state,
         f"checkpoint {args.checkpoint}",
         "--anchors, --model-kwargs, --anchor-kwargs, --img-size and --num-classes",
+        log,
     )
     return net
 
@@ -312,7 +333,7 @@ def load_model(
 
         dataset = create_dataset(args.dataset, args.data_dir, args.val_split, args.img_size, args.seed)
         num_classes = resolve_num_classes(num_classes, dataset)
-    net = build_model(args, num_classes, state)
+    net = build_model(args, num_classes, state, log)
     have = getattr(net.anchors[0], "num_classes", None)
     if dataset is not None and have is not None and have < num_classes:  # a checkpoint with a smaller head
         raise DataError(

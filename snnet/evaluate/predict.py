@@ -46,7 +46,12 @@ def build_predict_parser() -> argparse.ArgumentParser:
     add_data_args(parser)
     g = parser.add_argument_group("prediction")
     g.add_argument(
-        "--resume", "--checkpoint", dest="checkpoint", default="", metavar="CKPT", help="train.py checkpoint"
+        "--resume",
+        "--checkpoint",
+        dest="checkpoint",
+        default="",
+        metavar="CKPT",
+        help="train.py checkpoint, or an official SN-Net / SN-Netv2 one (with the config of its run)",
     )
     g.add_argument("--use-ema", action="store_true", default=False, help="the checkpoint's EMA weights")
     g.add_argument(

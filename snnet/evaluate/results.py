@@ -164,7 +164,7 @@ def result_rows(flops_rows: Sequence[dict], partial, latency: Optional[dict[int,
     """One row per network: FLOPs/params, metrics (rounded as written), latency when measured."""
     rows = []
     for fr in flops_rows:
-        row: dict[str, Any] = {"cfg_id": fr["cfg_id"], "name": fr["name"], "flops": fr["flops"], "params": fr["params"]}
+        row: dict[str, Any] = {k: fr[k] for k in ("cfg_id", "official_cfg_id", "name", "flops", "params") if k in fr}
         if partial is not None:
             m = metrics_of(partial.accuracy[fr["cfg_id"]])
             row.update(top1=round(m["top1"], 4), top5=round(m["top5"], 4), loss=round(m["loss"], 6))
@@ -186,9 +186,17 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
 
 
 def write_official(rows: Sequence[dict], path: Path) -> None:
-    """The SN-Net authors' ``stitches_res.txt``: one JSON object per line, accuracy in percent."""
+    """The SN-Net authors' ``stitches_res.txt``: one JSON object per line, accuracy in percent,
+    under the official ids (``official_cfg_id`` where the numbering differs: two-way SN-Nets)."""
     text = "".join(
-        json.dumps({"cfg_id": r["cfg_id"], "flops": r["flops"], "params": r["params"], "acc1": round(r["top1"], 3)})
+        json.dumps(
+            {
+                "cfg_id": r.get("official_cfg_id", r["cfg_id"]),
+                "flops": r["flops"],
+                "params": r["params"],
+                "acc1": round(r["top1"], 3),
+            }
+        )
         + "\n"
         for r in rows
     )
@@ -199,7 +207,7 @@ def write_official(rows: Sequence[dict], path: Path) -> None:
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``stitches.csv`` written by eval.py, typed."""
-    ints, floats = ("cfg_id", "flops", "params"), ("top1", "top5", "loss", "latency_ms")
+    ints, floats = ("cfg_id", "official_cfg_id", "flops", "params"), ("top1", "top5", "loss", "latency_ms")
     rows = []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):

@@ -14,12 +14,14 @@ import pickle
 import re
 import uuid
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from ..anchors.levit import original_levit_state
 from ..errors import CheckpointError
 
 # What torch.load(weights_only=True) rebuilds. Exact types: a subclass (a namedtuple, a
@@ -27,6 +29,12 @@ from ..errors import CheckpointError
 _PLAIN_TYPES = {str, int, float, bool, type(None), torch.Tensor, nn.Parameter, torch.Size, torch.dtype, torch.device}
 _MAPPING_TYPES = {dict, OrderedDict}
 _SEQUENCE_TYPES = {list, tuple}
+
+# Original layouts of a timm family that its checkpoint_filter_fn no longer converts.
+_ORIGINAL_LAYOUTS = {"timm.models.levit": original_levit_state}
+
+# DeiT-III's original LayerScale keys (blocks.<i>.gamma_1 / gamma_2; timm: ls1.gamma / ls2.gamma).
+_GAMMA_KEY = re.compile(r"(^|\.)gamma_\d$")
 
 # What torch's weights-only unpickler says when it meets an object it will not build.
 _UNSAFE_MARKERS = (
@@ -112,8 +120,9 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
     """Load a checkpoint without unpickling objects: ``torch.load(weights_only=True)``, or safetensors.
 
     The one exception: an official SN-Net checkpoint may hold an ``argparse.Namespace`` (its
-    ``args``); that class alone is allowed for such files, and it comes back as a plain dict
-    under ``official_args`` (:mod:`snnet.io.official`).
+    ``args``) or, from the Swin tree, a yacs ``CfgNode`` (its ``config``); those classes alone
+    are allowed for such files, and they come back as plain dicts under ``official_args`` /
+    ``official_config`` (:mod:`snnet.io.official_layout`).
 
     Raises:
         CheckpointError: the file is missing, truncated or not a checkpoint, holds pickled
@@ -159,16 +168,15 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
 
 
 def _load_official(path: Path, map_location, refusal: pickle.UnpicklingError) -> dict[str, Any]:
-    """An official SN-Net checkpoint, whose only object is the training ``argparse.Namespace``
-    under ``args``: loaded with that one class allowed (still ``weights_only``), then checked to
-    hold official SN-Net weights; anything else re-raises the original ``refusal``."""
-    import argparse
+    """An official SN-Net checkpoint, whose only objects are the training ``argparse.Namespace``
+    under ``args`` or the Swin tree's yacs ``CfgNode`` under ``config``: loaded with those classes
+    allowed (the yacs one as a stand-in that builds a plain dict; still ``weights_only``), then
+    checked to hold official SN-Net weights; anything else re-raises the original ``refusal``."""
+    from .official_layout import OFFICIAL_PICKLED, official_state_of, plain_official_checkpoint
 
-    from .official_layout import official_state_of, plain_official_checkpoint
-
-    if "argparse.Namespace" not in str(refusal):
+    if not any(name in str(refusal) for _, name in OFFICIAL_PICKLED):
         raise refusal
-    with torch.serialization.safe_globals([argparse.Namespace]):
+    with torch.serialization.safe_globals([(cls, name) for cls, name in OFFICIAL_PICKLED]):
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(ckpt, dict) or official_state_of(ckpt) is None:
         raise refusal
@@ -229,22 +237,27 @@ def convert_with_timm_filter(
 ) -> tuple[dict[str, torch.Tensor], str]:
     """``state`` and '' if it fits ``model``; else ``state`` converted by the timm family's
     ``checkpoint_filter_fn`` (what timm applies to its pretrained files: Swin's original layout,
-    ...) if that makes it fit; otherwise ``state`` and the mismatch (:func:`describe_mismatch`)."""
+    DeiT-III's ``gamma_1/gamma_2`` LayerScale keys, ...) or by snnet's converter of a layout timm
+    no longer converts (the original LeViT code's) if that makes it fit; otherwise ``state`` and
+    the mismatch (:func:`describe_mismatch`)."""
+    import inspect
     import sys
 
     problem = describe_mismatch(state, model, strict)
     if not problem:
         return state, problem
-    convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-    if convert is None:
-        return state, problem
-    try:
-        converted = convert(dict(state), model)
-    except Exception:  # a file of another architecture can trip the converter anywhere
-        return state, problem
-    if describe_mismatch(converted, model, strict):
-        return state, problem
-    return converted, ""
+    convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", lambda sd, m: sd)
+    kwargs = {}
+    if "adapt_layer_scale" in inspect.signature(convert).parameters and any(_GAMMA_KEY.search(k) for k in state):
+        kwargs["adapt_layer_scale"] = True  # DeiT-III's release files, as timm's deit3 pretrained_filter_fn
+    for candidate in (partial(convert, **kwargs), _ORIGINAL_LAYOUTS.get(type(model).__module__)):
+        try:
+            converted = candidate(dict(state), model) if candidate else None
+        except Exception:  # a file of another architecture can trip a converter anywhere
+            continue
+        if converted is not None and not describe_mismatch(converted, model, strict):
+            return converted, ""
+    return state, problem
 
 
 def load_model_weights(
@@ -253,8 +266,8 @@ def load_model_weights(
     """Load a local weights file into ``model``, refusing a mismatch with a precise message.
 
     The shapes are compared before ``load_state_dict``, whose own error is a multi-line list.
-    A file in another layout of the same architecture (DeiT's and Swin's original ``{'model': ...}``
-    releases) is converted by timm's own checkpoint filter for the model's family.
+    A file in another layout of the same architecture (DeiT's, DeiT-III's and Swin's original
+    ``{'model': ...}`` releases) is converted by timm's own checkpoint filter for the model's family.
     A checkpoint of a one-anchor SN-Net (what ``train.py --anchors NAME`` writes) loads into
     the plain timm model: its ``anchors.0.`` prefix is removed.
 

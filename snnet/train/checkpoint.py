@@ -136,7 +136,7 @@ def restore_training_state(trainer: Trainer, path: str, resume_opt: bool) -> Non
 def check_resume_compatible(ckpt: dict, path: str, config: Mapping[str, Any]) -> None:
     """Refuse to resume a checkpoint of other anchors or other stitching options than ``config``."""
     theirs = ckpt.get("snnet_config")
-    if "official_args" in ckpt:
+    if "official_args" in ckpt or "official_config" in ckpt:
         raise CheckpointError(
             f"checkpoint {path} is an official SN-Net checkpoint, which cannot be resumed: start "
             f"from its weights with --initial-checkpoint {path}"

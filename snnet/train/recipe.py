@@ -12,14 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cli import build_snnet
+from ..cli import anchor_kwargs_of, build_snnet
 from ..config import parse_kwargs
 from ..core.model import SNNet
 from ..errors import ConfigError
 
 
 def build_model(args: Namespace, num_classes: int) -> SNNet:
-    """The SN-Net of train.py's arguments (``--drop-path``/``--drop`` added to the timm kwargs)."""
+    """The SN-Net of train.py's arguments (``--drop-path``/``--drop`` added to the timm kwargs;
+    ``--drop-path-schedule uniform`` applied to every anchor at its own rate)."""
     model_args = Namespace(**vars(args))
     kwargs = parse_kwargs(args.model_kwargs)
     if args.drop_path is not None:
@@ -27,7 +28,37 @@ def build_model(args: Namespace, num_classes: int) -> SNNet:
     if args.drop is not None:
         kwargs.setdefault("drop_rate", args.drop)
     model_args.model_kwargs = kwargs
-    return build_snnet(model_args, num_classes=num_classes)
+    net = build_snnet(model_args, num_classes=num_classes)
+    if getattr(args, "drop_path_schedule", "linear") == "uniform":
+        for adapter, own in zip(net.anchor_adapters, anchor_kwargs_of(args) or [{}] * len(net.anchors)):
+            set_uniform_drop_path(adapter.model, float({**kwargs, **own}.get("drop_path_rate", 0.0)), adapter.name)
+    return net
+
+
+# Where timm's blocks keep their drop-path (DropPath, or Identity / None at rate 0).
+_DROP_PATH_SLOTS = ("drop_path", "drop_path1", "drop_path2")
+
+
+def set_uniform_drop_path(model: nn.Module, rate: float, name: str = "the model") -> int:
+    """Every residual branch of the timm ``model`` drops its path at ``rate``, as DeiT-III and
+    SN-Netv2 do (``models_v2.py``: ``dpr = [drop_path_rate for i in range(depth)]``), instead of
+    timm's linear ramp from 0 at the first block to ``rate`` at the last. Returns the number of
+    branches set; a model with none (a family that keeps drop-path elsewhere) is an error."""
+    from timm.layers import DropPath
+
+    def is_slot(module: nn.Module, slot: str) -> bool:  # a DropPath, Identity or None (ResNet) there
+        value = vars(module)["_modules"].get(slot, vars(module).get(slot, False))
+        return value is None or isinstance(value, (DropPath, nn.Identity))
+
+    slots = [(m, slot) for m in model.modules() for slot in _DROP_PATH_SLOTS if is_slot(m, slot)]
+    if not slots and rate > 0:
+        raise ConfigError(
+            f"--drop-path-schedule uniform: {name} has no drop-path modules where timm's blocks keep them "
+            f"({', '.join(_DROP_PATH_SLOTS)}): use --drop-path-schedule linear"
+        )
+    for m, slot in slots:
+        setattr(m, slot, DropPath(rate) if rate > 0 else nn.Identity())
+    return len(slots)
 
 
 def apply_split_bn(net: SNNet) -> None:

@@ -53,7 +53,7 @@ from ..core.compile import compile_blocks
 from ..core.stitches import parse_stitch_ids
 from ..data.loaders import build_loaders, data_config_for
 from ..distributed import DistInfo, GradAllReduce, broadcast_state
-from ..errors import DataError, DivergenceError
+from ..errors import CheckpointError, DataError, DivergenceError
 from .checkpoint import checkpoint_saver_class, restore_training_state, training_state
 from .metrics import PendingSteps, StepLog, summarize, validate
 from .network_sampling import create_network_sampler
@@ -117,16 +117,23 @@ class Trainer:
         initial = None
         if args.initial_checkpoint:
             from ..io.checkpoint import load_checkpoint_file
-            from ..io.official_layout import official_state_of
+            from ..io.official_layout import official_forward_of
 
             initial = load_checkpoint_file(args.initial_checkpoint)
-            args.official_forward = args.official_forward or official_state_of(initial) is not None
+            # SN-Net's checkpoints need its forward; SN-Netv2's run as snnet's (final norm applied)
+            official = official_forward_of(initial)
+            if official == "v2" and args.official_forward:
+                raise CheckpointError(
+                    f"{args.initial_checkpoint} is an official SN-Netv2 checkpoint, whose networks end with the "
+                    f"final norm: drop --official-forward (SN-Net's rule without it)"
+                )
+            args.official_forward = args.official_forward or official == "v1"
         torch.manual_seed(args.seed)  # the same initial weights on every rank
         self.net = net = build_model(args, num_classes)
         if initial is not None:
             from ..io.official import load_initial_weights
 
-            load_initial_weights(net, initial, args.initial_checkpoint)
+            load_initial_weights(net, initial, args.initial_checkpoint, _logger.info)
             del initial
         if args.split_bn:
             apply_split_bn(net)
