@@ -118,21 +118,21 @@ def _grid_by_hand(x, layout, prefix):
     return x[:, prefix:].transpose(1, 2).reshape(b, c, side, side), (x[:, 0] if prefix else None)
 
 
-def _junction_by_hand(x, front, back, j, k, weight, bias, class_token="mean", prefix_tokens="drop"):
-    """Anchor ``front``'s features after block j -> input of ``back`` block k through the map."""
+def _junction_by_hand(x, front, back, j, k, weight, bias, class_token="mean", prefix_tokens="drop", stride=1):
+    """Anchor ``front``'s features after block j -> input of ``back`` block k through the map
+    (``stride``: resampled to ``stride`` times the back grid, then every ``stride``-th position)."""
     grid, cls = _grid_by_hand(x, front.layout, front.num_prefix_tokens)
-    target = back.grid(k)
-    if tuple(grid.shape[-2:]) != tuple(target):
+    target = tuple(g * stride for g in back.grid(k))
+    if tuple(grid.shape[-2:]) != target:
         grid = F.interpolate(grid, size=target, mode="bilinear", align_corners=False)
     if back.layout == "tokens":
-        tokens = grid.flatten(2).transpose(1, 2)
         if front.layout != "tokens":
-            made = {"mean": tokens.mean(1, keepdim=True), "zeros": torch.zeros_like(tokens[:, :1])}
-            made["ones"] = torch.ones_like(tokens[:, :1])
-            cls_in = made[class_token]
-        else:
-            cls_in = cls[:, None]
-        return torch.cat([cls_in, tokens], 1) @ weight.T + bias
+            made = {"mean": grid.mean((2, 3)), "zeros": torch.zeros_like(grid[:, :, 0, 0])}
+            made["ones"] = torch.ones_like(made["zeros"])
+            cls = made[class_token]
+        tokens = grid[:, :, ::stride, ::stride].flatten(2).transpose(1, 2)
+        return torch.cat([cls[:, None], tokens], 1) @ weight.T + bias
+    grid = grid[:, :, ::stride, ::stride]
     if cls is not None and prefix_tokens == "broadcast":
         grid = torch.cat([grid, cls[:, :, None, None].expand(-1, -1, *grid.shape[-2:])], 1)
     out = F.conv2d(grid, weight[:, :, None, None], bias)  # a channel map on a grid is a 1x1 convolution
