@@ -264,8 +264,6 @@ def test_route_configs_cover_every_pair_and_build():
     from itertools import combinations
     from pathlib import Path
 
-    import yaml
-
     from snnet.cli import build_train_parser
     from snnet.config import parse_args_with_config
 
