@@ -121,9 +121,9 @@ def test_every_kind_exports_to_torchscript(kind, stride, tmp_path):
 @pytest.mark.parametrize("suffix", [".pt2", ".onnx"])
 def test_every_kind_exports_to_pt2_and_onnx(kind, suffix, tmp_path):
     net, _ = ls_net(kind, 2 if kind in ("conv3x3", "basic-block", "bottleneck") else 1)
-    for cfg_id in (2, 3):
-        report = export_network(net, cfg_id, tmp_path / f"{cfg_id}{suffix}")
-        assert report.params == net.num_params(cfg_id)
+    # ResNet -> DeiT: the made class token through the layer (TorchScript covers both routes)
+    report = export_network(net, 2, tmp_path / f"net{suffix}")  # checks outputs and params itself
+    assert report.params == net.num_params(2)
 
 
 def test_kinds_and_strides_are_checked():

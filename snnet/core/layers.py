@@ -1,7 +1,9 @@
-"""Stitching layers: a channel-linear map from one anchor's features to another's.
+"""Stitching layers: a learned map from one anchor's features to another's, behind a junction.
 
-Two kinds, made by :func:`create_stitching_layer`; both honour the contract LS init relies on,
-``set_weights(w, b)`` makes the layer compute ``x w^T + b``:
+The kinds are a registry (:func:`register_stitch_layer`, :func:`create_stitching_layer`,
+``--stitch-layer``); every kind honours the contract LS init relies on: after ``set_weights(w, b)``
+the layer computes ``x w^T + b`` on the junction's working features (the least-squares map), its
+extra capacity adding nothing until trained:
 
 * ``linear``: the paper's ``nn.Linear`` (SN-Net), every parameter trained;
 * ``lora``: SN-Netv2's: the least-squares solution is a frozen base ``W``, a trainable
@@ -9,7 +11,14 @@ Two kinds, made by :func:`create_stitching_layer`; both honour the contract LS i
   ``lora_alpha = 1``) is added; the bias stays trainable as in the official code. In eval mode
   the layer runs one merged linear map ``W + B A / rank`` (cached, recomputed whenever a
   parameter changed), which is also what export ships and what FLOPs and parameter counts
-  describe: the deployed network.
+  describe: the deployed network;
+* ``conv3x3``: a 3x3 convolution, the map in its centre tap;
+* ``mlp``, ``basic-block``, ``bottleneck``, ``transformer-block``: the map plus a residual
+  branch (a per-token MLP, a ResNet basic or bottleneck block, a ViT block) whose last layer
+  starts at zero.
+
+``conv3x3``, ``basic-block`` and ``bottleneck`` can downsample (``--stitch-stride``). The
+junction (:mod:`snnet.core.junctions`) changes the layout around the map.
 """
 
 from __future__ import annotations
