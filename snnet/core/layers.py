@@ -244,6 +244,7 @@ class ConvStitchingLayer(BaseStitchingLayer):
     """
 
     def __init__(self, junction: Junction, out_dim: int):
+        junction.require_grid("conv3x3")
         super().__init__(junction)
         self.conv = nn.Conv2d(junction.in_channels, out_dim, 3, stride=junction.stride, padding=1)
         start = nn.Linear(junction.in_channels, out_dim)  # before LS init: a random linear map
@@ -329,6 +330,7 @@ class BasicBlockStitchingLayer(ConvResidualStitchingLayer):
     """``basic-block``: conv3x3 (stride) - BN - ReLU - conv3x3 - BN beside the shortcut."""
 
     def __init__(self, junction: Junction, out_dim: int):
+        junction.require_grid("basic-block")
         super().__init__(junction, out_dim)
         c, s = junction.in_channels, junction.stride
         self.branch = nn.Sequential(
@@ -346,6 +348,7 @@ class BottleneckStitchingLayer(ConvResidualStitchingLayer):
     the shortcut, the middle width a quarter of the output's."""
 
     def __init__(self, junction: Junction, out_dim: int):
+        junction.require_grid("bottleneck")
         super().__init__(junction, out_dim)
         c, s, mid = junction.in_channels, junction.stride, max(out_dim // 4, 1)
         self.branch = nn.Sequential(
