@@ -79,6 +79,12 @@ def to_rows(x: torch.Tensor, layout: Layout) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+@torch.no_grad()
+def _set_linear(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    linear.weight.copy_(weight)
+    linear.bias.copy_(bias)
+
+
 class BaseStitchingLayer(nn.Module):
     """A stitching layer: a junction (the layout change, no parameters) around a learned map.
 
@@ -149,8 +155,7 @@ class StitchingLayer(BaseStitchingLayer):
 
     @torch.no_grad()
     def set_weights(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        self.transform.weight.copy_(weight)
-        self.transform.bias.copy_(bias)
+        _set_linear(self.transform, weight, bias)
 
     def effective_weight(self) -> torch.Tensor:
         """The weight of the one linear map the layer computes."""
@@ -263,28 +268,22 @@ class ConvStitchingLayer(BaseStitchingLayer):
         self.conv.bias.copy_(bias)
 
 
-class ResidualStitchingLayer(StitchingLayer):
-    """The LS map (``transform``) plus extra capacity whose last layer starts at zero, so that
-    the layer starts as the map. Subclasses add the capacity in :meth:`map` and name its last
-    parameters in :meth:`zero_last`."""
+class ResidualStitchingLayer(BaseStitchingLayer):
+    """The LS map (``transform``, an ``nn.Linear`` as the ``linear`` kind's) plus extra capacity
+    whose last layer starts at zero, so that the layer starts as the map. Subclasses add the
+    capacity in :meth:`map` and name its last parameters in :meth:`zero_last`."""
 
     def __init__(self, junction: Junction, out_dim: int):
-        super().__init__(junction.in_channels, out_dim, junction=junction)
+        super().__init__(junction)
+        self.transform = nn.Linear(junction.in_channels, out_dim)
 
     def zero_last(self) -> None:
         raise NotImplementedError
 
     @torch.no_grad()
     def set_weights(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().set_weights(weight, bias)
+        _set_linear(self.transform, weight, bias)
         self.zero_last()
-
-    @property
-    def deployed_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def deployed(self) -> nn.Module:
-        return copy.deepcopy(self)
 
 
 class MLPStitchingLayer(ResidualStitchingLayer):
