@@ -20,7 +20,8 @@ from ..errors import ConfigError
 
 def build_model(args: Namespace, num_classes: int) -> SNNet:
     """The SN-Net of train.py's arguments (``--drop-path``/``--drop`` added to the timm kwargs;
-    ``--drop-path-schedule uniform`` applied to every anchor at its own rate)."""
+    ``--drop-path-schedule uniform`` applied to every anchor at its own rate; ``--train-only stitching``
+    freezes the anchors)."""
     model_args = Namespace(**vars(args))
     kwargs = parse_kwargs(args.model_kwargs)
     if args.drop_path is not None:
@@ -32,6 +33,8 @@ def build_model(args: Namespace, num_classes: int) -> SNNet:
     if getattr(args, "drop_path_schedule", "linear") == "uniform":
         for adapter, own in zip(net.anchor_adapters, anchor_kwargs_of(args) or [{}] * len(net.anchors)):
             set_uniform_drop_path(adapter.model, float({**kwargs, **own}.get("drop_path_rate", 0.0)), adapter.name)
+    if getattr(args, "train_only", "all") == "stitching":
+        net.freeze_anchors()
     return net
 
 
