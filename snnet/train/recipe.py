@@ -5,29 +5,15 @@ stitching layers and DeiT-style distillation."""
 
 from __future__ import annotations
 
-from argparse import Namespace
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cli import build_snnet
 from ..config import parse_kwargs
 from ..core.model import SNNet
 from ..errors import ConfigError
-
-
-def build_model(args: Namespace, num_classes: int) -> SNNet:
-    """The SN-Net of train.py's arguments (``--drop-path``/``--drop`` added to the timm kwargs)."""
-    model_args = Namespace(**vars(args))
-    kwargs = parse_kwargs(args.model_kwargs)
-    if args.drop_path is not None:
-        kwargs.setdefault("drop_path_rate", args.drop_path)
-    if args.drop is not None:
-        kwargs.setdefault("drop_rate", args.drop)
-    model_args.model_kwargs = kwargs
-    return build_snnet(model_args, num_classes=num_classes)
 
 
 def apply_split_bn(net: SNNet) -> None:
@@ -61,7 +47,7 @@ def param_groups(net: SNNet, weight_decay: float, stitch_lr_scale: float) -> lis
     return groups
 
 
-def build_teacher(args: Namespace, num_classes: int, device: torch.device) -> Optional[nn.Module]:
+def build_teacher(args: Any, num_classes: int, device: torch.device) -> Optional[nn.Module]:
     """The frozen timm teacher of ``--distillation-type`` (None without distillation)."""
     if args.distillation_type == "none" or not args.teacher:
         return None
@@ -130,7 +116,7 @@ def default_val_ids(net: SNNet, extra: int = 3) -> list[int]:
     return sorted(set(anchors + picks))
 
 
-def build_optimizer(net: SNNet, args: Namespace) -> torch.optim.Optimizer:
+def build_optimizer(net: SNNet, args: Any) -> torch.optim.Optimizer:
     """timm's ``create_optimizer_v2`` over :func:`param_groups`."""
     from timm.optim import create_optimizer_v2
 
@@ -149,7 +135,7 @@ def build_optimizer(net: SNNet, args: Namespace) -> torch.optim.Optimizer:
     )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, args: Namespace, updates_per_epoch: int):
+def build_scheduler(optimizer: torch.optim.Optimizer, args: Any, updates_per_epoch: int):
     """timm's ``create_scheduler_v2`` from the schedule arguments."""
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
@@ -161,7 +147,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: Namespace, updates_p
     return scheduler
 
 
-def build_loss(args: Namespace, teacher: Optional[nn.Module], num_classes: int) -> tuple[Optional[Any], TrainLoss]:
+def build_loss(args: Any, teacher: Optional[nn.Module], num_classes: int) -> tuple[Optional[Any], TrainLoss]:
     """timm's Mixup/CutMix (None when off) and the training loss that goes with it."""
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
