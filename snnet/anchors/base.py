@@ -13,6 +13,8 @@ from typing import ClassVar, Iterable, Literal, Sequence
 import torch
 from torch import nn
 
+from ..runtime import eval_mode
+
 Layout = Literal["tokens", "nchw", "nhwc"]
 
 
@@ -133,9 +135,7 @@ class Anchor:
 
     def _probe_feature_shapes(self) -> list[tuple[int, ...]]:
         # One sample in eval mode: BatchNorm cannot normalise a single 1x1 map in train mode.
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             param = next(self.model.parameters())
             x = torch.zeros(1, *self.input_size, device=param.device, dtype=param.dtype)
             with torch.no_grad():
@@ -144,6 +144,4 @@ class Anchor:
                 for blk in self.blocks:
                     x = blk(x)
                     shapes.append(tuple(x.shape[1:]))
-        finally:
-            self.model.train(was_training)
         return shapes

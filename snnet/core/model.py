@@ -12,6 +12,7 @@ from torch import nn
 
 from ..anchors import Anchor, create_anchor
 from ..errors import ConfigError, IncompatibleAnchorsError
+from ..runtime import eval_mode
 from .layers import StitchingLayer, create_stitching_layer, to_rows
 from .lstsq import augment, solve_normal_equations
 from .routes import Route, Step, apply_step, run_route
@@ -180,9 +181,7 @@ class SNNet(nn.Module):
             from tqdm import tqdm
 
             batches = tqdm(batches, desc="least-squares init", unit="batch")
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             for batch in batches:
                 rows = {
                     (a, i): to_rows(f, self.anchor_adapters[a].layout)
@@ -196,8 +195,6 @@ class SNNet(nn.Module):
                     for j, k in spec.positions:
                         cross = front_rows[(spec.front, j + 1)].T @ rows[(spec.back, k)].to(torch.float64)
                         _accumulate(crosses, (spec.front, j + 1, spec.back, k), cross)
-        finally:
-            self.train(was_training)
 
         for spec, layer in zip(self.layer_specs, self.stitch_layers):
             keys = [((spec.front, j + 1), (spec.front, j + 1, spec.back, k)) for j, k in spec.positions]

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 from ..core.model import SNNet
-from ..runtime import autocast_factory
+from ..runtime import autocast_factory, eval_mode
 
 
 @torch.no_grad()
@@ -45,9 +45,7 @@ def measure_latency(
         with autocast():
             return net(x)
 
-    was = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         with net.selecting(cfg_id):
             if device.type == "cuda" and cuda_graph:
                 return _cuda_graph_latency(forward, warmup, repeats)
@@ -62,8 +60,6 @@ def measure_latency(
                 sync()
                 times.append(time.perf_counter() - start)
             return 1000.0 * statistics.median(times)
-    finally:
-        net.train(was)
 
 
 def _cuda_graph_latency(forward: Callable[[], torch.Tensor], warmup: int, repeats: int) -> float:

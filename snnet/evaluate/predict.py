@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from ..errors import CheckpointError, ConfigError, DataError, exit_on_user_error
+from ..io.checkpoint import atomic_write
 from ..run_config import PredictConfig, defaults_of, from_namespace
 from .load import build_trained_snnet, default_out_dir, train_keys, training_data, with_checkpoint_model
 
@@ -137,7 +138,8 @@ def prediction_info(net, dataset_name: str, data_dir: Optional[str], split: str 
 def write_prediction_info(export_path: str | Path, info: dict[str, Any], cfg_id: int, name: str) -> Path:
     """``<export_path>.json`` beside an exported network, for ``predict.py --exported``."""
     path = Path(str(export_path) + INFO_SUFFIX)
-    path.write_text(json.dumps({"cfg_id": cfg_id, "name": name, **info}, indent=1) + "\n")
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps({"cfg_id": cfg_id, "name": name, **info}, indent=1) + "\n")
     return path
 
 
@@ -255,7 +257,7 @@ def predict(
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     k = max(len(r["indices"]) for r in rows)
     header = ["image"] + [f"{what}_{r}" for r in range(1, k + 1) for what in ("class", "index", "prob")]
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in rows:
