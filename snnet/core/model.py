@@ -257,6 +257,8 @@ def create_snnet(
             ``two-way`` (SN-Netv2: two anchors, SL/LS/LSL/SLS routes).
         stitch_layer: ``linear`` (SN-Net) or ``lora`` (SN-Netv2: frozen LS base + low-rank update).
         lora_rank: rank of the low-rank update of ``lora`` layers.
+        official_forward: run stitched networks as the official SN-Net code does (an imported
+            official checkpoint needs it; :mod:`snnet.io.official`).
     """
     if not anchors:
         raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] ordered small to large")
