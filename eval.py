@@ -6,7 +6,7 @@
     python eval.py -c configs/deit_ti_s_b.yaml --flops-only --output results/flops
     python eval.py ... --budget-flops 2.5G --export best --export-path deit_2.5G.pt
 
-See ``snnet/evaluation.py`` for what it does and writes, ``snnet/cli.py`` for the options.
+See ``snnet/evaluate/main.py`` for what it does and writes, ``snnet/cli.py`` for the options.
 """
 
 import sys

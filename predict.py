@@ -5,7 +5,7 @@
     python predict.py --resume CKPT --stitch best --budget-flops 2.5G --csv predictions.csv photos/
     python predict.py --exported deit-2.5g.pt photos/
 
-See ``snnet/predict.py`` for the options.
+See ``snnet/cli.py`` for the options, ``snnet/evaluate/predict.py`` for what it does.
 """
 
 import sys

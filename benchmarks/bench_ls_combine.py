@@ -17,11 +17,12 @@ import warnings
 
 import torch
 
-from snnet.cli import build_snnet, build_train_parser
+from snnet.cli import build_train_parser
 from snnet.config import parse_args_with_config
 from snnet.data.datasets import create_dataset, resolve_num_classes, sample_images
 from snnet.data.loaders import Normalize, data_config_for, eval_loader, eval_transform
 from snnet.evaluate.sweep import metrics_of, sweep_pass
+from snnet.run_config import build_snnet
 
 COMBINES = ("mean", "joint")
 

@@ -1,20 +1,17 @@
-"""The command lines: train.py's and eval.py's parsers, the arguments they share (which anchors,
-how to stitch, which data) and the SN-Net those arguments describe."""
+"""The command lines: train.py's, eval.py's and predict.py's parsers and the arguments they share
+(which anchors, how to stitch, which data). :mod:`snnet.run_config` turns what they parse into a
+frozen run config and builds the SN-Net it describes."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional
 
-from .config import parse_kwargs
 from .core.junctions import CLASS_TOKEN_RULES, DEFAULT_CLASS_TOKEN, DEFAULT_PREFIX_TOKENS, PREFIX_TOKEN_RULES
 from .core.layers import STITCH_LAYER_KINDS
-from .core.model import SNNet, create_snnet
 from .core.stitches import STITCHING_RULES
-from .errors import ConfigError
 from .train.network_sampling import SAMPLE_BY
 
-DROP_PATH_SCHEDULES = ("linear", "uniform")  # snnet.train.recipe.build_model
+DROP_PATH_SCHEDULES = ("linear", "uniform")  # applied by snnet.run_config.build_snnet
 
 
 # The option tables below stay one option per line (``# fmt: off``): they read as tables.
@@ -86,46 +83,6 @@ def add_compile_args(group: argparse._ArgumentGroup) -> None:
                        help="torch.compile mode, e.g. reduce-overhead (CUDA graphs: the fastest SN-Net training on "
                             "a GPU, see the README) or max-autotune")
     # fmt: on
-
-
-def anchor_kwargs_of(args: argparse.Namespace) -> Optional[list[dict[str, Any]]]:
-    """``--anchor-kwargs`` as one dict per anchor (None when not given)."""
-    if args.anchor_kwargs is None:
-        return None
-    # YAML gives mappings, the command line gives 'k=v k=v' strings.
-    return [a if isinstance(a, dict) else parse_kwargs(str(a).split()) for a in args.anchor_kwargs]
-
-
-def build_snnet(
-    args: argparse.Namespace, num_classes: Optional[int] = None, pretrained: Optional[bool] = None
-) -> SNNet:
-    """The SN-Net the parsed arguments describe."""
-    if not args.anchors:
-        raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] (small to large) or -c a config")
-    ckpts = args.anchor_checkpoints
-    if ckpts is not None:
-        ckpts = [None if str(c).lower() == "none" else c for c in ckpts]
-    return create_snnet(
-        args.anchors,
-        pretrained=args.pretrained if pretrained is None else pretrained,
-        num_classes=num_classes if num_classes is not None else args.num_classes,
-        img_size=args.img_size,
-        model_kwargs=parse_kwargs(args.model_kwargs),
-        anchor_kwargs=anchor_kwargs_of(args),
-        anchor_checkpoints=ckpts,
-        kernel_size=args.kernel_size,
-        stride=args.stride,
-        nearest=args.nearest,
-        stages=args.stages,
-        stitching=args.stitching,
-        stitch_layer=args.stitch_layer,
-        lora_rank=args.lora_rank,
-        official_forward=bool(getattr(args, "official_forward", False)),
-        routes=args.routes,
-        class_token=args.class_token,
-        prefix_tokens=args.prefix_tokens,
-        stitch_stride=args.stitch_stride,
-    )
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -362,4 +319,55 @@ def build_eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action="store_true", default=False)
     add_compile_args(g)
     # fmt: on
+    return parser
+
+
+def build_predict_parser() -> argparse.ArgumentParser:
+    """predict.py's parser; ``-c FILE.yaml`` (a training config) sets its defaults."""
+    parser = argparse.ArgumentParser(
+        description="Top-5 classes of image files from one network of an SN-Net or an exported network."
+    )
+    parser.add_argument(
+        "images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (searched recursively)"
+    )
+    parser.add_argument("-c", "--config", default="", metavar="FILE.yaml", help="the training config (optional)")
+    add_model_args(parser)
+    add_data_args(parser)
+    g = parser.add_argument_group("prediction")
+    g.add_argument(
+        "--resume",
+        "--checkpoint",
+        dest="checkpoint",
+        default="",
+        metavar="CKPT",
+        help="train.py checkpoint, or an official SN-Net / SN-Netv2 one (with the config of its run)",
+    )
+    g.add_argument("--use-ema", action="store_true", default=False, help="the checkpoint's EMA weights")
+    g.add_argument(
+        "--stitch",
+        default=None,
+        metavar="CFG_ID|best",
+        help="the network: a cfg_id, or 'best' (most accurate of the sweep, within the budgets)",
+    )
+    g.add_argument(
+        "--budget-flops", default=None, metavar="FLOPS", help="with --stitch best: most accurate within this"
+    )
+    g.add_argument(
+        "--budget-latency",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="with --stitch best: most accurate within this latency (a sweep with --measure-latency)",
+    )
+    g.add_argument(
+        "--results",
+        default="",
+        metavar="DIR",
+        help="eval.py output folder with stitches.csv, for --stitch best (default: eval.py's default for CKPT)",
+    )
+    g.add_argument("--exported", default="", metavar="FILE", help="an eval.py --export file (.pt, .pt2 or .onnx)")
+    g.add_argument("--csv", default="", metavar="FILE", help="also write the predictions to this CSV file")
+    g.add_argument("--top-k", type=int, default=5, metavar="K", help="classes shown per image")
+    g.add_argument("-b", "--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
+    g.add_argument("--device", default="cpu", help="cpu or cuda")
     return parser

@@ -10,6 +10,7 @@ or underscores (``model-kwargs`` == ``model_kwargs``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -151,9 +152,13 @@ def parse_args_with_config(
 def plain(value: Any) -> Any:
     """``value`` as plain Python data (safe for YAML, JSON and ``weights_only`` checkpoints):
     a Namespace or mapping becomes a dict with str keys, a tuple a list, anything else that is
-    not None, bool, int, float or str its ``str``."""
+    not None, bool, int, float or str its ``str``. A run config (:mod:`snnet.run_config`) gives
+    its parsed options, as the Namespace it was made from would."""
     if isinstance(value, argparse.Namespace):
         value = vars(value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        extra = getattr(type(value), "EXTRA_FIELDS", ())
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.name not in extra}
     if isinstance(value, Mapping):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from snnet.data.datasets import create_dataset, create_loader_for, load_digits_split, num_classes_of, sample_images
+from snnet.data.datasets import create_dataset, load_digits_split, num_classes_of, sample_images
 from snnet.errors import DataError
 
 
@@ -82,29 +82,47 @@ def test_missing_empty_and_flat_folders(tmp_path):
         create_dataset("cifar", None, "train")
 
 
+def _train_loaders(train, val, extra=(), world=1, rank=0):
+    """train.py's loaders (snnet.data.loaders.build_loaders) for the tiny DeiT pair's arguments."""
+    from conftest import TINY_DEIT_ARGS
+
+    from snnet.cli import build_train_parser
+    from snnet.data.loaders import build_loaders, data_config_for
+    from snnet.distributed import DistInfo
+    from snnet.run_config import build_snnet
+    from snnet.train.main import resolve_args
+
+    info = DistInfo(rank=rank, world_size=world)
+    cfg = resolve_args(build_train_parser().parse_args(TINY_DEIT_ARGS + ["--seed", "3", *extra]), info)
+    net = build_snnet(cfg, num_classes=10)
+    return build_loaders(train, val, cfg, info, data_config_for(net, train))
+
+
 def test_loaders_give_normalised_cpu_batches(tmp_path):
     train = load_digits_split("train")
-    loader = create_loader_for(train, img_size=32, batch_size=16, is_training=True, workers=0, seed=3)
-    x, y = next(iter(loader))
+    sampler, loader, prep, val_loader, val_prep = _train_loaders(train, load_digits_split("val"), ["-b", "16"])
+    sampler.set_epoch(0)
+    x, y = prep(*next(iter(loader)))
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and x.device.type == "cpu"
     assert y.shape == (16,) and y.dtype == torch.int64
-    assert x.min() < 0 < x.max()  # ImageNet-normalised
+    assert x.min() < 0 < x.max()  # normalised
     assert len(loader) == len(train) // 16  # training drops the last partial batch
     assert "HorizontalFlip" not in repr(train.transform)  # a mirrored digit is not a digit
 
-    again = create_loader_for(
-        load_digits_split("train"), img_size=32, batch_size=16, is_training=True, workers=0, seed=3
-    )
-    assert torch.equal(next(iter(again))[1], y)  # the seed fixes the shuffling
+    again = _train_loaders(load_digits_split("train"), load_digits_split("val"), ["-b", "16"])
+    again[0].set_epoch(0)
+    assert torch.equal(next(iter(again[1]))[1], y)  # the seed fixes the shuffling
 
-    val = create_loader_for(load_digits_split("val"), img_size=24, batch_size=100, is_training=False, workers=0)
-    shapes = [x.shape for x, _ in val]
-    assert shapes[0] == (100, 3, 24, 24) and sum(s[0] for s in shapes) == 360  # nothing dropped
+    _, _, _, val_loader, _ = _train_loaders(train, load_digits_split("val"), ["-b", "16", "-vb", "100"])
+    shapes = [x.shape for x, _ in val_loader]
+    assert shapes[0] == (100, 3, 32, 32) and sum(s[0] for s in shapes) == 360  # nothing dropped
 
     write_folder(tmp_path / "train")
     folder = create_dataset("", tmp_path, "train")
-    x, y = next(iter(create_loader_for(folder, img_size=16, batch_size=4, is_training=True, workers=0)))
-    assert x.shape == (4, 3, 16, 16) and set(y.tolist()) <= {0, 1}
+    sampler, loader, prep, _, _ = _train_loaders(folder, load_digits_split("val"), ["-b", "4"])
+    sampler.set_epoch(0)
+    x, y = prep(*next(iter(loader)))
+    assert x.shape == (4, 3, 32, 32) and set(y.tolist()) <= {0, 1}
     assert "HorizontalFlip" in repr(folder.transform)
 
 
@@ -130,23 +148,20 @@ def test_sample_images_is_deterministic_and_unaugmented():
         sample_images(train, 0, img_size=32)
 
 
-def test_distributed_loaders_use_timms_samplers(tmp_path):
-    import torch.distributed as dist
-    from timm.data.distributed_sampler import OrderedDistributedSampler
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        train = create_loader_for(
-            load_digits_split("train"), img_size=16, batch_size=8, is_training=True, distributed=True, workers=0, seed=5
-        )
-        val = create_loader_for(
-            load_digits_split("val"), img_size=16, batch_size=8, is_training=False, distributed=True, workers=0
-        )
-    finally:
-        dist.destroy_process_group()
-    assert type(train.sampler) is torch.utils.data.DistributedSampler and train.sampler.seed == 5
-    assert type(val.sampler) is OrderedDistributedSampler
-    assert next(iter(train))[0].shape == (8, 3, 16, 16)
+def test_two_processes_share_out_the_data_once():
+    """Per rank, train.py's loaders: training shards that together are one epoch (and the first
+    global batch of one process with the double batch), and validation shards that cover the set once."""
+    ranks = [_train_loaders(load_digits_split("train"), load_digits_split("val"), ["-b", "8"], 2, r) for r in (0, 1)]
+    one = _train_loaders(load_digits_split("train"), load_digits_split("val"), ["-b", "16"])
+    for loaders in ranks + [one]:
+        loaders[0].set_epoch(0)
+    shards = [list(r[0]) for r in ranks]
+    # 1437 images padded to 1438 (DistributedSampler's rule): one image is on both ranks
+    assert len(shards[0]) == len(shards[1]) == 719
+    assert {i for _, i in shards[0] + shards[1]} == {i for _, i in one[0]} == set(range(1437))
+    assert sorted(i for _, i in shards[0][:8] + shards[1][:8]) == sorted(i for _, i in list(one[0])[:16])
+    val = [sum(len(y) for _, y in r[3]) for r in ranks]
+    assert sum(val) == 360 and abs(val[0] - val[1]) <= 1  # unpadded shards
 
 
 def test_num_classes_smaller_than_the_labels_is_refused():

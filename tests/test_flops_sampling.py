@@ -132,3 +132,22 @@ def test_two_ranks_draw_the_same_groups_and_networks(tmp_path):
     assert len(groups) > 3
     weights = torch.tensor([i / 2 + 1 / len(groups) for i in range(len(groups))], dtype=torch.float64)
     assert [a for a, _ in drawn] == documented_draws(groups, weights / weights.sum(), 11, steps)
+
+
+def test_sampler_state_of_another_drawing_rule_is_refused():
+    """A saved sampler state continues the draws exactly, and one saved with other weights or
+    FLOPs groups is refused (the resumed run would draw otherwise)."""
+    from snnet.errors import CheckpointError
+    from snnet.train.network_sampling import FlopsGroupSampler, NetworkSampler
+
+    a = NetworkSampler(4, seed=0, weights=[1, 2, 3, 4])
+    [a.draw() for _ in range(5)]
+    b = NetworkSampler(4, seed=9, weights=[1, 2, 3, 4])
+    b.load_state_dict(a.state_dict())
+    assert [a.draw() for _ in range(20)] == [b.draw() for _ in range(20)]
+    with pytest.raises(CheckpointError, match="other weights"):
+        NetworkSampler(4, seed=0).load_state_dict(a.state_dict())
+    g = FlopsGroupSampler([1e9, 2e9, 3e9, 4e9], 1.5, seed=0)
+    with pytest.raises(CheckpointError, match="other groups"):
+        FlopsGroupSampler([1e9, 2e9, 3e9, 4e9], 0.5, seed=0).load_state_dict(g.state_dict())
+    FlopsGroupSampler([1e9, 2e9, 3e9, 4e9], 1.5, seed=1).load_state_dict(g.state_dict())

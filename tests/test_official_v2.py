@@ -300,7 +300,7 @@ def _block_rates(model) -> list[list[float]]:
 def test_drop_path_schedule_against_the_official_and_timm_rates(schedule):
     from snnet.cli import build_train_parser
     from snnet.config import parse_args_with_config
-    from snnet.train.recipe import build_model
+    from snnet.run_config import build_snnet
 
     rates = (0.05, 0.4)  # models_v2.py's anchor_drop_path of SN-Netv2's S/L recipe
     flags = TWO_WAY_FLAGS[: TWO_WAY_FLAGS.index("--anchor-kwargs")] + ["--anchor-kwargs"]
@@ -311,7 +311,7 @@ def test_drop_path_schedule_against_the_official_and_timm_rates(schedule):
     flags += ["--stitching", "two-way"] + (["--drop-path-schedule", schedule] if schedule == "uniform" else [])
     args, _ = parse_args_with_config(build_train_parser(), flags)
     assert args.drop_path_schedule == schedule
-    net = build_model(args, 10)
+    net = build_snnet(args, 10)
     for model, rate in zip(net.anchors, rates):
         depth = len(model.blocks)
         if schedule == "uniform":  # models_v2.py: dpr = [drop_path_rate for i in range(depth)]

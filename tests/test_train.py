@@ -108,7 +108,8 @@ def test_loss_goes_down_and_run_folder_is_timms(tmp_path):
 
 def test_single_anchor_run_feeds_anchor_checkpoints(tmp_path):
     """A one-anchor train.py run is plain timm training; its checkpoint loads as --anchor-checkpoints."""
-    from snnet.cli import build_snnet, build_train_parser
+    from snnet.cli import build_train_parser
+    from snnet.run_config import build_snnet
 
     code = run_main(
         [
@@ -227,8 +228,9 @@ def test_unknown_yaml_key_is_a_one_line_error(tmp_path):
 
 @pytest.mark.slow
 def test_every_config_parses_and_builds(monkeypatch):
-    from snnet.cli import build_snnet, build_train_parser
+    from snnet.cli import build_train_parser
     from snnet.config import parse_args_with_config
+    from snnet.run_config import build_snnet
 
     configs = sorted((REPO / "configs").glob("*.yaml"))
     names = {c.stem for c in configs}
@@ -262,11 +264,10 @@ def test_every_config_parses_and_builds(monkeypatch):
 
 
 def test_size_and_option_checks():
-    from argparse import Namespace
-
     from snnet.cli import build_train_parser
     from snnet.distributed import DistInfo
     from snnet.errors import ConfigError
+    from snnet.run_config import TrainConfig
     from snnet.train.main import resolve_args
 
     parser = build_train_parser()
@@ -290,7 +291,7 @@ def test_size_and_option_checks():
             resolve(["--amp", "--amp-impl", "apex"])
     args = resolve(["--workers", "999"])
     assert args.workers <= (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    assert isinstance(args, Namespace) and args.lr > 0
+    assert isinstance(args, TrainConfig) and args.lr > 0
 
 
 def test_ls_init_images_more_than_the_dataset(tmp_path, capsys):

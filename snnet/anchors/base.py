@@ -14,6 +14,9 @@ from typing import ClassVar, Iterable, Literal, Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+from ..runtime import eval_mode
+
 Layout = Literal["tokens", "nchw", "nhwc"]
 
 
@@ -153,9 +156,7 @@ class Anchor:
 
     def _probe_feature_shapes(self) -> list[tuple[int, ...]]:
         # One sample in eval mode: BatchNorm cannot normalise a single 1x1 map in train mode.
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             param = next(self.model.parameters())
             x = torch.zeros(1, *self.input_size, device=param.device, dtype=param.dtype)
             with torch.no_grad():
@@ -164,6 +165,30 @@ class Anchor:
                 for blk in self.blocks:
                     x = blk(x)
                     shapes.append(tuple(x.shape[1:]))
-        finally:
-            self.model.train(was_training)
         return shapes
+
+
+# Where timm's blocks keep their drop-path (DropPath, or Identity / None at rate 0).
+_DROP_PATH_SLOTS = ("drop_path", "drop_path1", "drop_path2")
+
+
+def set_uniform_drop_path(model: nn.Module, rate: float, name: str = "the model") -> int:
+    """Every residual branch of the timm ``model`` drops its path at ``rate``, as DeiT-III and
+    SN-Netv2 do (``models_v2.py``: ``dpr = [drop_path_rate for i in range(depth)]``), instead of
+    timm's linear ramp from 0 at the first block to ``rate`` at the last. Returns the number of
+    branches set; a model with none (a family that keeps drop-path elsewhere) is an error."""
+    from timm.layers import DropPath
+
+    def is_slot(module: nn.Module, slot: str) -> bool:  # a DropPath, Identity or None (ResNet) there
+        value = vars(module)["_modules"].get(slot, vars(module).get(slot, False))
+        return value is None or isinstance(value, (DropPath, nn.Identity))
+
+    slots = [(m, slot) for m in model.modules() for slot in _DROP_PATH_SLOTS if is_slot(m, slot)]
+    if not slots and rate > 0:
+        raise ConfigError(
+            f"--drop-path-schedule uniform: {name} has no drop-path modules where timm's blocks keep them "
+            f"({', '.join(_DROP_PATH_SLOTS)}): use --drop-path-schedule linear"
+        )
+    for m, slot in slots:
+        setattr(m, slot, DropPath(rate) if rate > 0 else nn.Identity())
+    return len(slots)

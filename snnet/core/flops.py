@@ -25,6 +25,7 @@ from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from ..anchors import Anchor
+from ..runtime import eval_mode
 from .model import SNNet
 
 _SDPA_OPS = (
@@ -44,9 +45,7 @@ def _sdpa_flop(inputs: list[Any], outputs: list[Any]) -> int:
 
 def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
     """fvcore FLOPs of ``module(*inputs)``, fused attention included, in eval mode."""
-    was_training = module.training
-    module.eval()
-    try:
+    with eval_mode(module):
         analysis = FlopCountAnalysis(module, inputs)
         for op in _SDPA_OPS:
             analysis.set_op_handle(op, _sdpa_flop)
@@ -55,8 +54,6 @@ def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about python control flow
             return int(analysis.total())
-    finally:
-        module.train(was_training)
 
 
 class _Call(nn.Module):

@@ -26,9 +26,3 @@ def solve_normal_equations(gram: torch.Tensor, cross: torch.Tensor) -> tuple[tor
     # gelsd (SVD) is CPU-only and handles singular systems; the system is tiny anyway.
     sol = torch.linalg.lstsq(gram.cpu(), cross.cpu(), driver="gelsd").solution
     return sol[:-1].T.contiguous(), sol[-1].contiguous()
-
-
-def solve_least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias minimising ``||x W^T + b - y||`` for row matrices ``x``, ``y``."""
-    a = augment(x)
-    return solve_normal_equations(a.T @ a, a.T @ y.to(torch.float64))

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..anchors import Anchor, create_anchor
 from ..errors import ConfigError, IncompatibleAnchorsError
+from ..runtime import eval_mode
 from .junctions import DEFAULT_CLASS_TOKEN, DEFAULT_PREFIX_TOKENS, Junction, check_rules, feature_spec
 from .layers import BaseStitchingLayer, check_kind, create_stitching_layer, to_rows
 from .lstsq import augment, solve_normal_equations
@@ -225,9 +226,7 @@ class SNNet(nn.Module):
             from tqdm import tqdm
 
             batches = tqdm(batches, desc="least-squares init", unit="batch")
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             for batch in batches:
                 feats = {
                     (a, i): f for a, indices in needed.items() for i, f in self._features(a, batch, indices).items()
@@ -242,8 +241,6 @@ class SNNet(nn.Module):
                             _accumulate(grams, key, front_rows[key].T @ front_rows[key])
                         target = to_rows(feats[(spec.back, k)], self.anchor_adapters[spec.back].layout)
                         _accumulate(crosses, (*key, spec.back, k), front_rows[key].T @ target.to(torch.float64))
-        finally:
-            self.train(was_training)
 
         for spec, layer in zip(self.layer_specs, self.stitch_layers):
             sig = layer.junction.signature
@@ -313,7 +310,8 @@ def create_snnet(
             ``linear`` (SN-Net), ``lora`` (SN-Netv2: frozen LS base + low-rank update),
             ``conv3x3``, ``mlp``, ``basic-block``, ``bottleneck``, ``transformer-block``.
         lora_rank: rank of the low-rank update of ``lora`` layers.
-        official_forward: run stitched networks as the official SN-Net code does.
+        official_forward: run stitched networks as the official SN-Net code does (an imported
+            official checkpoint needs it; :mod:`snnet.io.official`).
         routes: the networks by name (``resnet50[:7]>vit_small_patch16_224[6:]``, see
             :func:`~snnet.core.routes.parse_route`): the SN-Net then holds the anchors and these
             routes, cfg_ids in this order, instead of the stitching rules' networks; any layouts

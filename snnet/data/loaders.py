@@ -8,6 +8,7 @@ Evaluation and the trainer's validation read the data the same way: :func:`eval_
 
 from __future__ import annotations
 
+import os
 from argparse import Namespace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -165,6 +166,14 @@ def data_config_for(net: SNNet, train_ds) -> dict:
     cfg["crop_pct"] = 1.0 if digits else cfg["crop_pct"]
     cfg["hflip"] = 0.0 if digits else 0.5
     return cfg
+
+
+def max_workers(world_size: int) -> tuple[int, int, int]:
+    """Data-loading workers one process may start (this machine's cores over its processes:
+    ``LOCAL_WORLD_SIZE`` under torchrun), the cores and the local processes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    return max(0, cores // max(1, local_world)), cores, local_world
 
 
 def build_loaders(train_ds, val_ds, args: Namespace, info: DistInfo, data_cfg: dict):

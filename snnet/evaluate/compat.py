@@ -19,7 +19,6 @@ eval.py --compatibility adds the top-1 of each LS-initialised network (its sweep
 from __future__ import annotations
 
 import csv
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -29,6 +28,8 @@ import torch
 from ..core.layers import to_rows
 from ..core.model import SNNet
 from ..errors import ConfigError
+from ..io.checkpoint import atomic_write
+from ..runtime import eval_mode
 
 COLUMNS = ("cfg_id", "name", "stage", "cka", "ls_residual", "ls_top1")
 
@@ -77,9 +78,7 @@ def junction_scores(
     moments = {s.cfg_id: _Moments() for s in stitched}
     residual = defaultdict(float)
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         for batch in batches:
             feats = {(a, i): f for a, idx in needed.items() for i, f in net._features(a, batch, idx).items()}
             for s in stitched:
@@ -89,8 +88,6 @@ def junction_scores(
                 moments[s.cfg_id].add(layer.junction.fit_rows(layer.junction.enter(x)), y_rows)  # after its junction
                 fitted = to_rows(layer(x), back.layout)
                 residual[s.cfg_id] += float((fitted.double() - y_rows.double()).pow(2).sum())
-    finally:
-        net.train(was_training)
     out = {}
     for s in stitched:
         m = moments[s.cfg_id]
@@ -148,9 +145,7 @@ def compat_rows(
 
 def write_compat_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)

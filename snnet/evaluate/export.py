@@ -29,6 +29,7 @@ from torch import nn
 from ..core.model import SNNet
 from ..core.routes import Route, apply_step
 from ..errors import ConfigError
+from ..runtime import eval_mode
 
 FORMATS = {".pt": "torchscript", ".ts": "torchscript", ".pt2": "exported_program", ".onnx": "onnx"}
 
@@ -172,13 +173,9 @@ def _example(net: SNNet, batch: int, device) -> torch.Tensor:
 
 
 def _reference(net: SNNet, cfg_id: int, x: torch.Tensor) -> torch.Tensor:
-    was = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         with torch.no_grad(), net.selecting(cfg_id):
             return net(x).float()
-    finally:
-        net.train(was)
 
 
 def _export_program(module: nn.Module, x: torch.Tensor):

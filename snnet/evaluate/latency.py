@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 
 from ..core.model import SNNet
+from ..runtime import autocast_factory, eval_mode
 
 
 @torch.no_grad()
@@ -44,9 +45,7 @@ def measure_latency(
         with autocast():
             return net(x)
 
-    was = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         with net.selecting(cfg_id):
             if device.type == "cuda" and cuda_graph:
                 return _cuda_graph_latency(forward, warmup, repeats)
@@ -61,8 +60,6 @@ def measure_latency(
                 sync()
                 times.append(time.perf_counter() - start)
             return 1000.0 * statistics.median(times)
-    finally:
-        net.train(was)
 
 
 def _cuda_graph_latency(forward: Callable[[], torch.Tensor], warmup: int, repeats: int) -> float:
@@ -94,12 +91,9 @@ def _cuda_graph_latency(forward: Callable[[], torch.Tensor], warmup: int, repeat
     return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
-def autocast_for(args: Namespace, device: torch.device) -> Callable[[], Any]:
-    """eval.py's ``--amp``/``--amp-dtype`` as a context-manager factory (a no-op without --amp)."""
-    if not args.amp:
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+def autocast_for(args: Any, device: torch.device) -> Callable[[], Any]:
+    """eval.py's ``--amp``/``--amp-dtype`` as an autocast factory (:func:`snnet.runtime.autocast_factory`)."""
+    return autocast_factory(args.amp, args.amp_dtype, device)
 
 
 def cached_latencies(args: Namespace, net: SNNet, info, ids: list[int], partial) -> dict[int, float]:

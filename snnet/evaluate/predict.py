@@ -18,79 +18,28 @@ eval.py saved beside it as ``<file>.json``; ``.onnx`` files need onnxruntime (``
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-from argparse import Namespace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from ..errors import CheckpointError, ConfigError, DataError, exit_on_user_error
+from ..io.checkpoint import atomic_write
+from ..run_config import PredictConfig, defaults_of, from_namespace
+from .load import build_trained_snnet, default_out_dir, train_keys, training_data, with_checkpoint_model
 
 INFO_SUFFIX = ".json"
 
 
-def build_predict_parser() -> argparse.ArgumentParser:
-    from ..cli import add_data_args, add_model_args
-
-    parser = argparse.ArgumentParser(
-        description="Top-5 classes of image files from one network of an SN-Net or an exported network."
-    )
-    parser.add_argument(
-        "images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (searched recursively)"
-    )
-    parser.add_argument("-c", "--config", default="", metavar="FILE.yaml", help="the training config (optional)")
-    add_model_args(parser)
-    add_data_args(parser)
-    g = parser.add_argument_group("prediction")
-    g.add_argument(
-        "--resume",
-        "--checkpoint",
-        dest="checkpoint",
-        default="",
-        metavar="CKPT",
-        help="train.py checkpoint, or an official SN-Net / SN-Netv2 one (with the config of its run)",
-    )
-    g.add_argument("--use-ema", action="store_true", default=False, help="the checkpoint's EMA weights")
-    g.add_argument(
-        "--stitch",
-        default=None,
-        metavar="CFG_ID|best",
-        help="the network: a cfg_id, or 'best' (most accurate of the sweep, within the budgets)",
-    )
-    g.add_argument(
-        "--budget-flops", default=None, metavar="FLOPS", help="with --stitch best: most accurate within this"
-    )
-    g.add_argument(
-        "--budget-latency",
-        type=float,
-        default=None,
-        metavar="MS",
-        help="with --stitch best: most accurate within this latency (a sweep with --measure-latency)",
-    )
-    g.add_argument(
-        "--results",
-        default="",
-        metavar="DIR",
-        help="eval.py output folder with stitches.csv, for --stitch best (default: eval.py's default for CKPT)",
-    )
-    g.add_argument("--exported", default="", metavar="FILE", help="an eval.py --export file (.pt, .pt2 or .onnx)")
-    g.add_argument("--csv", default="", metavar="FILE", help="also write the predictions to this CSV file")
-    g.add_argument("--top-k", type=int, default=5, metavar="K", help="classes shown per image")
-    g.add_argument("-b", "--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
-    g.add_argument("--device", default="cpu", help="cpu or cuda")
-    return parser
-
-
-def parse_predict_args(argv: Optional[Sequence[str]] = None) -> Namespace:
+def parse_predict_config(argv: Optional[Sequence[str]] = None) -> PredictConfig:
+    """predict.py's command line (and ``-c`` config) as a checked, frozen :class:`PredictConfig`."""
+    from ..cli import build_predict_parser
     from ..config import parse_args_with_config
-    from .main import _train_keys
 
     parser = build_predict_parser()
-    args, _ = parse_args_with_config(parser, argv, extra_known_keys=_train_keys())
-    args._defaults = {a.dest: a.default for a in parser._actions}
+    args, _ = parse_args_with_config(parser, argv, extra_known_keys=train_keys())
     if not args.images:
         raise ConfigError(
             "no images given: pass image files or folders, e.g. predict.py --resume CKPT --stitch 0 photo.jpg"
@@ -107,7 +56,7 @@ def parse_predict_args(argv: Optional[Sequence[str]] = None) -> Namespace:
         raise ConfigError("--budget-flops / --budget-latency pick the network: use them with --stitch best")
     if args.top_k < 1 or args.batch_size < 1:
         raise ConfigError("--top-k and --batch-size must be >= 1")
-    return args
+    return from_namespace(PredictConfig, args, defaults=defaults_of(parser))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,18 +135,11 @@ def prediction_info(net, dataset_name: str, data_dir: Optional[str], split: str 
     return info
 
 
-def training_data(ckpt: Optional[dict], args: Namespace) -> tuple[str, Optional[str]]:
-    """The dataset of ``args``, else the one the checkpoint was trained on (its saved arguments)."""
-    saved = ckpt.get("args") if ckpt is not None and isinstance(ckpt.get("args"), dict) else {}
-    if args.dataset or args.data_dir:
-        return args.dataset, args.data_dir
-    return saved.get("dataset") or "", saved.get("data_dir")
-
-
 def write_prediction_info(export_path: str | Path, info: dict[str, Any], cfg_id: int, name: str) -> Path:
     """``<export_path>.json`` beside an exported network, for ``predict.py --exported``."""
     path = Path(str(export_path) + INFO_SUFFIX)
-    path.write_text(json.dumps({"cfg_id": cfg_id, "name": name, **info}, indent=1) + "\n")
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps({"cfg_id": cfg_id, "name": name, **info}, indent=1) + "\n")
     return path
 
 
@@ -210,9 +152,8 @@ def _transform(info: dict[str, Any]):
 # ---------------------------------------------------------------------------------------------
 # the network
 # ---------------------------------------------------------------------------------------------
-def choose_network(args: Namespace, net) -> int:
+def choose_network(args: PredictConfig, net) -> int:
     """``--stitch``: a cfg_id, or the budget pick / the most accurate network of the sweep."""
-    from .main import default_out_dir
     from .pareto import parse_flops, pick, pick_for_budget
     from .results import read_results
 
@@ -223,11 +164,7 @@ def choose_network(args: Namespace, net) -> int:
             raise ConfigError(f"--stitch '{args.stitch}' is not a cfg_id: pass a number or 'best'") from None
         net.select(cfg_id)
         return cfg_id
-    results = (
-        Path(args.results)
-        if args.results
-        else default_out_dir(Namespace(checkpoint=args.checkpoint, use_ema=args.use_ema, flops_only=False))
-    )
+    results = Path(args.results) if args.results else default_out_dir(args.checkpoint, args.use_ema)
     table = results / "stitches.csv"
     if not table.is_file():
         raise DataError(
@@ -253,14 +190,13 @@ def choose_network(args: Namespace, net) -> int:
     return row["cfg_id"]
 
 
-def load_snnet(args: Namespace):
+def load_snnet(args: PredictConfig):
     """The SN-Net of ``--resume`` (with its own anchors and options) and its prediction info."""
     from ..io.checkpoint import extract_state_dict, load_checkpoint_file
-    from .main import apply_checkpoint_args, build_model
 
     ckpt = load_checkpoint_file(args.checkpoint)
-    apply_checkpoint_args(args, ckpt)
-    net = build_model(args, None, extract_state_dict(ckpt, args.use_ema)).eval()
+    args = with_checkpoint_model(args, ckpt, lambda msg: print(msg, flush=True))
+    net = build_trained_snnet(args, None, extract_state_dict(ckpt, args.use_ema)).eval()
     return net, prediction_info(net, *training_data(ckpt, args))
 
 
@@ -321,7 +257,7 @@ def predict(
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     k = max(len(r["indices"]) for r in rows)
     header = ["image"] + [f"{what}_{r}" for r in range(1, k + 1) for what in ("class", "index", "prob")]
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in rows:
@@ -333,7 +269,7 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
 
 @exit_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_predict_args(argv)
+    args = parse_predict_config(argv)
     files = image_files(args.images)
     if args.exported:
         forward, info = load_exported(args.exported)

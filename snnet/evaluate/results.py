@@ -12,12 +12,12 @@ import csv
 import hashlib
 import json
 import os
-from argparse import Namespace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from ..config import parse_kwargs, plain
+from ..config import plain
 from ..errors import ConfigError
+from ..io.checkpoint import atomic_write
 from .sweep import metrics_of
 
 if TYPE_CHECKING:
@@ -94,7 +94,8 @@ class PartialResults:
                 self.latency[int(r["cfg_id"])] = r
         if len(lines) and not self.path.read_text().endswith("\n"):
             # drop the torn line so that appends start on a fresh line
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            with atomic_write(self.path, "w") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in records))
 
     def _append(self, records: Iterable[Mapping[str, Any]]) -> None:
         with open(self.path, "a") as f:
@@ -121,20 +122,16 @@ class PartialResults:
         return float(r["latency_ms"])
 
 
-def _anchor_kwargs_plain(value: Any) -> Any:
-    """--anchor-kwargs as dicts, whether given as 'k=v' strings (command line) or mappings (YAML)."""
-    if value is None:
-        return None
-    return [parse_kwargs(a if isinstance(a, dict) else str(a).split()) for a in value]
-
-
-def evaluation_description(args: Namespace, net: SNNet, dataset) -> dict[str, Any]:
+def evaluation_description(args: Any, net: SNNet, dataset) -> dict[str, Any]:
     """What eval.py's partial results depend on (its arguments, the model, the data); a rerun
     with anything else refuses to mix them."""
+    from ..run_config import ModelConfig
+
+    model = ModelConfig.from_args(args)  # keyword arguments as dicts, however they were given
     desc: dict[str, Any] = {
         "snnet_config": net.config,
-        "model_kwargs": parse_kwargs(args.model_kwargs),
-        "anchor_kwargs": _anchor_kwargs_plain(args.anchor_kwargs),
+        "model_kwargs": model.model_kwargs,
+        "anchor_kwargs": model.anchor_kwargs,
         "input_size": list(net.input_size),
         "num_classes": net.anchors[0].num_classes if hasattr(net.anchors[0], "num_classes") else None,
         "dataset": args.dataset or None,
@@ -177,12 +174,10 @@ def result_rows(flops_rows: Sequence[dict], partial, latency: Optional[dict[int,
 
 def write_csv(rows: Sequence[dict], path: Path) -> None:
     """``rows`` as a csv file with a header, written atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["cfg_id"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def write_official(rows: Sequence[dict], path: Path) -> None:
@@ -200,9 +195,8 @@ def write_official(rows: Sequence[dict], path: Path) -> None:
         + "\n"
         for r in rows
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:

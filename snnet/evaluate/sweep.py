@@ -36,17 +36,12 @@ import torch.nn.functional as F
 
 from ..core.model import SNNet
 from ..core.routes import Route, Step
-from ..core.stitches import Stitch
+from ..runtime import eval_mode
 
 
 # ---------------------------------------------------------------------------------------------
 # the shared-prefix forward
 # ---------------------------------------------------------------------------------------------
-def exit_block(net: SNNet, stitch: Stitch) -> int:
-    """The last block of the first anchor that network ``stitch`` runs (an anchor: its last)."""
-    return stitch.route.first.stop - 1
-
-
 def _order_key(route: Route) -> tuple[int, ...]:
     """(first anchor, its exit) and then every junction: routes that share prefixes sort together."""
     key = [route.first.anchor, route.first.stop]
@@ -106,11 +101,6 @@ class SweepPlan:
                 node = node.children.setdefault(step, PrefixNode())
             node.outputs.append(i)
         self.tree.finish()
-
-    @property
-    def index(self) -> dict[int, int]:
-        """cfg_id -> row in the metric sums."""
-        return {c: r for r, c in enumerate(self.cfg_ids)}
 
 
 def forward_networks(net: SNNet, plan: SweepPlan, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
@@ -213,9 +203,7 @@ def sweep_pass(
     process's shard only; call :meth:`MetricSums.all_reduce` to sum over processes)."""
     plan = SweepPlan(net, cfg_ids)
     sums = MetricSums(plan.cfg_ids, device)
-    was = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         for b, (x, y) in enumerate(loader):
             x, y = prep(x, y)
             with autocast():
@@ -223,8 +211,6 @@ def sweep_pass(
                     sums.update(cfg_id, out, y)
             if progress is not None:
                 progress(b + 1, y.numel())
-    finally:
-        net.train(was)
     return sums
 
 
@@ -240,9 +226,7 @@ def one_at_a_time(
     """The official way: a fresh pass over ``loader`` per network, ``net.select(i); net(x)``
     (the reference for tests and benchmarks)."""
     sums = MetricSums(sorted(set(cfg_ids)), device)
-    was = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         for cfg_id in sums.cfg_ids:
             with net.selecting(cfg_id):
                 for x, y in loader:
@@ -250,8 +234,6 @@ def one_at_a_time(
                     with autocast():
                         out = net(x)
                     sums.update(cfg_id, out, y)
-    finally:
-        net.train(was)
     return sums
 
 

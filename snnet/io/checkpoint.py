@@ -21,8 +21,8 @@ from typing import IO, Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from ..anchors.levit import original_levit_state
 from ..errors import CheckpointError
+from .levit_layout import original_levit_state
 
 # What torch.load(weights_only=True) rebuilds. Exact types: a subclass (a namedtuple, a
 # defaultdict, a str Enum) pickles as its own class, which weights_only refuses.

@@ -1,13 +1,14 @@
-"""What a train.py checkpoint holds, and how a :class:`~snnet.train.trainer.Trainer` is saved to and
-restored from one (the format and the resume rules are described in :mod:`snnet.train.trainer`).
-Files are written and read by :mod:`snnet.io.checkpoint` (atomic, ``weights_only``)."""
+"""The pieces of a train.py checkpoint: reading and checking one, its weights, gathering per-rank
+state, the scheduler's state as plain data, and timm's checkpoint saver writing through
+:mod:`snnet.io.checkpoint` (atomic, ``weights_only``). The :class:`~snnet.train.trainer.Trainer`
+itself says what its checkpoint holds (``state_dict``/``load_state_dict``; the format and the
+resume rules are in :mod:`snnet.train.trainer`)."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -17,24 +18,18 @@ from ..config import plain
 from ..distributed import DistInfo
 from ..errors import CheckpointError
 from ..io.checkpoint import load_checkpoint_file
-from .rng import capture_rng_state, restore_rng_state
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
-_logger = logging.getLogger("train")
 
 CHECKPOINT_VERSION = 1
 
 
-def _model_state(net: nn.Module) -> tuple[dict, dict]:
-    """The state dict without and with only the split-BN auxiliary BatchNorms."""
-    sd = net.state_dict()
+def split_aux_bn(sd: Mapping[str, torch.Tensor]) -> tuple[OrderedDict, dict]:
+    """A state dict without, and the part with only, the split-BN auxiliary BatchNorms."""
     aux = {k: v for k, v in sd.items() if ".aux_bn." in k}
     return OrderedDict((k, v) for k, v in sd.items() if ".aux_bn." not in k), aux
 
 
-def _gather(info: DistInfo, obj: Any) -> list[Any]:
+def gather(info: DistInfo, obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (collective)."""
     if not info.distributed:
         return [obj]
     out: list[Any] = [None] * info.world_size
@@ -42,95 +37,32 @@ def _gather(info: DistInfo, obj: Any) -> list[Any]:
     return out
 
 
-def training_state(trainer: Trainer, epoch_complete: bool, metric: Optional[float] = None) -> Optional[dict]:
-    """The checkpoint of ``trainer``. Collective (all ranks call it); the state dict on
-    rank 0, None elsewhere."""
-    rng = _gather(trainer.info, cpu_copy(capture_rng_state()))
-    samplers = _gather(trainer.info, cpu_copy(trainer.net_sampler.state_dict()))
-    if not trainer.info.is_primary:
-        return None
-    sd, aux = _model_state(trainer.net)
-    state = {
-        "version": CHECKPOINT_VERSION,
-        "arch": "snnet",
-        "args": plain(trainer.args),
-        "snnet_config": plain(trainer.net.config),
-        "epoch": trainer.epoch,
-        "epoch_complete": epoch_complete,
-        "step_in_epoch": trainer.step_in_epoch,
-        "global_step": trainer.global_step,
-        "world_size": trainer.info.world_size,
-        "state_dict": sd,
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": plain_scheduler_state(trainer.scheduler),
-        "network_sampler": samplers,
-        "rng_states": rng,
-    }
-    if aux:
-        state["aux_bn_state_dict"] = aux
-    if trainer.scaler is not None:
-        state["scaler"] = trainer.scaler.state_dict()
-    if trainer.ema is not None:
-        state["state_dict_ema"] = OrderedDict(
-            (k, v) for k, v in trainer.ema.module.state_dict().items() if ".aux_bn." not in k
-        )
-    if metric is not None:
-        state["metric"] = metric
-    return state
-
-
-def restore_training_state(trainer: Trainer, path: str, resume_opt: bool) -> None:
-    """Load checkpoint ``path`` into ``trainer``: the weights (and EMA), and unless
-    ``resume_opt`` is False the optimizer, scaler, schedule, position, network sampler and RNGs."""
+def read_training_checkpoint(path: str, config: Mapping[str, Any]) -> dict:
+    """Checkpoint file ``path`` when it is a train.py checkpoint of the SN-Net ``config``
+    describes; a :class:`CheckpointError` otherwise."""
     ckpt = load_checkpoint_file(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} is not a train.py checkpoint: start without --resume")
-    check_resume_compatible(ckpt, path, trainer.net.config)
+    check_resume_compatible(ckpt, path, config)
+    return ckpt
+
+
+def load_weights(net: nn.Module, ema: Optional[Any], ckpt: Mapping[str, Any], source: str) -> None:
+    """A training checkpoint's weights into ``net`` (exactly its keys, split-BN auxiliaries
+    optional) and its EMA weights (or, without them, its weights) into ``ema``."""
     sd = dict(ckpt["state_dict"])
     sd.update(ckpt.get("aux_bn_state_dict", {}))
-    missing, unexpected = trainer.net.load_state_dict(sd, strict=False)
+    missing, unexpected = net.load_state_dict(sd, strict=False)
     missing = [k for k in missing if ".aux_bn." not in k]
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint {path} does not match the model ({len(missing)} missing keys, e.g. "
+            f"checkpoint {source} does not match the model ({len(missing)} missing keys, e.g. "
             f"{(missing or unexpected)[0]}; {len(unexpected)} unexpected): check --model-kwargs/--anchor-kwargs"
         )
-    if trainer.ema is not None:
+    if ema is not None:
         ema_sd = dict(ckpt.get("state_dict_ema") or ckpt["state_dict"])
         ema_sd.update(ckpt.get("aux_bn_state_dict", {}))
-        trainer.ema.module.load_state_dict(ema_sd, strict=False)
-    if not resume_opt:
-        _logger.info(f"Loaded weights from {path} (--no-resume-opt: fresh optimizer, schedule and sampler)")
-        return
-    trainer.optimizer.load_state_dict(ckpt["optimizer"])
-    if trainer.scaler is not None and "scaler" in ckpt:
-        trainer.scaler.load_state_dict(ckpt["scaler"])
-    trainer.epoch = int(ckpt["epoch"])
-    trainer.global_step = int(ckpt["global_step"])
-    if ckpt.get("epoch_complete", True):
-        trainer.epoch += 1
-        trainer.step_in_epoch = 0
-    else:
-        trainer.step_in_epoch = int(ckpt["step_in_epoch"])
-    trainer.scheduler.load_state_dict(ckpt["scheduler"])
-    same_world = int(ckpt.get("world_size", 1)) == trainer.info.world_size
-    samplers = ckpt["network_sampler"]
-    rngs = ckpt["rng_states"]
-    if same_world:
-        trainer.net_sampler.load_state_dict(samplers[trainer.info.rank])
-        restore_rng_state(rngs[trainer.info.rank])
-    else:
-        if trainer.info.is_primary:
-            _logger.warning(
-                f"checkpoint {path} was written by {ckpt.get('world_size')} processes, this run has "
-                f"{trainer.info.world_size}: the run continues but will not repeat the original exactly"
-            )
-        trainer.net_sampler.load_state_dict(
-            samplers[0] if not trainer.net_sampler.per_rank else samplers[trainer.info.rank % len(samplers)]
-        )
-    trainer.saver_state = ckpt.get("saver")
-    where = f"epoch {trainer.epoch}" + (f" after step {trainer.step_in_epoch}" if trainer.step_in_epoch else "")
-    _logger.info(f"Resumed from {path}: continuing at {where} (global step {trainer.global_step})")
+        ema.module.load_state_dict(ema_sd, strict=False)
 
 
 def check_resume_compatible(ckpt: dict, path: str, config: Mapping[str, Any]) -> None:

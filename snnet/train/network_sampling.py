@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 
 SAMPLE_WEIGHT_KEYWORDS = ("uniform", "flops", "params")
 
@@ -101,6 +101,18 @@ class NetworkSampler:
         return {"generator": self.generator.get_state(), "per_rank": self.per_rank, "weights": self.weights.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the draws of ``state``; a state saved with another drawing rule (weights,
+        FLOPs groups) is refused, as the resumed run would not draw as the saved one did."""
+        for key, ours in self.state_dict().items():
+            if key in ("generator", "per_rank") or key not in state:
+                continue
+            theirs = state[key]
+            same = torch.equal(theirs, ours) if isinstance(ours, torch.Tensor) else theirs == ours
+            if not same:
+                raise CheckpointError(
+                    f"the checkpoint's network sampler drew with other {key.replace('_', ' ')}: resume with the "
+                    f"same --sample-by, --sample-weights, --flops-gap and --flops-sampling-k, or pass --no-resume-opt"
+                )
         self.generator.set_state(state["generator"])
 
 

@@ -5,63 +5,15 @@ stitching layers and DeiT-style distillation."""
 
 from __future__ import annotations
 
-from argparse import Namespace
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cli import anchor_kwargs_of, build_snnet
 from ..config import parse_kwargs
 from ..core.model import SNNet
 from ..errors import ConfigError
-
-
-def build_model(args: Namespace, num_classes: int) -> SNNet:
-    """The SN-Net of train.py's arguments (``--drop-path``/``--drop`` added to the timm kwargs;
-    ``--drop-path-schedule uniform`` applied to every anchor at its own rate; ``--train-only stitching``
-    freezes the anchors)."""
-    model_args = Namespace(**vars(args))
-    kwargs = parse_kwargs(args.model_kwargs)
-    if args.drop_path is not None:
-        kwargs.setdefault("drop_path_rate", args.drop_path)
-    if args.drop is not None:
-        kwargs.setdefault("drop_rate", args.drop)
-    model_args.model_kwargs = kwargs
-    net = build_snnet(model_args, num_classes=num_classes)
-    if getattr(args, "drop_path_schedule", "linear") == "uniform":
-        for adapter, own in zip(net.anchor_adapters, anchor_kwargs_of(args) or [{}] * len(net.anchors)):
-            set_uniform_drop_path(adapter.model, float({**kwargs, **own}.get("drop_path_rate", 0.0)), adapter.name)
-    if getattr(args, "train_only", "all") == "stitching":
-        net.freeze_anchors()
-    return net
-
-
-# Where timm's blocks keep their drop-path (DropPath, or Identity / None at rate 0).
-_DROP_PATH_SLOTS = ("drop_path", "drop_path1", "drop_path2")
-
-
-def set_uniform_drop_path(model: nn.Module, rate: float, name: str = "the model") -> int:
-    """Every residual branch of the timm ``model`` drops its path at ``rate``, as DeiT-III and
-    SN-Netv2 do (``models_v2.py``: ``dpr = [drop_path_rate for i in range(depth)]``), instead of
-    timm's linear ramp from 0 at the first block to ``rate`` at the last. Returns the number of
-    branches set; a model with none (a family that keeps drop-path elsewhere) is an error."""
-    from timm.layers import DropPath
-
-    def is_slot(module: nn.Module, slot: str) -> bool:  # a DropPath, Identity or None (ResNet) there
-        value = vars(module)["_modules"].get(slot, vars(module).get(slot, False))
-        return value is None or isinstance(value, (DropPath, nn.Identity))
-
-    slots = [(m, slot) for m in model.modules() for slot in _DROP_PATH_SLOTS if is_slot(m, slot)]
-    if not slots and rate > 0:
-        raise ConfigError(
-            f"--drop-path-schedule uniform: {name} has no drop-path modules where timm's blocks keep them "
-            f"({', '.join(_DROP_PATH_SLOTS)}): use --drop-path-schedule linear"
-        )
-    for m, slot in slots:
-        setattr(m, slot, DropPath(rate) if rate > 0 else nn.Identity())
-    return len(slots)
 
 
 def apply_split_bn(net: SNNet) -> None:
@@ -95,7 +47,7 @@ def param_groups(net: SNNet, weight_decay: float, stitch_lr_scale: float) -> lis
     return groups
 
 
-def build_teacher(args: Namespace, num_classes: int, device: torch.device) -> Optional[nn.Module]:
+def build_teacher(args: Any, num_classes: int, device: torch.device) -> Optional[nn.Module]:
     """The frozen timm teacher of ``--distillation-type`` (None without distillation)."""
     if args.distillation_type == "none" or not args.teacher:
         return None
@@ -164,7 +116,7 @@ def default_val_ids(net: SNNet, extra: int = 3) -> list[int]:
     return sorted(set(anchors + picks))
 
 
-def build_optimizer(net: SNNet, args: Namespace) -> torch.optim.Optimizer:
+def build_optimizer(net: SNNet, args: Any) -> torch.optim.Optimizer:
     """timm's ``create_optimizer_v2`` over :func:`param_groups`."""
     from timm.optim import create_optimizer_v2
 
@@ -183,7 +135,7 @@ def build_optimizer(net: SNNet, args: Namespace) -> torch.optim.Optimizer:
     )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, args: Namespace, updates_per_epoch: int):
+def build_scheduler(optimizer: torch.optim.Optimizer, args: Any, updates_per_epoch: int):
     """timm's ``create_scheduler_v2`` from the schedule arguments."""
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
@@ -195,7 +147,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: Namespace, updates_p
     return scheduler
 
 
-def build_loss(args: Namespace, teacher: Optional[nn.Module], num_classes: int) -> tuple[Optional[Any], TrainLoss]:
+def build_loss(args: Any, teacher: Optional[nn.Module], num_classes: int) -> tuple[Optional[Any], TrainLoss]:
     """timm's Mixup/CutMix (None when off) and the training loss that goes with it."""
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy

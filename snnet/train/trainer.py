@@ -35,11 +35,10 @@ checkpoint on disk is the last good state.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
 import os
 import time
-from argparse import Namespace
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -54,19 +53,29 @@ from ..core.stitches import parse_stitch_ids
 from ..data.loaders import build_loaders, data_config_for
 from ..distributed import DistInfo, GradAllReduce, broadcast_state
 from ..errors import CheckpointError, DataError, DivergenceError
-from .checkpoint import checkpoint_saver_class, restore_training_state, training_state
+from ..run_config import TrainConfig, build_snnet
+from ..runtime import autocast_factory
+from .checkpoint import (
+    CHECKPOINT_VERSION,
+    checkpoint_saver_class,
+    cpu_copy,
+    gather,
+    load_weights,
+    plain_scheduler_state,
+    read_training_checkpoint,
+    split_aux_bn,
+)
 from .metrics import PendingSteps, StepLog, summarize, validate
 from .network_sampling import create_network_sampler
 from .recipe import (
     apply_split_bn,
     build_loss,
-    build_model,
     build_optimizer,
     build_scheduler,
     build_teacher,
     default_val_ids,
 )
-from .rng import seed_everything
+from .rng import capture_rng_state, restore_rng_state, seed_everything
 
 _logger = logging.getLogger("train")
 
@@ -88,18 +97,13 @@ class Trainer:
 
     def __init__(
         self,
-        args: Namespace,
+        args: TrainConfig,
         info: DistInfo,
         out_dir: Path,
         resume: str = "",
         step_callbacks: Sequence[StepCallback] = (),
         stop_check: Optional[StopCheck] = None,
     ):
-        from timm.utils import ModelEmaV3
-
-        from ..config import save_args_yaml
-        from ..data.datasets import create_dataset, resolve_num_classes, sample_images
-
         self.args, self.info, self.out_dir = args, info, out_dir
         self.step_callbacks = list(step_callbacks)
         self.stop_check = stop_check
@@ -107,14 +111,44 @@ class Trainer:
         self.step_in_epoch = 0  # optimizer steps done in self.epoch
         self.global_step = 0
         self.saver_state = None
+        # The order matters: the model is built from the run seed (the same weights on every
+        # rank), then every process seeds its own randomness (drop-path, erasing, mixup) once.
+        train_ds, val_ds = self._datasets()
+        teacher = self._model()
+        seed_everything(self.args.seed + info.rank)
+        data_cfg = data_config_for(self.net, train_ds)
+        self._announce()
+        if self.args.ls_init and not resume and not self.args.initial_checkpoint and self.net.layer_specs:
+            self._ls_init(train_ds, data_cfg)
+        self._place_model()
+        self._optimization()
+        self._loaders(train_ds, val_ds, data_cfg)
+        if resume:
+            self.load(resume, resume_opt=not self.args.no_resume_opt)
+            if info.distributed:
+                dist.barrier()
+        # the schedule is a function of (epoch, update): set the lr of every group (lr_scale included)
+        self.scheduler.step(self.epoch)
+        self.scheduler.step_update(self.global_step)
+        self._wrap_and_loss(teacher)
+        self._outputs(resume)
 
-        seed_everything(args.seed + info.rank)
+    # -- construction, in order ---------------------------------------------------------------
+    def _datasets(self) -> tuple:
+        """The training and validation sets; the class count they give goes into the run config
+        (recorded in args.yaml and the checkpoints: eval.py reads it)."""
+        from ..data.datasets import create_dataset, resolve_num_classes
+
+        args = self.args
         train_ds = create_dataset(args.dataset, args.data_dir, args.train_split, args.img_size, args.seed)
         val_ds = create_dataset(args.dataset, args.data_dir, args.val_split, args.img_size, args.seed)
-        num_classes = resolve_num_classes(args.num_classes, train_ds)
-        args.num_classes = num_classes  # recorded in args.yaml and the checkpoints (eval.py reads it)
+        self.args = dataclasses.replace(args, num_classes=resolve_num_classes(args.num_classes, train_ds))
+        return train_ds, val_ds
 
-        initial = None
+    def _model(self) -> Optional[nn.Module]:
+        """The SN-Net (from ``--initial-checkpoint``'s weights when given: an official SN-Net
+        checkpoint switches the official forward on, said in the log), split BN, and the teacher."""
+        args, initial = self.args, None
         if args.initial_checkpoint:
             from ..io.checkpoint import load_checkpoint_file
             from ..io.official_layout import official_forward_of
@@ -127,63 +161,82 @@ class Trainer:
                     f"{args.initial_checkpoint} is an official SN-Netv2 checkpoint, whose networks end with the "
                     f"final norm: drop --official-forward (SN-Net's rule without it)"
                 )
-            args.official_forward = args.official_forward or official == "v1"
-        torch.manual_seed(args.seed)  # the same initial weights on every rank
-        self.net = net = build_model(args, num_classes)
+            if official == "v1" and not args.official_forward:
+                if self.info.is_primary:
+                    _logger.info(f"{args.initial_checkpoint} is an official SN-Net checkpoint: official forward on")
+                self.args = args = dataclasses.replace(args, official_forward=True)
+        self.net = build_snnet(args, args.num_classes, seed=args.seed)  # the same initial weights on every rank
         if initial is not None:
             from ..io.official import load_initial_weights
 
-            load_initial_weights(net, initial, args.initial_checkpoint, _logger.info)
-            del initial
+            load_initial_weights(self.net, initial, args.initial_checkpoint, _logger.info)
         if args.split_bn:
-            apply_split_bn(net)
-        teacher = build_teacher(args, num_classes, info.device)  # before LS init: fail fast on missing weights
-        seed_everything(args.seed + info.rank)  # per-rank randomness from here on (drop-path, erasing, mixup)
-        data_cfg = data_config_for(net, train_ds)
-        if info.is_primary:
-            save_args_yaml(args, out_dir / "args.yaml")  # after resolve_args: the values the run uses
-            _logger.info(
-                f"Run folder {out_dir}; {info.world_size} process(es) on {info.device.type}, batch "
-                f"{args.batch_size} per process ({args.batch_size * info.world_size} global), lr {args.lr:.3g}"
-            )
-            _logger.info(
-                f"SN-Net over {net.config['anchors']}: {net.num_stitches} networks, "
-                f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters"
-            )
+            apply_split_bn(self.net)
+        return build_teacher(args, args.num_classes, self.info.device)  # before LS init: fail fast on missing weights
 
-        if args.ls_init and not resume and not args.initial_checkpoint and net.layer_specs:
-            if args.ls_init_images > len(train_ds):
-                raise DataError(
-                    f"--ls-init-images {args.ls_init_images} is larger than the training set "
-                    f"({len(train_ds)} images): use at most {len(train_ds)}"
-                )
-            if info.is_primary:
-                start = time.perf_counter()
-                images = sample_images(
-                    train_ds,
-                    args.ls_init_images,
-                    data_cfg["input_size"][-1],
-                    args.seed,
-                    mean=data_cfg["mean"],
-                    std=data_cfg["std"],
-                    interpolation=data_cfg["interpolation"],
-                    crop_pct=data_cfg["crop_pct"],
-                )
-                net.init_stitching_layers(
-                    images, batch_size=args.ls_init_batch_size, combine=args.ls_init_combine, progress=True
-                )
-                _logger.info(
-                    f"Least-squares init of {len(net.stitch_layers)} stitching layers on {len(images)} "
-                    f"training images in {time.perf_counter() - start:.1f} s"
-                )
-        net.to(info.device)
-        if args.channels_last:
-            net.to(memory_format=torch.channels_last)
-        if info.distributed:
-            broadcast_state(net)  # rank 0's LS-initialised weights to every rank
+    def _announce(self) -> None:
+        """args.yaml (the values the run uses) and the first log lines (rank 0)."""
+        from ..config import save_args_yaml
 
+        args, info, net = self.args, self.info, self.net
+        if not info.is_primary:
+            return
+        save_args_yaml(args, self.out_dir / "args.yaml")
+        _logger.info(
+            f"Run folder {self.out_dir}; {info.world_size} process(es) on {info.device.type}, batch "
+            f"{args.batch_size} per process ({args.batch_size * info.world_size} global), lr {args.lr:.3g}"
+        )
+        _logger.info(
+            f"SN-Net over {net.config['anchors']}: {net.num_stitches} networks, "
+            f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters"
+        )
+
+    def _ls_init(self, train_ds, data_cfg: dict) -> None:
+        """Least-squares init of the stitching layers on rank 0 (broadcast in :meth:`_place_model`)."""
+        from ..data.datasets import sample_images
+
+        args, net = self.args, self.net
+        if args.ls_init_images > len(train_ds):
+            raise DataError(
+                f"--ls-init-images {args.ls_init_images} is larger than the training set "
+                f"({len(train_ds)} images): use at most {len(train_ds)}"
+            )
+        if not self.info.is_primary:
+            return
+        start = time.perf_counter()
+        images = sample_images(
+            train_ds,
+            args.ls_init_images,
+            data_cfg["input_size"][-1],
+            args.seed,
+            mean=data_cfg["mean"],
+            std=data_cfg["std"],
+            interpolation=data_cfg["interpolation"],
+            crop_pct=data_cfg["crop_pct"],
+        )
+        net.init_stitching_layers(
+            images, batch_size=args.ls_init_batch_size, combine=args.ls_init_combine, progress=True
+        )
+        _logger.info(
+            f"Least-squares init of {len(net.stitch_layers)} stitching layers on {len(images)} "
+            f"training images in {time.perf_counter() - start:.1f} s"
+        )
+
+    def _place_model(self) -> None:
+        """The net on the device (rank 0's LS-initialised weights on every rank)."""
+        self.net.to(self.info.device)
+        if self.args.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.info.distributed:
+            broadcast_state(self.net)
+
+    def _optimization(self) -> None:
+        """Network sampler, optimizer, precision (apex / autocast / GradScaler), EMA, compile."""
+        from timm.utils import ModelEmaV3
+
+        args, info = self.args, self.info
         self.net_sampler = create_network_sampler(
-            net,
+            self.net,
             args.sample_by,
             args.seed,
             info.rank,
@@ -192,22 +245,23 @@ class Trainer:
             args.flops_gap,
             args.flops_sampling_k,
         )
-        self.optimizer = build_optimizer(net, args)
+        self.optimizer = build_optimizer(self.net, args)
         self.apex_amp = None
         if args.amp and args.amp_impl == "apex":  # legacy: NVIDIA apex AMP O1 (patches net in place)
             from apex import amp as apex_amp  # checked in resolve_args
 
-            net, self.optimizer = apex_amp.initialize(net, self.optimizer, opt_level="O1")
+            self.net, self.optimizer = apex_amp.initialize(self.net, self.optimizer, opt_level="O1")
             self.apex_amp = apex_amp
         self.amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
         self.native_amp = args.amp and args.amp_impl == "native"
+        self.autocast = autocast_factory(self.native_amp, self.amp_dtype, info.device)
         # GradScaler for float16 on CUDA only (bfloat16 and CPU autocast need none)
         cuda_fp16 = self.native_amp and self.amp_dtype == torch.float16 and info.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if cuda_fp16 else None
         self.ema = None
         if args.model_ema:
             self.ema = ModelEmaV3(
-                net,
+                self.net,
                 decay=args.model_ema_decay,
                 use_warmup=args.model_ema_warmup,
                 device=torch.device("cpu") if args.model_ema_force_cpu else None,
@@ -215,13 +269,14 @@ class Trainer:
         # after the EMA's deep copy: a copy of a compiled module would call the original's forward
         self.mark_cudagraph_step = None
         if args.torchcompile:
-            compile_blocks(net, args.torchcompile, args.torchcompile_mode)
-            if (
-                args.torchcompile_mode == "reduce-overhead"
-            ):  # a new iteration may overwrite the last one's graph outputs
+            compile_blocks(self.net, args.torchcompile, args.torchcompile_mode)
+            if args.torchcompile_mode == "reduce-overhead":  # a new iteration may overwrite the last one's outputs
                 self.mark_cudagraph_step = torch.compiler.cudagraph_mark_step_begin
 
-        loaders = build_loaders(train_ds, val_ds, args, info, data_cfg)
+    def _loaders(self, train_ds, val_ds, data_cfg: dict) -> None:
+        """Data loaders, steps per epoch and the schedule over them."""
+        args = self.args
+        loaders = build_loaders(train_ds, val_ds, args, self.info, data_cfg)
         self.data_sampler, self.train_loader, self.train_prep, self.val_loader, self.val_prep = loaders
         full_steps = self.data_sampler.num_samples // args.batch_size
         self.steps_per_epoch = min(full_steps, args.max_steps_per_epoch or full_steps)
@@ -232,14 +287,9 @@ class Trainer:
             )
         self.scheduler = build_scheduler(self.optimizer, args, self.steps_per_epoch)
 
-        if resume:
-            self.load(resume, resume_opt=not args.no_resume_opt)
-            if info.distributed:
-                dist.barrier()
-        # the schedule is a function of (epoch, update): set the lr of every group (lr_scale included)
-        self.scheduler.step(self.epoch)
-        self.scheduler.step_update(self.global_step)
-
+    def _wrap_and_loss(self, teacher: Optional[nn.Module]) -> None:
+        """Gradient averaging (DDP or our all-reduce), Mixup/CutMix, the loss, validated networks."""
+        args, info, net = self.args, self.info, self.net
         if info.distributed and args.grad_sync == "ddp":
             self.model = nn.parallel.DistributedDataParallel(
                 net, device_ids=[info.device.index] if info.device.type == "cuda" else None, find_unused_parameters=True
@@ -248,8 +298,7 @@ class Trainer:
         else:
             self.model = net
             self.grad_sync = GradAllReduce(net.parameters(), info.world_size, union=args.sample_per_rank)
-        self.mixup_fn, self.criterion = build_loss(args, teacher, num_classes)
-
+        self.mixup_fn, self.criterion = build_loss(args, teacher, args.num_classes)
         self.val_ids = (
             list(range(net.num_stitches))
             if args.val_stitches == "all"
@@ -257,6 +306,10 @@ class Trainer:
             if args.val_stitches
             else default_val_ids(net)
         )
+
+    def _outputs(self, resume: str) -> None:
+        """Checkpoint saver (its top-k list kept when resuming in the same folder), tensorboard, steps.jsonl."""
+        args, out_dir = self.args, self.out_dir
         self.saver = checkpoint_saver_class()(
             lambda metric: self.checkpoint_state(True, metric),
             checkpoint_dir=str(out_dir),
@@ -267,7 +320,7 @@ class Trainer:
         if self.saver_state and Path(resume).resolve().parent == out_dir.resolve():
             self.saver.load_state_dict(self.saver_state)
         self.writer = None
-        if info.is_primary:
+        if self.info.is_primary:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(out_dir))
@@ -459,11 +512,6 @@ class Trainer:
         return loss.detach()
 
     # -- precision, backward, optimizer step -------------------------------------------------
-    def autocast(self):
-        if self.native_amp:
-            return torch.autocast(device_type=self.info.device.type, dtype=self.amp_dtype)
-        return contextlib.nullcontext()
-
     def backward_and_step(self, loss: torch.Tensor) -> None:
         """backward, gradient averaging over processes, clipping, optimizer step, grads to None."""
         from timm.utils import dispatch_clip_grad
@@ -502,9 +550,82 @@ class Trainer:
             dist.barrier()
 
     # -- state ------------------------------------------------------------------------------
+    def state_dict(self, epoch_complete: bool, metric: Optional[float] = None) -> Optional[dict]:
+        """The training checkpoint (format in the module docstring). Collective (all ranks call
+        it: every rank's RNG and network-sampler states are gathered); the dict on rank 0, None
+        elsewhere."""
+        info = self.info
+        rng = gather(info, cpu_copy(capture_rng_state()))
+        samplers = gather(info, cpu_copy(self.net_sampler.state_dict()))
+        if not info.is_primary:
+            return None
+        sd, aux = split_aux_bn(self.net.state_dict())
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "arch": "snnet",
+            "args": plain(self.args),
+            "snnet_config": plain(self.net.config),
+            "epoch": self.epoch,
+            "epoch_complete": epoch_complete,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "world_size": info.world_size,
+            "state_dict": sd,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": plain_scheduler_state(self.scheduler),
+            "network_sampler": samplers,
+            "rng_states": rng,
+        }
+        if aux:
+            state["aux_bn_state_dict"] = aux
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if self.ema is not None:
+            state["state_dict_ema"] = split_aux_bn(self.ema.module.state_dict())[0]
+        if metric is not None:
+            state["metric"] = metric
+        return state
+
+    def load_state_dict(self, ckpt: dict, source: str, resume_opt: bool = True) -> None:
+        """Continue from checkpoint ``ckpt`` (read from ``source``): the weights (and EMA), and
+        unless ``resume_opt`` is False the optimizer, scaler, schedule, position, network sampler
+        and RNGs."""
+        load_weights(self.net, self.ema, ckpt, source)
+        if not resume_opt:
+            _logger.info(f"Loaded weights from {source} (--no-resume-opt: fresh optimizer, schedule and sampler)")
+            return
+        info = self.info
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch = int(ckpt["epoch"])
+        self.global_step = int(ckpt["global_step"])
+        if ckpt.get("epoch_complete", True):
+            self.epoch += 1
+            self.step_in_epoch = 0
+        else:
+            self.step_in_epoch = int(ckpt["step_in_epoch"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        samplers, rngs = ckpt["network_sampler"], ckpt["rng_states"]
+        if int(ckpt.get("world_size", 1)) == info.world_size:
+            self.net_sampler.load_state_dict(samplers[info.rank])
+            restore_rng_state(rngs[info.rank])
+        else:
+            if info.is_primary:
+                _logger.warning(
+                    f"checkpoint {source} was written by {ckpt.get('world_size')} processes, this run has "
+                    f"{info.world_size}: the run continues but will not repeat the original exactly"
+                )
+            per_rank = self.net_sampler.per_rank
+            self.net_sampler.load_state_dict(samplers[0] if not per_rank else samplers[info.rank % len(samplers)])
+        self.saver_state = ckpt.get("saver")
+        where = f"epoch {self.epoch}" + (f" after step {self.step_in_epoch}" if self.step_in_epoch else "")
+        _logger.info(f"Resumed from {source}: continuing at {where} (global step {self.global_step})")
+
     def checkpoint_state(self, epoch_complete: bool, metric: Optional[float] = None) -> Optional[dict]:
-        """Collective (all ranks call it); the checkpoint on rank 0, None elsewhere."""
-        return training_state(self, epoch_complete, metric)
+        """:meth:`state_dict` (the checkpoint saver's callback)."""
+        return self.state_dict(epoch_complete, metric)
 
     def load(self, path: str, resume_opt: bool) -> None:
-        restore_training_state(self, path, resume_opt)
+        """Resume from the checkpoint file ``path`` (see :meth:`load_state_dict`)."""
+        self.load_state_dict(read_training_checkpoint(path, self.net.config), path, resume_opt)
