@@ -19,7 +19,6 @@ eval.py --compatibility adds the top-1 of each LS-initialised network (its sweep
 from __future__ import annotations
 
 import csv
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -147,10 +146,9 @@ def compat_rows(
 
 
 def write_compat_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    from ..io.checkpoint import atomic_write
+
+    with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)

@@ -122,6 +122,20 @@ def check_args(args: Namespace) -> None:
             raise ConfigError("budget picking needs accuracies: drop --flops-only")
         if isinstance(args.export, int):
             raise ConfigError("--export needs weights: drop --flops-only and pass --resume CKPT")
+    check_output_paths(args)
+
+
+def check_output_paths(args: Namespace) -> None:
+    """Refuse outputs that would destroy an input or cannot be written (before any work)."""
+    from ..io.paths import check_not_an_input, check_output_dir, check_output_file
+
+    check_output_dir(args.out_dir, "--output")
+    if args.export_path:
+        check_output_file(args.export_path, "--export-path")
+        inputs = {"--resume checkpoint": args.checkpoint, "config": args.config}
+        inputs.update({f"anchor checkpoint {c}": c for c in args.anchor_checkpoints or [] if str(c).lower() != "none"})
+        check_not_an_input(args.export_path, "--export-path", inputs)
+        check_not_an_input(args.export_path + ".json", "--export-path (its .json)", inputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +180,18 @@ def apply_checkpoint_args(args: Namespace, ckpt: dict) -> None:
         raise CheckpointError(
             f"checkpoint {args.checkpoint} names no anchors (not a train.py checkpoint?): pass --anchors"
         )
+
+
+def apply_checkpoint_data(args: Namespace, ckpt: dict) -> bool:
+    """``--dataset``/``--data-dir`` (and ``--val-split``) of the checkpoint's run when the command
+    line and config give no data; True when they were taken from the checkpoint."""
+    saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    if args.dataset or args.data_dir or not (saved.get("dataset") or saved.get("data_dir")):
+        return False
+    args.dataset, args.data_dir = saved.get("dataset") or "", saved.get("data_dir")
+    if _is_default(args, "val_split") and saved.get("val_split"):
+        args.val_split = saved["val_split"]
+    return True
 
 
 def _classifier_size(net: SNNet, state: dict) -> Optional[int]:
@@ -253,6 +279,8 @@ def run(args: Namespace, info, on_chunk_saved: Sequence[ChunkCallback] = ()) -> 
     if args.checkpoint:
         ckpt = load_checkpoint_file(args.checkpoint)
         apply_checkpoint_args(args, ckpt)
+        if not args.flops_only and apply_checkpoint_data(args, ckpt):
+            log(f"Data of the checkpoint's run: {args.dataset or args.data_dir} ({args.val_split})")
     args.trained_data = training_data(ckpt, args)  # preprocessing and class names saved with --export
     if not args.anchors:
         raise ConfigError(
@@ -321,6 +349,12 @@ def load_model(
         )
     if args.compatibility:
         from .compat import ls_initialise_and_score
+
+        if not (args.pretrained or args.anchor_checkpoints):
+            log(
+                "warning: --compatibility without --pretrained or --anchor-checkpoints scores randomly initialised "
+                "anchors, which says nothing about trained ones: pass the anchors' weights"
+            )
 
         args.compat_scores = on_primary(
             lambda: ls_initialise_and_score(net, args.dataset, args.data_dir, args.compat_images, args.seed),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Se
 
 from ..config import parse_kwargs, plain
 from ..errors import ConfigError
+from ..io.paths import write_text
 from .sweep import metrics_of
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class PartialResults:
                 self.latency[int(r["cfg_id"])] = r
         if len(lines) and not self.path.read_text().endswith("\n"):
             # drop the torn line so that appends start on a fresh line
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
     def _append(self, records: Iterable[Mapping[str, Any]]) -> None:
         with open(self.path, "a") as f:
@@ -177,12 +178,12 @@ def result_rows(flops_rows: Sequence[dict], partial, latency: Optional[dict[int,
 
 def write_csv(rows: Sequence[dict], path: Path) -> None:
     """``rows`` as a csv file with a header, written atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    from ..io.checkpoint import atomic_write
+
+    with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["cfg_id"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def write_official(rows: Sequence[dict], path: Path) -> None:
@@ -192,9 +193,7 @@ def write_official(rows: Sequence[dict], path: Path) -> None:
         + "\n"
         for r in rows
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:

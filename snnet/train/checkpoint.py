@@ -16,7 +16,7 @@ from torch import nn
 from ..config import plain
 from ..distributed import DistInfo
 from ..errors import CheckpointError
-from ..io.checkpoint import load_checkpoint_file
+from ..io.checkpoint import describe_mismatch, load_checkpoint_file
 from .rng import capture_rng_state, restore_rng_state
 
 if TYPE_CHECKING:
@@ -86,8 +86,16 @@ def restore_training_state(trainer: Trainer, path: str, resume_opt: bool) -> Non
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} is not a train.py checkpoint: start without --resume")
     check_resume_compatible(ckpt, path, trainer.net.config)
+    if resume_opt:
+        check_same_schedule(ckpt, path, trainer.args.epochs)
     sd = dict(ckpt["state_dict"])
     sd.update(ckpt.get("aux_bn_state_dict", {}))
+    shapes = describe_mismatch(sd, trainer.net, strict=False)
+    if shapes:  # load_state_dict(strict=False) still raises on shapes, with a list of every one
+        raise CheckpointError(
+            f"checkpoint {path} does not match the model: {shapes}; resume with the options it was trained "
+            f"with (--num-classes, --model-kwargs, --anchor-kwargs, --img-size) or use another --experiment"
+        )
     missing, unexpected = trainer.net.load_state_dict(sd, strict=False)
     missing = [k for k in missing if ".aux_bn." not in k]
     if missing or unexpected:
@@ -131,6 +139,21 @@ def restore_training_state(trainer: Trainer, path: str, resume_opt: bool) -> Non
     trainer.saver_state = ckpt.get("saver")
     where = f"epoch {trainer.epoch}" + (f" after step {trainer.step_in_epoch}" if trainer.step_in_epoch else "")
     _logger.info(f"Resumed from {path}: continuing at {where} (global step {trainer.global_step})")
+
+
+def check_same_schedule(ckpt: dict, path: str, epochs: int) -> None:
+    """Refuse to resume optimizer and schedule with another ``--epochs``: the checkpoint's
+    scheduler state carries its own length, so the new value would change nothing but the
+    number of epochs run (e.g. more epochs at the old schedule's floor LR)."""
+    saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    theirs = saved.get("epochs")
+    if isinstance(theirs, int) and theirs != epochs:
+        done = int(ckpt.get("epoch", -1)) + (1 if ckpt.get("epoch_complete", True) else 0)
+        raise CheckpointError(
+            f"checkpoint {path} follows a schedule of --epochs {theirs} ({done} done); resuming it keeps that "
+            f"schedule, so --epochs {epochs} would not take effect: rerun with --epochs {theirs}, or start a new "
+            f"{epochs}-epoch schedule from its weights with --resume {path} --no-resume-opt --experiment NEW"
+        )
 
 
 def check_resume_compatible(ckpt: dict, path: str, config: Mapping[str, Any]) -> None:

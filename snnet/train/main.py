@@ -23,6 +23,9 @@ from ..cli import build_train_parser
 from ..config import parse_args_with_config
 from ..distributed import DistInfo, init_distributed
 from ..errors import ConfigError, exit_on_user_error
+from ..io.paths import check_output_dir
+from .network_sampling import check_sampling_args
+from .runlog import DeferredFileLog
 from .trainer import StepCallback, Trainer
 
 _logger = logging.getLogger("train")
@@ -49,15 +52,13 @@ def main(argv: Optional[list[str]] = None, step_callbacks: Sequence[StepCallback
 
 def _run(args: Namespace, info: DistInfo, handlers: list, step_callbacks: Sequence[StepCallback]) -> int:
     handlers += setup_logging(info)
+    if info.is_primary:  # train.log is written once the run starts (runlog.start_run_files)
+        handlers.append(add_file_log())
     if not args.anchors:
         raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] (small to large) or -c a config")
     exp = args.experiment or default_experiment(args)
     out_dir = Path(args.output or "./output/train") / exp
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if info.distributed:
-        dist.barrier()
-    if info.is_primary:
-        handlers.append(add_file_log(out_dir))
+    check_output_dir(out_dir, "--output/--experiment")
     args = resolve_args(args, info)
     resume = resume_target(args, out_dir, info)
     return Trainer(args, info, out_dir, resume, step_callbacks).fit()
@@ -118,6 +119,7 @@ def resolve_args(args: Namespace, info: DistInfo) -> Namespace:
             ) from None
     if args.amp and args.amp_dtype == "float16" and info.device.type == "cpu":
         _logger.warning("--amp-dtype float16 on CPU runs without a GradScaler; bfloat16 is the usual CPU choice")
+    check_sampling_args(args.sample_by, args.sample_weights, args.flops_gap, args.flops_sampling_k)
     if args.ls_init_images < 1:
         raise ConfigError(f"--ls-init-images must be >= 1, got {args.ls_init_images}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -163,9 +165,8 @@ def setup_logging(info: DistInfo) -> list[logging.Handler]:
     return [stream]
 
 
-def add_file_log(out_dir: Path) -> logging.Handler:
-    fh = logging.FileHandler(out_dir / "train.log")
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    fh.setLevel(logging.INFO)
+def add_file_log() -> logging.Handler:
+    """train.log's handler, holding its lines until the run folder is created."""
+    fh = DeferredFileLog()
     _logger.addHandler(fh)
     return fh

@@ -67,6 +67,7 @@ from .recipe import (
     default_val_ids,
 )
 from .rng import seed_everything
+from .runlog import start_run_files
 
 _logger = logging.getLogger("train")
 
@@ -89,7 +90,6 @@ class Trainer:
     ):
         from timm.utils import ModelEmaV3
 
-        from ..config import save_args_yaml
         from ..data.datasets import create_dataset, resolve_num_classes, sample_images
 
         self.args, self.info, self.out_dir = args, info, out_dir
@@ -125,7 +125,6 @@ class Trainer:
         seed_everything(args.seed + info.rank)  # per-rank randomness from here on (drop-path, erasing, mixup)
         data_cfg = data_config_for(net, train_ds)
         if info.is_primary:
-            save_args_yaml(args, out_dir / "args.yaml")  # after resolve_args: the values the run uses
             _logger.info(
                 f"Run folder {out_dir}; {info.world_size} process(es) on {info.device.type}, batch "
                 f"{args.batch_size} per process ({args.batch_size * info.world_size} global), lr {args.lr:.3g}"
@@ -135,6 +134,18 @@ class Trainer:
                 f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters"
             )
 
+        # before LS init (~seconds to minutes): a refused sampling option fails fast; FLOPs are
+        # counted in eval mode on zeros, so the global RNG stream is the same either way
+        self.net_sampler = create_network_sampler(
+            net,
+            args.sample_by,
+            args.seed,
+            info.rank,
+            args.sample_per_rank,
+            args.sample_weights,
+            args.flops_gap,
+            args.flops_sampling_k,
+        )
         if args.ls_init and not resume and not args.initial_checkpoint and net.layer_specs:
             if args.ls_init_images > len(train_ds):
                 raise DataError(
@@ -166,16 +177,6 @@ class Trainer:
         if info.distributed:
             broadcast_state(net)  # rank 0's LS-initialised weights to every rank
 
-        self.net_sampler = create_network_sampler(
-            net,
-            args.sample_by,
-            args.seed,
-            info.rank,
-            args.sample_per_rank,
-            args.sample_weights,
-            args.flops_gap,
-            args.flops_sampling_k,
-        )
         self.optimizer = build_optimizer(net, args)
         self.apex_amp = None
         if args.amp and args.amp_impl == "apex":  # legacy: NVIDIA apex AMP O1 (patches net in place)
@@ -250,6 +251,8 @@ class Trainer:
         )
         if self.saver_state and Path(resume).resolve().parent == out_dir.resolve():
             self.saver.load_state_dict(self.saver_state)
+        # every check passed: the run starts (folder, args.yaml with the values the run uses, train.log)
+        start_run_files(_logger, out_dir, args, info.is_primary)
         self.writer = None
         if info.is_primary:
             from torch.utils.tensorboard import SummaryWriter
