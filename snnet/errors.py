@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -66,7 +67,8 @@ def exit_on_user_error(main: F) -> F:
         try:
             return main(*args, **kwargs)
         except SNNetError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank refuses alike: one line
+                print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
         except OSError as e:
             print(f"error: {describe_os_error(e)}", file=sys.stderr, flush=True)

@@ -255,7 +255,9 @@ def main(argv: Optional[Sequence[str]] = None, on_chunk_saved: Sequence[ChunkCal
     the sweep is saved (e.g. a test simulating a crash there)."""
     args = parse_eval_args(argv)
     check_args(args)
-    from ..distributed import init_distributed
+    from ..distributed import init_distributed, set_cpu_threads
+
+    set_cpu_threads(args.threads)
 
     info = init_distributed(args.device)
     try:

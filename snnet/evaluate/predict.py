@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import warnings
 from argparse import Namespace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -320,7 +321,9 @@ def load_exported(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tens
     kind = {"torchscript": "TorchScript", "exported_program": "torch.export program", "onnx": "ONNX"}[fmt]
     try:
         if fmt == "torchscript":
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+                module = torch.jit.load(str(path), map_location="cpu")
         elif fmt == "exported_program":
             module = torch.export.load(str(path)).module()
         else:
@@ -350,7 +353,7 @@ def load_exported(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tens
 
 def _first_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+    return f"{type(e).__name__}: {lines[0].split('. ')[0][:200]}" if lines else type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,9 +402,11 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
 
 @exit_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..distributed import set_cpu_threads
     from ..io.paths import check_not_an_input, check_output_file
 
     args = parse_predict_args(argv)
+    set_cpu_threads(args.threads)
     files = image_files(args.images)
     check_output_file(args.csv, "--csv")
     inputs = {"checkpoint": args.checkpoint, "exported file": args.exported, "config": args.config}

@@ -141,6 +141,28 @@ def restore_training_state(trainer: Trainer, path: str, resume_opt: bool) -> Non
     _logger.info(f"Resumed from {path}: continuing at {where} (global step {trainer.global_step})")
 
 
+def check_resume_args(ckpt: dict, path: str, args) -> None:
+    """What :func:`restore_training_state` will refuse, judged from the arguments alone (no model
+    built): other anchors or stitching options, another ``--epochs``, another class count, image
+    size or model kwargs."""
+    from ..config import parse_kwargs
+
+    keys = ("kernel_size", "stride", "nearest", "stages", "stitching", "stitch_layer", "lora_rank")
+    config = {"anchors": list(args.anchors), **{k: plain(getattr(args, k)) for k in keys}}
+    check_resume_compatible(ckpt, path, config)
+    if not args.no_resume_opt:
+        check_same_schedule(ckpt, path, args.epochs)
+    saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    ours = {"num_classes": args.num_classes, "img_size": args.img_size, "model_kwargs": parse_kwargs(args.model_kwargs)}
+    theirs = {**saved, "model_kwargs": parse_kwargs(saved.get("model_kwargs"))}
+    for key, value in ours.items():
+        if key in saved and value is not None and plain(value) != plain(theirs[key]):
+            raise CheckpointError(
+                f"checkpoint {path} was trained with {key}={theirs[key]} but this run has {key}={value}: "
+                f"resume with the checkpoint's value or use another --experiment"
+            )
+
+
 def check_same_schedule(ckpt: dict, path: str, epochs: int) -> None:
     """Refuse to resume optimizer and schedule with another ``--epochs``: the checkpoint's
     scheduler state carries its own length, so the new value would change nothing but the

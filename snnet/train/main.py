@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from ..cli import build_train_parser
 from ..config import parse_args_with_config
-from ..distributed import DistInfo, init_distributed
+from ..distributed import DistInfo, init_distributed, set_cpu_threads
 from ..errors import ConfigError, exit_on_user_error
 from ..io.paths import check_output_dir
 from .network_sampling import check_sampling_args
@@ -38,6 +38,9 @@ def main(argv: Optional[list[str]] = None, step_callbacks: Sequence[StepCallback
     """train.py. ``step_callbacks`` go to the :class:`~snnet.train.trainer.Trainer` (see there)."""
     parser = build_train_parser()
     args, _ = parse_args_with_config(parser, argv)
+    set_cpu_threads(args.threads)
+    if args.check_args:
+        return check_only(args)
     info = init_distributed(args.device)
     handlers: list[logging.Handler] = []
     try:
@@ -62,6 +65,36 @@ def _run(args: Namespace, info: DistInfo, handlers: list, step_callbacks: Sequen
     args = resolve_args(args, info)
     resume = resume_target(args, out_dir, info)
     return Trainer(args, info, out_dir, resume, step_callbacks).fit()
+
+
+def check_only(args: Namespace) -> int:
+    """``--check-args``: the checks that need neither model nor data, in one process, for
+    ``SNNET_CHECK_WORLD_SIZE`` processes (distributed_train.sh sets it): values and combinations,
+    the run folder and, when ``--experiment`` names one, the checkpoint it would resume. A refusal
+    is then one line before torchrun starts, not one per worker under torchrun's report."""
+    from ..io.checkpoint import load_checkpoint_file
+    from .checkpoint import check_resume_args
+
+    _logger.addHandler(logging.NullHandler())  # the workers log the warnings
+    info = DistInfo(world_size=int(os.environ.get("SNNET_CHECK_WORLD_SIZE", "1")))
+    if not args.anchors:
+        raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] (small to large) or -c a config")
+    args = resolve_args(args, info)
+    if args.sample_by == "flops-groups":  # the groups need the networks' FLOPs: a random-weight SN-Net
+        from ..cli import build_snnet
+        from .network_sampling import create_network_sampler
+
+        net = build_snnet(args, num_classes=args.num_classes or 10, pretrained=False)
+        create_network_sampler(
+            net, args.sample_by, args.seed, 0, False, args.sample_weights, args.flops_gap, args.flops_sampling_k
+        )
+    if args.experiment:  # without it, each torchrun run gets a folder of its own: nothing to resume
+        out_dir = Path(args.output or "./output/train") / args.experiment
+        check_output_dir(out_dir, "--output/--experiment")
+        resume = resume_target(args, out_dir, info)
+        if resume:
+            check_resume_args(load_checkpoint_file(resume), resume, args)
+    return 0
 
 
 def resume_target(args: Namespace, out_dir: Path, info: DistInfo) -> str:
