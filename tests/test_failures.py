@@ -77,6 +77,8 @@ def test_refused_reruns_and_checks_leave_every_file_as_it_was(run, capsys):
         (["--sample-by", "flops-groups", "--flops-gap", "1.0"], "puts all 12 networks"),
         (["--model-kwargs", "depth=abc"], "timm cannot build deit_tiny_patch16_224"),
         (["--img-size", "0"], "--img-size must be >= 1"),
+        (["--opt", "foo"], "--opt 'foo': Optimizer foo not found"),
+        (["--sched", "foo"], "--sched 'foo': Unknown scheduler"),
     ]
     for extra, message in cases:
         line = one_error_line(run_entry(train_main, rerun + extra), capsys)
@@ -305,6 +307,7 @@ def test_cpu_threads_default_to_one_unless_told(monkeypatch):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_flops_groups_are_logged_and_one_group_is_refused(caplog):
     from snnet import create_snnet
     from snnet.core.flops import flops_table

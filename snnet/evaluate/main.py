@@ -277,6 +277,9 @@ def run(args: Namespace, info, on_chunk_saved: Sequence[ChunkCallback] = ()) -> 
     if args.amp and args.amp_dtype == "float16" and info.device.type == "cpu" and not args.flops_only:
         log("warning: --amp with float16 on CPU is slow and coarse; --amp-dtype bfloat16 is the usual CPU choice")
     out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(args)
+    from ..io.paths import check_output_dir
+
+    check_output_dir(out_dir, "--output")
     ckpt = None
     if args.checkpoint:
         ckpt = load_checkpoint_file(args.checkpoint)

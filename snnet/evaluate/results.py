@@ -98,11 +98,14 @@ class PartialResults:
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
     def _append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        with open(self.path, "a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # e.g. ENOSPC, which names no file (a torn last line is ignored on reading)
+            raise OSError(e.errno, e.strerror or str(e), str(self.path)) from None
 
     def add_accuracy(self, records: Iterable[Mapping[str, Any]]) -> None:
         records = [{"type": "accuracy", **r} for r in records]

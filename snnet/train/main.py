@@ -153,6 +153,7 @@ def resolve_args(args: Namespace, info: DistInfo) -> Namespace:
     if args.amp and args.amp_dtype == "float16" and info.device.type == "cpu":
         _logger.warning("--amp-dtype float16 on CPU runs without a GradScaler; bfloat16 is the usual CPU choice")
     check_sampling_args(args.sample_by, args.sample_weights, args.flops_gap, args.flops_sampling_k)
+    check_optimizer_and_schedule(args.opt, args.sched)
     if args.ls_init_images < 1:
         raise ConfigError(f"--ls-init-images must be >= 1, got {args.ls_init_images}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -174,6 +175,25 @@ def resolve_args(args: Namespace, info: DistInfo) -> Namespace:
     if args.validation_batch_size is None:
         args.validation_batch_size = args.batch_size
     return args
+
+
+def check_optimizer_and_schedule(opt: str, sched: str) -> None:
+    """``--opt`` and ``--sched`` names timm knows, tried on a dummy parameter before any work
+    (timm's factories raise a bare ValueError, and only once the model and data are built)."""
+    import torch
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    try:
+        optimizer = create_optimizer_v2(torch.nn.Linear(1, 1), opt=opt, lr=1e-3)
+    except (ValueError, AssertionError, KeyError) as e:
+        raise ConfigError(f"--opt '{opt}': {e} (timm's names: e.g. adamw, sgd, lamb, lookahead_adamw)") from None
+    try:
+        create_scheduler_v2(optimizer, sched=sched, num_epochs=2)
+    except (ValueError, AssertionError, KeyError) as e:
+        raise ConfigError(
+            f"--sched '{sched}': {e} (timm's names: cosine, tanh, step, multistep, plateau, poly)"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
