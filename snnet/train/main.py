@@ -88,11 +88,16 @@ def check_only(args: Namespace) -> int:
         create_network_sampler(
             net, args.sample_by, args.seed, 0, False, args.sample_weights, args.flops_gap, args.flops_sampling_k
         )
-    if args.experiment:  # without it, each torchrun run gets a folder of its own: nothing to resume
+    # without --experiment each torchrun run gets a folder of its own: only a --resume FILE to check
+    resume = args.resume if args.resume != AUTO else ""
+    if args.experiment:
         out_dir = Path(args.output or "./output/train") / args.experiment
         check_output_dir(out_dir, "--output/--experiment")
         resume = resume_target(args, out_dir, info)
-        if resume:
+    if resume:
+        from ..io.official_layout import looks_official
+
+        if not looks_official(resume):
             check_resume_args(load_checkpoint_file(resume), resume, args)
     return 0
 
