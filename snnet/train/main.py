@@ -68,10 +68,11 @@ def _run(args: Namespace, info: DistInfo, handlers: list, step_callbacks: Sequen
 
 
 def check_only(args: Namespace) -> int:
-    """``--check-args``: the checks that need neither model nor data, in one process, for
+    """``--check-args``: the checks that need no data, in one process, for
     ``SNNET_CHECK_WORLD_SIZE`` processes (distributed_train.sh sets it): values and combinations,
-    the run folder and, when ``--experiment`` names one, the checkpoint it would resume. A refusal
-    is then one line before torchrun starts, not one per worker under torchrun's report."""
+    FLOPs groups (on a random-weight SN-Net), the run folder and the checkpoint a rerun would
+    resume. A refusal is then one line before torchrun starts, not one per worker under
+    torchrun's report; what only a worker can find (data, weights, shapes) is still its own."""
     from ..io.checkpoint import load_checkpoint_file
     from .checkpoint import check_resume_args
 
