@@ -30,6 +30,9 @@ for a in "${EXTRA[@]}"; do
       STANDALONE=() ;;
   esac
 done
+# The arguments are checked once, before any worker starts: a refusal is then one line, not one per
+# worker under torchrun's own report.
+SNNET_CHECK_WORLD_SIZE=$NUM_PROC "$PY" "${TRAIN_SCRIPT:-$(dirname "$0")/train.py}" "$@" --check-args || exit $?
 # exec: this script becomes torchrun, so a SIGKILL of it is one of torchrun, and the workers die
 # with torchrun (PR_SET_PDEATHSIG, snnet.distributed.die_with_parent)
 exec "$PY" -m torch.distributed.run "${STANDALONE[@]}" --nproc_per_node="$NUM_PROC" "${EXTRA[@]}" \

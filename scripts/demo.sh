@@ -9,13 +9,16 @@
 #      committed results/demo/ (identical only on the CPU model that made them).
 # Environment: PYTHON (default .venv/bin/python), DEMO_OUTPUT (run folders, default output/demo),
 # DEMO_RESULTS (tables and plot, default output/demo/results; results/demo refreshes the committed
-# files), DEMO_ARGS (extra train.py args, e.g. shorter runs in tests).
+# files), DEMO_ARGS (extra train.py args, e.g. shorter runs in tests), DEMO_THREADS (CPU threads of
+# the single-process anchor runs and the sweep, default 2: the count that made results/demo on a
+# 2-core machine; train.py/eval.py default to 1, and the SN-Net stage runs 1 per torchrun worker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${DEMO_OUTPUT:-output/demo}
 RESULTS=${DEMO_RESULTS:-$OUT/results}
 read -r -a EXTRA <<< "${DEMO_ARGS:-}"
+THREADS=${DEMO_THREADS:-2}
 export PYTHON=$PY
 
 CONFIG=configs/demo_digits.yaml
@@ -41,7 +44,7 @@ for line in "${anchors[@]}"; do
   else
     echo "== [1/3] anchor $name ($kwargs): training from scratch on digits"
     "$PY" train.py -c configs/demo_anchor.yaml --anchors "$name" --anchor-kwargs "$kwargs" \
-      --output "$OUT" --experiment "$exp" "${EXTRA[@]}"
+      --output "$OUT" --experiment "$exp" --threads "$THREADS" "${EXTRA[@]}"
   fi
   ckpts+=("$ckpt")
 done
@@ -52,7 +55,7 @@ rm -rf "$OUT/snnet"
   --output "$OUT" --experiment snnet "${EXTRA[@]}"
 
 echo "== [3/3] sweeping every network"
-"$PY" eval.py -c "$CONFIG" --resume "$OUT/snnet/last.pth.tar" --output "$RESULTS" --overwrite
+"$PY" eval.py -c "$CONFIG" --resume "$OUT/snnet/last.pth.tar" --output "$RESULTS" --overwrite --threads "$THREADS"
 
 # A newcomer's run next to the committed one: the numbers match only on the same CPU model.
 COMMITTED=results/demo

@@ -14,6 +14,16 @@ from .train.network_sampling import SAMPLE_BY
 DROP_PATH_SCHEDULES = ("linear", "uniform")  # applied by snnet.run_config.build_snnet
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's help with each option's default, said once: a help text that already says its
+    default (e.g. "default: the dataset's class count") is left as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 # The option tables below stay one option per line (``# fmt: off``): they read as tables.
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     # fmt: off
@@ -71,6 +81,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dataset", default="", metavar="NAME",
                        help="'digits' for scikit-learn's handwritten digits (offline); empty for --data-dir")
     group.add_argument("--workers", "-j", type=int, default=2, metavar="N", help="data loading processes")
+    group.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="CPU threads per process (default: $OMP_NUM_THREADS if set, else 1)")
     group.add_argument("--seed", type=int, default=42, help="random seed")
 
 
@@ -90,7 +102,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     # fmt: off
     parser = argparse.ArgumentParser(
         description="Train an SN-Net (or, with one anchor, a plain timm model) the way timm's train.py trains.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("-c", "--config", default="", metavar="FILE.yaml",
                         help="YAML file of argument defaults (keys are the long option names)")
@@ -250,6 +262,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="stop after N epochs in total but keep the --epochs schedule (time-limited jobs: rerun the "
                         "same command to continue)")
     g.add_argument("--log-interval", type=int, default=50, metavar="N", help="steps between log lines")
+    g.add_argument("--check-args", action="store_true", default=False,
+                   help="only check the arguments and the run to resume, then exit (distributed_train.sh does this "
+                        "before starting the workers)")
     # fmt: on
     return parser
 
@@ -260,7 +275,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Evaluate every network of an SN-Net from one pass over the data; Pareto frontier, "
                     "budget picking and export of one network.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("-c", "--config", default="", metavar="FILE.yaml",
                         help="YAML file of argument defaults; train.py configs work (training-only keys are ignored)")

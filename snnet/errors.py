@@ -1,13 +1,16 @@
 """Errors a user can fix, and how the command-line scripts report them.
 
 Every refusal the scripts make is an :class:`SNNetError`: the scripts print its message as one
-line on stderr and exit non-zero, without a traceback. Anything else is a bug and keeps its
-traceback.
+line on stderr and exit non-zero, without a traceback. So does an ``OSError`` (a full disk, a
+path that is a file where a folder is needed, a permission): the line names the file and the
+reason. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -47,15 +50,28 @@ class DivergenceError(SNNetError):
 F = TypeVar("F", bound=Callable)
 
 
+def describe_os_error(e: OSError) -> str:
+    """An ``OSError`` on one line: the file(s), the reason, and what to do about a full disk."""
+    reason = e.strerror or str(e) or type(e).__name__
+    files = " -> ".join(f"'{f}'" for f in (e.filename, e.filename2) if f is not None)
+    hint = ": free some space or write elsewhere" if e.errno == errno.ENOSPC else ""
+    return f"{files}: {reason}{hint}" if files else f"{reason}{hint}"
+
+
 def exit_on_user_error(main: F) -> F:
-    """Wrap a script's ``main`` so that an :class:`SNNetError` ends it with one clear line."""
+    """Wrap a script's ``main`` so that an :class:`SNNetError` or an ``OSError`` ends it with one
+    clear line (exit code 2)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except SNNetError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank refuses alike: one line
+                print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        except OSError as e:
+            print(f"error: {describe_os_error(e)}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]

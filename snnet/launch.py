@@ -138,15 +138,16 @@ def pin_experiment(argv: list[str]) -> tuple[list[str], Path]:
     also refuses bad arguments before the job waits in a queue."""
     from .cli import build_train_parser
     from .config import parse_args_with_config
+    from .run_config import require_anchors
     from .train.main import default_experiment
 
     args, _ = parse_args_with_config(build_train_parser(), argv)
-    if not args.anchors:
-        raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] (small to large) or -c a config")
-    if not args.experiment:
-        args.experiment = default_experiment(args)
-        argv = argv + ["--experiment", args.experiment]
-    return argv, Path(args.output or "./output/train") / args.experiment
+    require_anchors(args.anchors)
+    experiment = args.experiment
+    if not experiment:
+        experiment = default_experiment(args)
+        argv = argv + ["--experiment", experiment]
+    return argv, Path(args.output or "./output/train") / experiment
 
 
 def make_tasks(args: argparse.Namespace, entry: Callable, argv: list[str], step_callbacks: Sequence) -> list[Task]:

@@ -196,8 +196,11 @@ def test_launcher_uses_the_repos_venv_python_unless_python_is_set(tmp_path):
         fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
     used = subprocess.run([str(script), "2", "--epochs", "1"], capture_output=True, text=True, env=env, check=True)
-    assert used.stdout.startswith("python -m torch.distributed.run --standalone --nproc_per_node=2 ")
-    assert used.stdout.rstrip().endswith("train.py --epochs 1")
+    check, launch = used.stdout.splitlines()  # the arguments are checked by the same python first
+    assert check.startswith("python ") and check.endswith("train.py --epochs 1 --check-args")
+    assert launch.startswith("python -m torch.distributed.run --standalone --nproc_per_node=2 ")
+    assert launch.endswith("train.py --epochs 1")
     env["PYTHON"] = str(tmp_path / "other-python")
     chosen = subprocess.run([str(script), "2"], capture_output=True, text=True, env=env, check=True)
-    assert chosen.stdout.startswith("other-python -m torch.distributed.run")
+    check, launch = chosen.stdout.splitlines()
+    assert check.startswith("other-python ") and launch.startswith("other-python -m torch.distributed.run")

@@ -252,7 +252,8 @@ def test_train_py_starts_from_an_official_checkpoint(official_deit, tmp_path, fl
     tiny += ["--anchor-kwargs", *[f"embed_dim={d} num_heads={h}" for d, h in DEIT_WIDTHS], "--dataset", "digits"]
     run = tiny + ["--workers", "0", "--max-steps-per-epoch", "1", "--lr", "0", "--warmup-epochs", "0"]
     run += ["--max-val-batches", "1", "--output", out, "--experiment", "r", flag, path]
-    assert run_entry(train_main, run + ["--epochs", "1"]) == 0
+    # a time-limited job: 1 epoch of a 2-epoch schedule (a resumed run keeps its --epochs)
+    assert run_entry(train_main, run + ["--epochs", "2", "--stop-epoch", "1"]) == 0
     saved = load_checkpoint_file(out / "r" / "last.pth.tar")
     assert saved["snnet_config"]["official_forward"] is True and saved["epoch"] == 0
     net = _deit_net()

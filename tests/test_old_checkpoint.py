@@ -47,9 +47,12 @@ def test_old_checkpoint_evaluates_to_the_table_it_had(old_checkpoint, tmp_path):
     args = ["--resume", old_checkpoint, "--dataset", "digits", "--workers", "0", "-b", "120", "--device", "cpu"]
     assert run_entry(main, args + ["--log-interval", "0", "--output", out]) == 0
     got, want = _rows(out / "stitches.csv"), _rows(DATA / f"{NAME}_stitches.csv")
-    assert list(got[0]) == list(want[0])  # the same columns in the same order
+    # the same columns in the same order; two-way SN-Nets gained the official numbering (issue 21)
+    assert list(got[0]) == ["cfg_id", "official_cfg_id", *list(want[0])[1:]]
     assert len(got) == len(want) == 8
     for g, w in zip(got, want):
+        # the official ids skip the SL stitch after the small anchor's last block: never below ours
+        assert int(g.pop("official_cfg_id")) >= int(g["cfg_id"])
         loss = float(g.pop("loss")), float(w.pop("loss"))
         assert g == w  # cfg_id, name, FLOPs, params, top-1, top-5, is_anchor exactly
         assert loss[0] == pytest.approx(loss[1], abs=2e-6)  # another CPU may round the 6th decimal

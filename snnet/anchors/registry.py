@@ -9,7 +9,7 @@ import timm
 from timm.models import get_pretrained_cfg_value, is_model_in_modules
 from torch import nn
 
-from ..errors import UnknownModelError
+from ..errors import ConfigError, SNNetError, UnknownModelError
 
 _ADAPTERS: dict[str, type] = {}
 
@@ -74,12 +74,26 @@ def create_anchor(
         kwargs["num_classes"] = num_classes
     if img_size is not None and cls.takes_img_size:
         kwargs.setdefault("img_size", img_size)
-    if pretrained and not checkpoint_path:  # a local file replaces the pretrained weights
-        from ..io.weights import create_pretrained_model
+    if img_size is not None and img_size < 1:
+        raise ConfigError(f"--img-size must be >= 1 pixel, got {img_size}")
+    if num_classes is not None and num_classes < 0:
+        raise ConfigError(f"--num-classes must be >= 0 (0: no classifier), got {num_classes}")
+    try:
+        if pretrained and not checkpoint_path:  # a local file replaces the pretrained weights
+            from ..io.weights import create_pretrained_model
 
-        model: nn.Module = create_pretrained_model(model_name, **kwargs)
-    else:
-        model = timm.create_model(model_name, **kwargs)
+            model: nn.Module = create_pretrained_model(model_name, **kwargs)
+        else:
+            model = timm.create_model(model_name, **kwargs)
+    except SNNetError:
+        raise
+    except (TypeError, ValueError, AssertionError) as e:  # timm's own refusal of a keyword value
+        given = " ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        reason = str(e).splitlines()[0][:200] if str(e) else ""
+        raise ConfigError(
+            f"timm cannot build {model_name} with {given} ({type(e).__name__}: {reason}): "
+            f"check --model-kwargs / --anchor-kwargs / --img-size / --num-classes"
+        ) from None
     if checkpoint_path:
         from ..io.checkpoint import load_model_weights
 

@@ -29,6 +29,7 @@ from torch import nn
 from ..core.model import SNNet
 from ..core.routes import Route, apply_step
 from ..errors import ConfigError
+from ..io.paths import atomic_path
 from ..runtime import eval_mode
 
 FORMATS = {".pt": "torchscript", ".ts": "torchscript", ".pt2": "exported_program", ".onnx": "onnx"}
@@ -211,8 +212,27 @@ def export_network(
     x = _example(net, max(2, batch_size), device)
     check = _example(net, max(2, batch_size) + 1, device)  # another batch size: the export is not batch-specific
     expected = _reference(net, cfg_id, check)
-    params = sum(p.numel() for p in module.parameters())
-    dynamic = True
+    with atomic_path(path) as tmp:  # checked before the rename: a failed export leaves the old file
+        params, got, dynamic, check, expected = _write_and_run(module, net, cfg_id, fmt, tmp, x, check, expected, opset)
+        diff = float((got - expected).abs().max())
+        if not torch.allclose(got, expected, atol=atol, rtol=1e-4):
+            raise RuntimeError(
+                f"exported network {cfg_id} differs from the SN-Net by {diff:.3g} (atol {atol}): a bug, please report it"
+            )
+        expected_params = net.num_params(cfg_id)
+        if params != expected_params:
+            raise RuntimeError(
+                f"exported network {cfg_id} holds {params} parameters, the network runs {expected_params}: "
+                f"a bug, please report it"
+            )
+    return ExportReport(path, fmt, cfg_id, net.stitches[cfg_id].name, params, diff, dynamic)
+
+
+def _write_and_run(module: nn.Module, net: SNNet, cfg_id: int, fmt: str, path: Path, x, check, expected, opset):
+    """Write ``module`` to ``path`` in format ``fmt``, load the file back and run it on ``check``:
+    (parameters in the file, its outputs, dynamic batch, the check batch and the SN-Net's outputs)."""
+    device = x.device
+    params, dynamic = sum(p.numel() for p in module.parameters()), True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notices
@@ -236,18 +256,7 @@ def export_network(
         else:
             _export_onnx(module, x, path, opset)
             params, got = _check_onnx(path, module, check)
-    diff = float((got - expected).abs().max())
-    if not torch.allclose(got, expected, atol=atol, rtol=1e-4):
-        raise RuntimeError(
-            f"exported network {cfg_id} differs from the SN-Net by {diff:.3g} (atol {atol}): a bug, please report it"
-        )
-    expected_params = net.num_params(cfg_id)
-    if params != expected_params:
-        raise RuntimeError(
-            f"exported network {cfg_id} holds {params} parameters, the network runs {expected_params}: "
-            f"a bug, please report it"
-        )
-    return ExportReport(path, fmt, cfg_id, net.stitches[cfg_id].name, params, diff, dynamic)
+    return params, got, dynamic, check, expected
 
 
 def _export_onnx(module: nn.Module, x: torch.Tensor, path: Path, opset: Optional[int]) -> None:
@@ -294,21 +303,30 @@ def _check_onnx(path: Path, module: nn.Module, x: torch.Tensor) -> tuple[int, to
     return params, run_onnx(path, x)
 
 
-def run_onnx(path: str | Path, x: torch.Tensor) -> torch.Tensor:
-    """Outputs of an ONNX network on ``x``, run with onnxruntime when installed, else with onnx's
-    reference evaluator."""
+def onnx_forward(path: str | Path):
+    """A function running the ONNX network of ``path`` on a batch, with onnxruntime when
+    installed, else with onnx's reference evaluator; the file is read once, here."""
     import numpy as np
     import onnx
 
-    feed = x.detach().cpu().float().numpy()
     try:
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        out = session.run(None, {session.get_inputs()[0].name: feed})[0]
+        name, run = session.get_inputs()[0].name, session.run
     except ImportError:
         from onnx.reference import ReferenceEvaluator
 
         model = onnx.load(str(path))
-        out = ReferenceEvaluator(model).run(None, {model.graph.input[0].name: feed})[0]
-    return torch.from_numpy(np.asarray(out)).float().to(x.device)
+        name, run = model.graph.input[0].name, ReferenceEvaluator(model).run
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = run(None, {name: x.detach().cpu().float().numpy()})[0]
+        return torch.from_numpy(np.asarray(out)).float().to(x.device)
+
+    return forward
+
+
+def run_onnx(path: str | Path, x: torch.Tensor) -> torch.Tensor:
+    """Outputs of an ONNX network on ``x`` (see :func:`onnx_forward`)."""
+    return onnx_forward(path)(x)

@@ -121,6 +121,18 @@ def _official_updates(cfg: Any, official: str, options: dict, log: Callable[[str
     return updates
 
 
+def with_checkpoint_data(cfg: Any, ckpt: dict) -> tuple[Any, bool]:
+    """``cfg`` with ``--dataset``/``--data-dir`` (and ``--val-split``) of the checkpoint's run when
+    the command line and config give no data; True when they were taken from the checkpoint."""
+    saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    if cfg.dataset or cfg.data_dir or not (saved.get("dataset") or saved.get("data_dir")):
+        return cfg, False
+    updates = {"dataset": saved.get("dataset") or "", "data_dir": saved.get("data_dir")}
+    if _is_default(cfg, "val_split", cfg.val_split) and saved.get("val_split"):
+        updates["val_split"] = saved["val_split"]
+    return dataclasses.replace(cfg, **updates), True
+
+
 def training_data(ckpt: Optional[dict], cfg: Any) -> tuple[str, Optional[str]]:
     """The dataset of ``cfg``, else the one the checkpoint was trained on (its saved arguments)."""
     saved = ckpt.get("args") if ckpt is not None and isinstance(ckpt.get("args"), dict) else {}

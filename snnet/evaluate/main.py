@@ -42,9 +42,17 @@ from ..core.model import SNNet
 from ..core.stitches import parse_stitch_ids
 from ..distributed import is_distributed, on_primary
 from ..errors import ConfigError, DataError, exit_on_user_error
+from ..io.paths import check_output_dir
 from ..run_config import EvalConfig, EvalMode, ModelConfig, build_snnet, defaults_of, from_namespace, require_anchors
 from .latency import autocast_for, cached_latencies
-from .load import build_trained_snnet, default_out_dir, train_keys, training_data, with_checkpoint_model
+from .load import (
+    build_trained_snnet,
+    default_out_dir,
+    train_keys,
+    training_data,
+    with_checkpoint_data,
+    with_checkpoint_model,
+)
 
 ChunkCallback = Callable[[int, int], None]
 
@@ -109,6 +117,7 @@ def eval_config(args: Namespace, defaults: Mapping[str, Any]) -> EvalConfig:
             raise ConfigError("budget picking needs accuracies: drop --flops-only")
         if export_id is not None:
             raise ConfigError("--export needs weights: drop --flops-only and pass --resume CKPT")
+    check_output_paths(args)
     if args.flops_only:
         mode = EvalMode.FLOPS_ONLY
     elif export_id is not None:
@@ -121,6 +130,19 @@ def eval_config(args: Namespace, defaults: Mapping[str, Any]) -> EvalConfig:
     )
 
 
+def check_output_paths(args: Any) -> None:
+    """Refuse outputs that would destroy an input or cannot be written (before any work)."""
+    from ..io.paths import check_not_an_input, check_output_file
+
+    check_output_dir(args.out_dir, "--output")
+    if args.export_path:
+        check_output_file(args.export_path, "--export-path")
+        inputs = {"--resume checkpoint": args.checkpoint, "config": args.config}
+        inputs.update({f"anchor checkpoint {c}": c for c in args.anchor_checkpoints or [] if str(c).lower() != "none"})
+        check_not_an_input(args.export_path, "--export-path", inputs)
+        check_not_an_input(args.export_path + ".json", "--export-path (its .json)", inputs)
+
+
 # ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +151,9 @@ def main(argv: Optional[Sequence[str]] = None, on_chunk_saved: Sequence[ChunkCal
     """eval.py. ``on_chunk_saved`` callables get ``(chunks_done, chunks)`` after each chunk of
     the sweep is saved (e.g. a test simulating a crash there)."""
     cfg = parse_eval_config(argv)
-    from ..distributed import init_distributed
+    from ..distributed import init_distributed, set_cpu_threads
+
+    set_cpu_threads(cfg.threads)
 
     info = init_distributed(cfg.device)
     try:
@@ -149,10 +173,15 @@ def run(cfg: EvalConfig, info, on_chunk_saved: Sequence[ChunkCallback] = ()) -> 
     if cfg.amp and cfg.amp_dtype == "float16" and info.device.type == "cpu" and cfg.mode != EvalMode.FLOPS_ONLY:
         log("warning: --amp with float16 on CPU is slow and coarse; --amp-dtype bfloat16 is the usual CPU choice")
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg.checkpoint, cfg.use_ema, cfg.flops_only)
+    check_output_dir(out_dir, "--output")
     ckpt = None
     if cfg.checkpoint:
         ckpt = load_checkpoint_file(cfg.checkpoint)
         cfg = with_checkpoint_model(cfg, ckpt, log)
+        if cfg.mode != EvalMode.FLOPS_ONLY:
+            cfg, from_checkpoint = with_checkpoint_data(cfg, ckpt)
+            if from_checkpoint:
+                log(f"Data of the checkpoint's run: {cfg.dataset or cfg.data_dir} ({cfg.val_split})")
     trained_data = training_data(ckpt, cfg)  # preprocessing and class names saved with --export
     require_anchors(cfg.anchors, " or --resume CKPT")
     if cfg.mode == EvalMode.FLOPS_ONLY:
@@ -218,6 +247,11 @@ def load_model(
     if cfg.mode == EvalMode.COMPATIBILITY:
         from .compat import ls_initialise_and_score
 
+        if not (cfg.pretrained or cfg.anchor_checkpoints):
+            log(
+                "warning: --compatibility without --pretrained or --anchor-checkpoints scores randomly initialised "
+                "anchors, which says nothing about trained ones: pass the anchors' weights"
+            )
         scores = on_primary(
             lambda: ls_initialise_and_score(net, cfg.dataset, cfg.data_dir, cfg.compat_images, cfg.seed),
             info.is_primary,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from ..errors import BudgetError, ConfigError
+from ..io.paths import atomic_path
 
 Row = Mapping[str, Any]
 
@@ -189,7 +190,8 @@ def plot_frontier(
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -81,6 +82,29 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def to_rgb(image):
+    """An 8-bit RGB copy of a PIL image of any mode, read faithfully: 16-bit and 32-bit integer
+    images scaled to 8 bits by their range (``convert('RGB')`` would clip them to white), float
+    images in [0, 1] scaled by 255, transparency composited onto white, palettes and CMYK
+    through PIL's own conversion."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or (image.mode == "I" and a.max(initial=0) > 255):
+            a = a / 257.0  # 0..65535 -> 0..255
+        elif image.mode == "F" and a.max(initial=0) <= 1.0:
+            a = a * 255.0
+        grey = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+        return grey.convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_batch(files: Sequence[Path], transform: Callable) -> torch.Tensor:
     """uint8 NCHW batch of the transformed images (the sweep's ``fast_collate`` layout)."""
     from PIL import Image, UnidentifiedImageError
@@ -89,8 +113,8 @@ def load_batch(files: Sequence[Path], transform: Callable) -> torch.Tensor:
     for f in files:
         try:
             with Image.open(f) as im:
-                image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
+                image = to_rgb(im)
+        except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(
                 f"cannot read image '{f}' ({type(e).__name__}): give image files (JPEG, PNG, ...)"
             ) from None
@@ -136,10 +160,11 @@ def prediction_info(net, dataset_name: str, data_dir: Optional[str], split: str 
 
 
 def write_prediction_info(export_path: str | Path, info: dict[str, Any], cfg_id: int, name: str) -> Path:
-    """``<export_path>.json`` beside an exported network, for ``predict.py --exported``."""
+    """``<export_path>.json`` beside an exported network, for ``predict.py --exported`` (atomically)."""
+    from ..io.paths import write_text
+
     path = Path(str(export_path) + INFO_SUFFIX)
-    with atomic_write(path, "w") as f:
-        f.write(json.dumps({"cfg_id": cfg_id, "name": name, **info}, indent=1) + "\n")
+    write_text(path, json.dumps({"cfg_id": cfg_id, "name": name, **info}, indent=1) + "\n")
     return path
 
 
@@ -200,9 +225,25 @@ def load_snnet(args: PredictConfig):
     return net, prediction_info(net, *training_data(ckpt, args))
 
 
+_INFO_KEYS = ("cfg_id", "name", "input_size", "interpolation", "mean", "std", "crop_pct", "class_names")
+
+
+def _read_info(info_path: Path) -> dict[str, Any]:
+    """The ``<file>.json`` eval.py --export wrote, checked to hold what predicting needs."""
+    try:
+        info = json.loads(info_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"'{info_path}' is not valid JSON ({e}): export again with eval.py --export") from None
+    missing = [k for k in _INFO_KEYS if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise CheckpointError(f"'{info_path}' lacks {', '.join(missing)}: export again with eval.py --export")
+    return info
+
+
 def load_exported(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
-    """A forward function of an eval.py --export file and the info saved beside it."""
-    from .export import FORMATS, run_onnx
+    """A forward function of an eval.py --export file and the info saved beside it. A file that
+    does not load, or that refuses the input its ``.json`` describes, is a :class:`CheckpointError`."""
+    from .export import FORMATS, onnx_forward
 
     path = Path(path)
     if not path.is_file():
@@ -216,13 +257,43 @@ def load_exported(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tens
             f"'{info_path}' is missing: predict.py needs the preprocessing and class names eval.py "
             f"--export writes beside the file; export again with eval.py, or predict with --resume CKPT"
         )
-    info = json.loads(info_path.read_text())
-    if fmt == "torchscript":
-        module = torch.jit.load(str(path), map_location="cpu")
-        return module, info
-    if fmt == "exported_program":
-        return torch.export.load(str(path)).module(), info
-    return (lambda x: run_onnx(path, x)), info
+    info = _read_info(info_path)
+    kind = {"torchscript": "TorchScript", "exported_program": "torch.export program", "onnx": "ONNX"}[fmt]
+    try:
+        if fmt == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+                module = torch.jit.load(str(path), map_location="cpu")
+        elif fmt == "exported_program":
+            module = torch.export.load(str(path)).module()
+        else:
+            module = onnx_forward(path)
+    except Exception as e:  # whatever the reader of a damaged or foreign file trips on
+        raise CheckpointError(
+            f"exported file '{path}' cannot be read as {kind} ({_first_line(e)}): export it again with eval.py --export"
+        ) from None
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        try:
+            out = module(x)
+        except Exception as e:  # e.g. a 224-px network given 32-px images by a mismatched .json
+            raise CheckpointError(
+                f"exported file '{path}' refuses input {tuple(x.shape)} (the size {info_path} gives: "
+                f"{_first_line(e)}): the file and its .json do not belong together; export again with eval.py"
+            ) from None
+        if out.ndim != 2 or out.shape[-1] != len(info["class_names"]):
+            raise CheckpointError(
+                f"exported file '{path}' gives outputs of shape {tuple(out.shape)} but {info_path} names "
+                f"{len(info['class_names'])} classes: the file and its .json do not belong together"
+            )
+        return out
+
+    return forward, info
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0].split('. ')[0][:200]}" if lines else type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +326,7 @@ def predict(
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+
     k = max(len(r["indices"]) for r in rows)
     header = ["image"] + [f"{what}_{r}" for r in range(1, k + 1) for what in ("class", "index", "prob")]
     with atomic_write(path, "w") as f:
@@ -269,8 +341,15 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
 
 @exit_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..distributed import set_cpu_threads
+    from ..io.paths import check_not_an_input, check_output_file
+
     args = parse_predict_config(argv)
+    set_cpu_threads(args.threads)
     files = image_files(args.images)
+    check_output_file(args.csv, "--csv")
+    inputs = {"checkpoint": args.checkpoint, "exported file": args.exported, "config": args.config}
+    check_not_an_input(args.csv, "--csv", {**inputs, **{f"image {f}": f for f in files}})
     if args.exported:
         forward, info = load_exported(args.exported)
         what = f"{args.exported} (cfg_id {info['cfg_id']}, {info['name']})"

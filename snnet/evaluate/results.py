@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Se
 from ..config import plain
 from ..errors import ConfigError
 from ..io.checkpoint import atomic_write
+from ..io.paths import write_text
 from .sweep import metrics_of
 
 if TYPE_CHECKING:
@@ -94,15 +95,17 @@ class PartialResults:
                 self.latency[int(r["cfg_id"])] = r
         if len(lines) and not self.path.read_text().endswith("\n"):
             # drop the torn line so that appends start on a fresh line
-            with atomic_write(self.path, "w") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in records))
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
     def _append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        with open(self.path, "a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # e.g. ENOSPC, which names no file (a torn last line is ignored on reading)
+            raise OSError(e.errno, e.strerror or str(e), str(self.path)) from None
 
     def add_accuracy(self, records: Iterable[Mapping[str, Any]]) -> None:
         records = [{"type": "accuracy", **r} for r in records]
@@ -195,8 +198,7 @@ def write_official(rows: Sequence[dict], path: Path) -> None:
         + "\n"
         for r in rows
     )
-    with atomic_write(path, "w") as f:
-        f.write(text)
+    write_text(path, text)
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:

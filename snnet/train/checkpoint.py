@@ -17,7 +17,7 @@ from torch import nn
 from ..config import plain
 from ..distributed import DistInfo
 from ..errors import CheckpointError
-from ..io.checkpoint import load_checkpoint_file
+from ..io.checkpoint import describe_mismatch, load_checkpoint_file
 
 CHECKPOINT_VERSION = 1
 
@@ -52,6 +52,12 @@ def load_weights(net: nn.Module, ema: Optional[Any], ckpt: Mapping[str, Any], so
     optional) and its EMA weights (or, without them, its weights) into ``ema``."""
     sd = dict(ckpt["state_dict"])
     sd.update(ckpt.get("aux_bn_state_dict", {}))
+    shapes = describe_mismatch(sd, net, strict=False)
+    if shapes:  # load_state_dict(strict=False) still raises on shapes, with a list of every one
+        raise CheckpointError(
+            f"checkpoint {source} does not match the model: {shapes}; resume with the options it was trained "
+            f"with (--num-classes, --model-kwargs, --anchor-kwargs, --img-size) or use another --experiment"
+        )
     missing, unexpected = net.load_state_dict(sd, strict=False)
     missing = [k for k in missing if ".aux_bn." not in k]
     if missing or unexpected:
@@ -63,6 +69,43 @@ def load_weights(net: nn.Module, ema: Optional[Any], ckpt: Mapping[str, Any], so
         ema_sd = dict(ckpt.get("state_dict_ema") or ckpt["state_dict"])
         ema_sd.update(ckpt.get("aux_bn_state_dict", {}))
         ema.module.load_state_dict(ema_sd, strict=False)
+
+
+def check_resume_args(ckpt: dict, path: str, args) -> None:
+    """What :meth:`Trainer.load <snnet.train.trainer.Trainer.load>` will refuse, judged from the arguments alone (no model
+    built): other anchors or stitching options, another ``--epochs``, another class count, image
+    size or model kwargs."""
+    from ..config import parse_kwargs
+
+    keys = ("kernel_size", "stride", "nearest", "stages", "stitching", "stitch_layer", "lora_rank")
+    config = {"anchors": list(args.anchors), **{k: plain(getattr(args, k)) for k in keys}}
+    check_resume_compatible(ckpt, path, config)
+    if not args.no_resume_opt:
+        check_same_schedule(ckpt, path, args.epochs)
+    saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    ours = {"num_classes": args.num_classes, "img_size": args.img_size, "model_kwargs": parse_kwargs(args.model_kwargs)}
+    theirs = {**saved, "model_kwargs": parse_kwargs(saved.get("model_kwargs"))}
+    for key, value in ours.items():
+        if key in saved and value is not None and plain(value) != plain(theirs[key]):
+            raise CheckpointError(
+                f"checkpoint {path} was trained with {key}={theirs[key]} but this run has {key}={value}: "
+                f"resume with the checkpoint's value or use another --experiment"
+            )
+
+
+def check_same_schedule(ckpt: dict, path: str, epochs: int) -> None:
+    """Refuse to resume optimizer and schedule with another ``--epochs``: the checkpoint's
+    scheduler state carries its own length, so the new value would change nothing but the
+    number of epochs run (e.g. more epochs at the old schedule's floor LR)."""
+    saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    theirs = saved.get("epochs")
+    if isinstance(theirs, int) and theirs != epochs:
+        done = int(ckpt.get("epoch", -1)) + (1 if ckpt.get("epoch_complete", True) else 0)
+        raise CheckpointError(
+            f"checkpoint {path} follows a schedule of --epochs {theirs} ({done} done); resuming it keeps that "
+            f"schedule, so --epochs {epochs} would not take effect: rerun with --epochs {theirs}, or start a new "
+            f"{epochs}-epoch schedule from its weights with --resume {path} --no-resume-opt --experiment NEW"
+        )
 
 
 def check_resume_compatible(ckpt: dict, path: str, config: Mapping[str, Any]) -> None:

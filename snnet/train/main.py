@@ -23,9 +23,12 @@ import torch.distributed as dist
 from ..cli import build_train_parser
 from ..config import parse_args_with_config
 from ..data.loaders import max_workers
-from ..distributed import DistInfo, init_distributed
+from ..distributed import DistInfo, init_distributed, set_cpu_threads
 from ..errors import ConfigError, exit_on_user_error
-from ..run_config import TrainConfig, from_namespace, require_anchors
+from ..io.paths import check_output_dir
+from ..run_config import TrainConfig, build_snnet, from_namespace, require_anchors
+from .network_sampling import check_sampling_args
+from .runlog import DeferredFileLog
 from .trainer import StepCallback, StopCheck, Trainer
 
 _logger = logging.getLogger("train")
@@ -43,6 +46,9 @@ def main(
     parser = build_train_parser()
     args, _ = parse_args_with_config(parser, argv)
     cfg = from_namespace(TrainConfig, args)  # frozen from here on: derived values make a new config
+    set_cpu_threads(cfg.threads)
+    if cfg.check_args:
+        return check_only(cfg)
     info = init_distributed(cfg.device)
     handlers: list[logging.Handler] = []
     try:
@@ -63,17 +69,49 @@ def _run(
     stop_check: Optional[StopCheck] = None,
 ) -> int:
     handlers += setup_logging(info)
+    if info.is_primary:  # train.log is written once the run starts (runlog.start_run_files)
+        handlers.append(add_file_log())
     require_anchors(args.anchors)
     exp = args.experiment or default_experiment(args)
     out_dir = Path(args.output or "./output/train") / exp
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if info.distributed:
-        dist.barrier()
-    if info.is_primary:
-        handlers.append(add_file_log(out_dir))
+    check_output_dir(out_dir, "--output/--experiment")
     cfg = resolve_args(args, info)
     cfg, resume = resume_target(cfg, out_dir, info)
     return Trainer(cfg, info, out_dir, resume, step_callbacks, stop_check).fit()
+
+
+def check_only(args: TrainConfig) -> int:
+    """``--check-args``: the checks that need no data, in one process, for
+    ``SNNET_CHECK_WORLD_SIZE`` processes (distributed_train.sh sets it): values and combinations,
+    FLOPs groups (on a random-weight SN-Net), the run folder and the checkpoint a rerun would
+    resume. A refusal is then one line before torchrun starts, not one per worker under
+    torchrun's report; what only a worker can find (data, weights, shapes) is still its own."""
+    from ..io.checkpoint import load_checkpoint_file
+    from .checkpoint import check_resume_args
+
+    _logger.addHandler(logging.NullHandler())  # the workers log the warnings
+    info = DistInfo(world_size=int(os.environ.get("SNNET_CHECK_WORLD_SIZE", "1")))
+    require_anchors(args.anchors)
+    args = resolve_args(args, info)
+    if args.sample_by == "flops-groups":  # the groups need the networks' FLOPs: a random-weight SN-Net
+        from .network_sampling import create_network_sampler
+
+        net = build_snnet(args, num_classes=args.num_classes or 10, pretrained=False)
+        create_network_sampler(
+            net, args.sample_by, args.seed, 0, False, args.sample_weights, args.flops_gap, args.flops_sampling_k
+        )
+    # without --experiment each torchrun run gets a folder of its own: only a --resume FILE to check
+    resume = args.resume if args.resume != AUTO else ""
+    if args.experiment:
+        out_dir = Path(args.output or "./output/train") / args.experiment
+        check_output_dir(out_dir, "--output/--experiment")
+        args, resume = resume_target(args, out_dir, info)
+    if resume:
+        from ..io.official_layout import looks_official
+
+        if not looks_official(resume):
+            check_resume_args(load_checkpoint_file(resume), resume, args)
+    return 0
 
 
 def resume_target(cfg: TrainConfig, out_dir: Path, info: DistInfo) -> tuple[TrainConfig, str]:
@@ -124,6 +162,8 @@ def _check_recipe_options(args: Any, info: DistInfo) -> None:
             ) from None
     if args.amp and args.amp_dtype == "float16" and info.device.type == "cpu":
         _logger.warning("--amp-dtype float16 on CPU runs without a GradScaler; bfloat16 is the usual CPU choice")
+    check_sampling_args(args.sample_by, args.sample_weights, args.flops_gap, args.flops_sampling_k)
+    check_optimizer_and_schedule(args.opt, args.sched)
     if args.ls_init_images < 1:
         raise ConfigError(f"--ls-init-images must be >= 1, got {args.ls_init_images}")
     if args.workers < 0:
@@ -164,6 +204,25 @@ def resolve_args(args: Namespace | TrainConfig, info: DistInfo) -> TrainConfig:
     )
 
 
+def check_optimizer_and_schedule(opt: str, sched: str) -> None:
+    """``--opt`` and ``--sched`` names timm knows, tried on a dummy parameter before any work
+    (timm's factories raise a bare ValueError, and only once the model and data are built)."""
+    import torch
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    try:
+        optimizer = create_optimizer_v2(torch.nn.Linear(1, 1), opt=opt, lr=1e-3)
+    except (ValueError, AssertionError, KeyError) as e:
+        raise ConfigError(f"--opt '{opt}': {e} (timm's names: e.g. adamw, sgd, lamb, lookahead_adamw)") from None
+    try:
+        create_scheduler_v2(optimizer, sched=sched, num_epochs=2)
+    except (ValueError, AssertionError, KeyError) as e:
+        raise ConfigError(
+            f"--sched '{sched}': {e} (timm's names: cosine, tanh, step, multistep, plateau, poly)"
+        ) from None
+
+
 # ---------------------------------------------------------------------------------------------
 # run folder, logging
 # ---------------------------------------------------------------------------------------------
@@ -186,9 +245,8 @@ def setup_logging(info: DistInfo) -> list[logging.Handler]:
     return [stream]
 
 
-def add_file_log(out_dir: Path) -> logging.Handler:
-    fh = logging.FileHandler(out_dir / "train.log")
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    fh.setLevel(logging.INFO)
+def add_file_log() -> logging.Handler:
+    """train.log's handler, holding its lines until the run folder is created."""
+    fh = DeferredFileLog()
     _logger.addHandler(fh)
     return fh

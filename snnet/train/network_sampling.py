@@ -14,6 +14,7 @@ SN-Netv2's FLOPs-balanced sampling (``--sample-by flops-groups``).
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -191,10 +192,11 @@ def create_network_sampler(
     flops_gap: float = 1.0,
     flops_sampling_k: Optional[float] = None,
 ) -> NetworkSampler:
-    """The sampler ``--sample-by`` asks for: per network (``--sample-weights``) or per FLOPs group."""
+    """The sampler ``--sample-by`` asks for: per network (``--sample-weights``) or per FLOPs group.
+    FLOPs groups are logged; a gap that puts every network in one group (which samples exactly
+    as ``--sample-by networks``) is an error."""
+    check_sampling_args(sample_by, sample_weights, flops_gap, flops_sampling_k)
     if sample_by == "networks":
-        if flops_sampling_k is not None:
-            raise ConfigError("--flops-sampling-k weighs FLOPs groups: add --sample-by flops-groups or drop it")
         weights = resolve_sample_weights(sample_weights, net)
         if net.anchors_frozen:  # --train-only stitching: an anchor network has nothing to train
             weights = [0.0 if s.is_anchor else w for s, w in zip(net.stitches, weights or [1.0] * net.num_stitches)]
@@ -206,17 +208,42 @@ def create_network_sampler(
         return NetworkSampler(net.num_stitches, seed, rank, per_rank, weights)
     if net.anchors_frozen:
         raise ConfigError("--train-only stitching draws stitched networks one by one: use --sample-by networks")
-    if sample_by != "flops-groups":
-        raise ConfigError(f"unknown --sample-by '{sample_by}': use one of {', '.join(SAMPLE_BY)}")
-    if sample_weights is not None:
-        raise ConfigError(
-            "--sample-weights weighs single networks, --sample-by flops-groups weighs FLOPs groups: drop one of them"
-        )
     import warnings
 
-    from ..core.flops import stitches_flops
-
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fvcore's tracing warnings
+        warnings.simplefilter("ignore")  # fvcore's tracing warnings, and its import's torch.jit.script notice
+        from ..core.flops import stitches_flops
+
         flops = stitches_flops(net)
-    return FlopsGroupSampler(flops, flops_gap, seed, rank, per_rank, flops_sampling_k)
+    sampler = FlopsGroupSampler(flops, flops_gap, seed, rank, per_rank, flops_sampling_k)
+    spread = f"{min(flops) / 1e9:.4g}-{max(flops) / 1e9:.4g} GFLOPs"
+    if len(sampler.groups) == 1 and len(flops) > 1:
+        raise ConfigError(
+            f"--flops-gap {flops_gap} (GFLOPs) puts all {len(flops)} networks ({spread}) in one group, which "
+            f"samples exactly as --sample-by networks: use a gap below the spread, e.g. --flops-gap "
+            f"{(max(flops) - min(flops)) / 1e9 / 4:.2g}"
+        )
+    sizes = [len(g) for g in sampler.groups]
+    logging.getLogger("train").info(
+        f"FLOPs-balanced sampling: {len(sizes)} groups of {sizes} networks (--flops-gap {flops_gap} GFLOPs over {spread})"
+    )
+    return sampler
+
+
+def check_sampling_args(
+    sample_by: str, sample_weights: Optional[Sequence[Any] | str], flops_gap: float, flops_sampling_k: Optional[float]
+) -> None:
+    """Refuse sampling options that cannot take effect together (cheap: run before any work)."""
+    if sample_by not in SAMPLE_BY:
+        raise ConfigError(f"unknown --sample-by '{sample_by}': use one of {', '.join(SAMPLE_BY)}")
+    if sample_by == "networks" and flops_sampling_k is not None:
+        raise ConfigError("--flops-sampling-k weighs FLOPs groups: add --sample-by flops-groups or drop it")
+    if sample_by == "flops-groups":
+        if sample_weights is not None:
+            raise ConfigError(
+                "--sample-weights weighs single networks, --sample-by flops-groups weighs FLOPs groups: drop one of them"
+            )
+        if not flops_gap >= 0:
+            raise ConfigError(f"--flops-gap must be >= 0 GFLOPs, got {flops_gap}")
+        if flops_sampling_k is not None and not flops_sampling_k > 0:
+            raise ConfigError(f"--flops-sampling-k must be > 0, got {flops_sampling_k}")

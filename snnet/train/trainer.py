@@ -57,6 +57,7 @@ from ..run_config import TrainConfig, build_snnet
 from ..runtime import autocast_factory
 from .checkpoint import (
     CHECKPOINT_VERSION,
+    check_same_schedule,
     checkpoint_saver_class,
     cpu_copy,
     gather,
@@ -76,6 +77,7 @@ from .recipe import (
     default_val_ids,
 )
 from .rng import capture_rng_state, restore_rng_state, seed_everything
+from .runlog import start_run_files
 
 _logger = logging.getLogger("train")
 
@@ -118,6 +120,7 @@ class Trainer:
         seed_everything(self.args.seed + info.rank)
         data_cfg = data_config_for(self.net, train_ds)
         self._announce()
+        self._network_sampler()
         if self.args.ls_init and not resume and not self.args.initial_checkpoint and self.net.layer_specs:
             self._ls_init(train_ds, data_cfg)
         self._place_model()
@@ -175,13 +178,10 @@ class Trainer:
         return build_teacher(args, args.num_classes, self.info.device)  # before LS init: fail fast on missing weights
 
     def _announce(self) -> None:
-        """args.yaml (the values the run uses) and the first log lines (rank 0)."""
-        from ..config import save_args_yaml
-
+        """The first log lines (rank 0; train.log holds them once the run starts, :meth:`_outputs`)."""
         args, info, net = self.args, self.info, self.net
         if not info.is_primary:
             return
-        save_args_yaml(args, self.out_dir / "args.yaml")
         _logger.info(
             f"Run folder {self.out_dir}; {info.world_size} process(es) on {info.device.type}, batch "
             f"{args.batch_size} per process ({args.batch_size * info.world_size} global), lr {args.lr:.3g}"
@@ -189,6 +189,22 @@ class Trainer:
         _logger.info(
             f"SN-Net over {net.config['anchors']}: {net.num_stitches} networks, "
             f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters"
+        )
+
+    def _network_sampler(self) -> None:
+        """Which network each step trains. Made before LS init (seconds to minutes), so that a
+        refused sampling option fails fast; FLOPs are counted in eval mode on zeros, so the global
+        RNG stream is the same either way."""
+        args, info = self.args, self.info
+        self.net_sampler = create_network_sampler(
+            self.net,
+            args.sample_by,
+            args.seed,
+            info.rank,
+            args.sample_per_rank,
+            args.sample_weights,
+            args.flops_gap,
+            args.flops_sampling_k,
         )
 
     def _ls_init(self, train_ds, data_cfg: dict) -> None:
@@ -231,20 +247,10 @@ class Trainer:
             broadcast_state(self.net)
 
     def _optimization(self) -> None:
-        """Network sampler, optimizer, precision (apex / autocast / GradScaler), EMA, compile."""
+        """Optimizer, precision (apex / autocast / GradScaler), EMA, compile."""
         from timm.utils import ModelEmaV3
 
         args, info = self.args, self.info
-        self.net_sampler = create_network_sampler(
-            self.net,
-            args.sample_by,
-            args.seed,
-            info.rank,
-            args.sample_per_rank,
-            args.sample_weights,
-            args.flops_gap,
-            args.flops_sampling_k,
-        )
         self.optimizer = build_optimizer(self.net, args)
         self.apex_amp = None
         if args.amp and args.amp_impl == "apex":  # legacy: NVIDIA apex AMP O1 (patches net in place)
@@ -319,6 +325,8 @@ class Trainer:
         )
         if self.saver_state and Path(resume).resolve().parent == out_dir.resolve():
             self.saver.load_state_dict(self.saver_state)
+        # every check passed: the run starts (folder, args.yaml with the values the run uses, train.log)
+        start_run_files(_logger, out_dir, args, self.info.is_primary)
         self.writer = None
         if self.info.is_primary:
             from torch.utils.tensorboard import SummaryWriter
@@ -627,5 +635,9 @@ class Trainer:
         return self.state_dict(epoch_complete, metric)
 
     def load(self, path: str, resume_opt: bool) -> None:
-        """Resume from the checkpoint file ``path`` (see :meth:`load_state_dict`)."""
-        self.load_state_dict(read_training_checkpoint(path, self.net.config), path, resume_opt)
+        """Resume from the checkpoint file ``path`` (see :meth:`load_state_dict`); with the optimizer,
+        only under the schedule (``--epochs``) it was written with."""
+        ckpt = read_training_checkpoint(path, self.net.config)
+        if resume_opt:
+            check_same_schedule(ckpt, path, self.args.epochs)
+        self.load_state_dict(ckpt, path, resume_opt)
