@@ -13,7 +13,6 @@ sweep's prefix tree (:mod:`snnet.evaluate.sweep`) runs with every shared front c
 
 from __future__ import annotations
 
-import copy
 from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -150,6 +149,11 @@ class CellNetworks(nn.Module):
         return self
 
 
-def copy_layers(run: CellRun) -> list[dict[str, torch.Tensor]]:
-    """The cell's stitching layers' weights (copies), for comparing runs."""
-    return [copy.deepcopy(layer.state_dict()) for layer in run.layers]
+def layer_state(run: CellRun) -> dict[str, torch.Tensor]:
+    """The cell's trained stitching layers under their keys in the cell's SN-Net
+    (``stitch_layers.<l>.*``, as train.py's checkpoints hold them), copied to the CPU."""
+    return {
+        f"stitch_layers.{i}.{k}": v.detach().cpu().clone()
+        for i in run.route.layers
+        for k, v in run.net.stitch_layers[i].state_dict().items()
+    }

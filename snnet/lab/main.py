@@ -36,7 +36,7 @@ from ..data.loaders import build_loaders, data_config_for
 from ..distributed import DistInfo, init_distributed
 from ..errors import DataError, exit_on_user_error
 from ..train.main import resolve_args
-from .cells import CellRun, FrozenAnchors, build_cell
+from .cells import CellRun, FrozenAnchors, build_cell, layer_state
 from .grid import Progress, SeedData, train_chunk
 from .outputs import finished_cells, open_lab_dir, save_cell, write_outputs
 from .spec import Cell, LabSpec, expand_cells, gap_routes, load_lab_spec, parse_shard
@@ -134,8 +134,8 @@ def run_lab(spec: LabSpec, opts: Namespace, shard: tuple[int, int], info: DistIn
     progress = Progress(len(cells), len(cells) - len(shard_cells) + len(done), len(todo) * base.epochs * steps,
                         base.log_interval)  # fmt: skip
     for chunk in chunks:
-        for record in train_cells(chunk, runs_cfg, frozen, progress):
-            save_cell(out_dir, record)
+        for record, weights in train_cells(chunk, runs_cfg, frozen, progress):
+            save_cell(out_dir, record, weights)
             done[record["row"]["cell"]] = record
         progress.done_cells += len(chunk)
         if on_chunk_done is not None:
@@ -203,8 +203,8 @@ class RunSetup:
         return self.ls_images[args.seed]
 
 
-def train_cells(chunk: list[Cell], setup: RunSetup, frozen: FrozenAnchors, progress: Progress) -> list[dict]:
-    """Build and train the chunk's cells in one pass; their records."""
+def train_cells(chunk: list[Cell], setup: RunSetup, frozen: FrozenAnchors, progress: Progress) -> list[tuple]:
+    """Build and train the chunk's cells in one pass; their records and trained layers."""
     runs: list[CellRun] = []
     for cell in chunk:
         start = time.perf_counter()
@@ -218,7 +218,7 @@ def train_cells(chunk: list[Cell], setup: RunSetup, frozen: FrozenAnchors, progr
         sampler, loader, prep, val_loader, val_prep = setup.loaders(run.args)
         data[run.cell.seed] = SeedData(sampler, loader, prep)
     train_chunk(runs, frozen, data, (val_loader, val_prep), setup.steps_per_epoch(runs[0].args), progress)
-    return [cell_record(run) for run in runs]
+    return [(cell_record(run), layer_state(run)) for run in runs]
 
 
 def cell_record(run: CellRun) -> dict:

@@ -5,6 +5,7 @@ then ``cells.csv``, ``trajectory.csv`` and the plots, all written atomically.
   is refused (``--overwrite`` starts over);
 * ``cells/cell-NNNN.json``: a finished cell's row, its per-epoch trajectory and what the plots
   need (anchor pair, depths); written as soon as the cell's chunk is done, skipped on rerun;
+  ``cells/cell-NNNN.pth``: its trained stitching layers;
 * ``cells.csv``, ``trajectory.csv``: every finished cell, in cell order;
 * ``top1_vs_depth.png``, ``top1_vs_flops.png``: top-1 against the destination depth (the back
   anchor's entry block) and against FLOPs, coloured by adapter, mean +- std over seeds (at each
@@ -83,9 +84,15 @@ def _cell_path(out_dir: Path, index: int) -> Path:
     return out_dir / "cells" / f"cell-{index:04d}.json"
 
 
-def save_cell(out_dir: Path, record: dict[str, Any]) -> None:
-    """A finished cell's record, atomically (a rerun skips it)."""
-    with atomic_write(_cell_path(out_dir, record["row"]["cell"]), "w") as f:
+def save_cell(out_dir: Path, record: dict[str, Any], weights: dict[str, Any]) -> None:
+    """A finished cell's trained stitching layers (``cell-NNNN.pth``, ``weights_only`` loadable:
+    ``{'cell': key, 'state_dict': ...}``), then its record, atomically (a rerun skips it)."""
+    from ..io.checkpoint import save_checkpoint
+
+    path = _cell_path(out_dir, record["row"]["cell"])
+    save_checkpoint({"cell": {k: record["row"][k] for k in CELL_COLUMNS[:5]}, "state_dict": weights},
+                    path.with_suffix(".pth"))  # fmt: skip
+    with atomic_write(path, "w") as f:
         json.dump(record, f)
 
 

@@ -152,6 +152,11 @@ def check_shareable(args: Namespace, where: str) -> None:
         (args.model_ema, "model_ema", "the lab keeps no EMA: set false"),
         (args.split_bn, "split_bn", "anchors are frozen in eval mode: set false"),
         (bool(args.resume) or bool(args.initial_checkpoint), "resume", "a lab resumes by itself: remove the key"),
+        (
+            not args.pretrained and not any(c and str(c).lower() != "none" for c in args.anchor_checkpoints or ()),
+            "random anchors",
+            "stitching joins trained anchors, each cell the same ones: set pretrained: true or anchor_checkpoints",
+        ),
     ]
     for bad, key, fix in refused:
         if bad:
