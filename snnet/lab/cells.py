@@ -13,6 +13,7 @@ sweep's prefix tree (:mod:`snnet.evaluate.sweep`) runs with every shared front c
 
 from __future__ import annotations
 
+import copy
 from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -48,6 +49,12 @@ class FrozenAnchors:
         """Make ``net`` run these anchors instead of its own copy."""
         net.anchors = self.models
         net.anchor_adapters = self.adapters
+
+    def copy_of(self, net: SNNet) -> SNNet:
+        """A deep copy of ``net`` (its stitching layers) that still shares these anchors."""
+        shared = [self.models, self.adapters, *self.adapters, *self.models.modules()]
+        shared += [*self.models.parameters(), *self.models.buffers()]
+        return copy.deepcopy(net, memo={id(obj): obj for obj in shared})
 
 
 @dataclass
@@ -104,15 +111,21 @@ def build_cell(
     ls_images: Optional[torch.Tensor],
     steps_per_epoch: int,
     device: torch.device,
+    twin: Optional[CellRun] = None,
 ) -> CellRun:
-    """The cell's run, built as train.py builds it, over the shared frozen anchors."""
-    torch.manual_seed(args.seed)  # as Trainer: the same initial stitching layers as train.py's
-    net = build_model(args, num_classes)
-    frozen.share_with(net)
-    cfg_id = find_route(net, cell.route)
-    if args.ls_init and net.layer_specs:
-        net.init_stitching_layers(ls_images, batch_size=args.ls_init_batch_size, combine=args.ls_init_combine)
-    net.to(device)
+    """The cell's run, built as train.py builds it, over the shared frozen anchors. A ``twin``
+    (a cell of the same route, adapter and seed, not trained yet) differs at most in its
+    learning rate, so train.py would build the very same network: it is copied."""
+    if twin is not None:
+        net, cfg_id = frozen.copy_of(twin.net), twin.cfg_id
+    else:
+        torch.manual_seed(args.seed)  # as Trainer: the same initial stitching layers as train.py's
+        net = build_model(args, num_classes)
+        frozen.share_with(net)
+        cfg_id = find_route(net, cell.route)
+        if args.ls_init and net.layer_specs:
+            net.init_stitching_layers(ls_images, batch_size=args.ls_init_batch_size, combine=args.ls_init_combine)
+        net.to(device)
     optimizer = build_optimizer(net, args)
     scheduler = build_scheduler(optimizer, args, steps_per_epoch)
     scheduler.step(0)  # as Trainer: the lr of every group set from (epoch, update)

@@ -206,11 +206,14 @@ class RunSetup:
 def train_cells(chunk: list[Cell], setup: RunSetup, frozen: FrozenAnchors, progress: Progress) -> list[tuple]:
     """Build and train the chunk's cells in one pass; their records and trained layers."""
     runs: list[CellRun] = []
+    twins: dict[tuple, CellRun] = {}  # (route, adapter, seed) -> the first such cell built
     for cell in chunk:
         start = time.perf_counter()
         args = cell_args(setup.base, cell, setup.device)
+        key = (cell.route, cell.adapter, cell.seed)
         run = build_cell(cell, args, frozen, setup.num_classes, setup.images(args), setup.steps_per_epoch(args),
-                            setup.device)  # fmt: skip
+                         setup.device, twins.get(key))  # fmt: skip
+        twins.setdefault(key, run)
         run.seconds += time.perf_counter() - start
         runs.append(run)
     data = {}
@@ -218,14 +221,17 @@ def train_cells(chunk: list[Cell], setup: RunSetup, frozen: FrozenAnchors, progr
         sampler, loader, prep, val_loader, val_prep = setup.loaders(run.args)
         data[run.cell.seed] = SeedData(sampler, loader, prep)
     train_chunk(runs, frozen, data, (val_loader, val_prep), setup.steps_per_epoch(runs[0].args), progress)
-    return [(cell_record(run), layer_state(run)) for run in runs]
+    flops: dict[tuple, int] = {}  # (route, adapter) -> FLOPs, the same for every lr and seed
+    return [(cell_record(run, flops), layer_state(run)) for run in runs]
 
 
-def cell_record(run: CellRun) -> dict:
-    """The finished cell's row, trajectory and what its plots need."""
+def cell_record(run: CellRun, flops: dict[tuple, int]) -> dict:
+    """The finished cell's row, trajectory and what its plots need (``flops``: a cache)."""
     from ..core.flops import stitches_flops
 
     net, route = run.net, run.route
+    if (run.cell.route, run.cell.adapter) not in flops:
+        flops[(run.cell.route, run.cell.adapter)] = stitches_flops(net)[run.cfg_id]
     names = net.config["anchors"]
     front, back = route.first.anchor, route.last.anchor
     stitch = net.stitches[run.cfg_id]
@@ -235,7 +241,7 @@ def cell_record(run: CellRun) -> dict:
         "back_block": stitch.back_block,
         "params": net.num_params(run.cfg_id),
         "trainable_params": sum(p.numel() for layer in run.layers for p in layer.parameters() if p.requires_grad),
-        "flops": stitches_flops(net)[run.cfg_id],
+        "flops": flops[(run.cell.route, run.cell.adapter)],
         "ls_top1": run.ls_top1,
         "top1": run.trajectory[-1]["val_top1"],
         "best_top1": max(t["val_top1"] for t in run.trajectory),

@@ -1,0 +1,145 @@
+"""The stitching lab: a grid of cells in one pass (lab.py) against one training run per cell.
+
+    python benchmarks/bench_lab.py                    # 12 cells: 2 routes x 2 adapters x 3 lrs, 1 seed
+    python benchmarks/bench_lab.py --epochs 1 --steps 4   # quick
+
+Tiny DeiT-Ti/S-shaped anchors (depth ``--depth``, 32x32 digits, patch 4, embed dims ``--dims``; random
+weights saved to files, as a lab stitches given anchors), scikit-learn's digits, batch 32. The
+grid is ``--routes`` x {linear, lora rank 8} x ``--lrs`` x seed 0, each cell training its
+stitching layer for ``--epochs`` with the anchors frozen, least-squares init on 100 images.
+
+* one pass: ``lab.py -c grid.yaml`` (every cell's batch loaded once per seed, fronts shared);
+* one run per cell: train.py's :class:`~snnet.train.trainer.Trainer` training that cell's
+  network alone (the anchors frozen in eval mode), in this process (no interpreter start-up
+  counted), as a grid is run one job per cell.
+
+Asserted: every cell's final stitching weights are equal (``torch.equal``) between the two, and
+so are the top-1s. Both run on one torch thread, data loading in the main process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from snnet import create_snnet
+from snnet.cli import build_snnet, build_train_parser
+from snnet.config import parse_args_with_config
+from snnet.distributed import DistInfo
+from snnet.io.checkpoint import load_checkpoint_file, save_checkpoint
+from snnet.lab.main import main as lab_main
+from snnet.train.main import resolve_args
+from snnet.train.trainer import Trainer
+
+TI, S = "deit_tiny_patch16_224", "deit_small_patch16_224"
+
+
+class FrozenAnchorsTrainer(Trainer):
+    """train.py's Trainer with the anchors frozen in eval mode: no gradients reach them, so the
+    optimizer skips them (what ``train.py --train-only stitching`` does)."""
+
+    def step(self, x, y, cfg_id):
+        for p in self.net.anchors.parameters():
+            p.requires_grad_(False)
+        self.net.anchors.eval()
+        return super().step(x, y, cfg_id)
+
+
+def write_config(tmp: Path, opts: argparse.Namespace) -> tuple[dict, dict]:
+    """The anchors' weight files and the recipe (train.py keys) and grid of the benchmark."""
+    kwargs = dict(model_kwargs=dict(patch_size=4, depth=opts.depth))
+    per = [dict(embed_dim=d, num_heads=max(1, d // 16)) for d in opts.dims]
+    torch.manual_seed(0)
+    net = create_snnet([TI, S], num_classes=10, img_size=32, anchor_kwargs=per, **kwargs)
+    paths = [str(tmp / f"anchor{i}.pth") for i in range(2)]
+    for model, path in zip(net.anchors, paths):
+        save_checkpoint({"state_dict": model.state_dict()}, path)
+    recipe = dict(
+        dataset="digits", img_size=32, anchors=[TI, S], anchor_kwargs=per, anchor_checkpoints=paths, **kwargs,
+        ls_init=True, ls_init_images=100, batch_size=32, epochs=opts.epochs, max_steps_per_epoch=opts.steps,
+        warmup_epochs=0, workers=0, device="cpu", log_interval=1000, scale=[0.5, 1.0], hflip=0.0,
+    )  # fmt: skip
+    grid = dict(
+        routes=[f"{TI}[:{r.split(':')[0]}]>{S}[{r.split(':')[1]}:]" for r in opts.routes],
+        adapters=["linear", {"name": "lora-8", "stitch_layer": "lora", "lora_rank": 8}],
+        lrs=opts.lrs,
+        seeds=[0],
+    )
+    return recipe, grid
+
+
+def run_alone(tmp: Path, recipe: dict, cell: dict, overrides: dict) -> Path:
+    """One cell trained alone by train.py's Trainer; its run folder."""
+    out = tmp / f"alone-{cell['cell']}"
+    out.mkdir()
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    argv = ["-c", str(out / "recipe.yaml"), "--lr", cell["lr"], "--seed", cell["seed"]]
+    for key, value in overrides.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    args, _ = parse_args_with_config(build_train_parser(), argv)
+    args.routes, args.train_only = [cell["route"]], "stitching"
+    names = [s.name for s in build_snnet(args, num_classes=10).stitches]
+    cfg = names.index(cell["route"])
+    args.sample_weights = [float(i == cfg) for i in range(len(names))]  # that network only
+    args.val_stitches = str(cfg)
+    FrozenAnchorsTrainer(resolve_args(args, DistInfo()), DistInfo(), out).fit()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dims", type=int, nargs=2, default=[32, 64], help="embed dims of the two anchors")
+    parser.add_argument("--depth", type=int, default=6, help="blocks of each anchor")
+    parser.add_argument("--routes", nargs="+", default=["4:4", "4:3"], metavar="I:J", help="routes Ti[:I]>S[J:]")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=None, help="max steps per epoch (default: all 44)")
+    opts = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        recipe, grid = write_config(tmp, opts)
+        (tmp / "grid.yaml").write_text(yaml.safe_dump({**recipe, **grid}))
+        start = time.perf_counter()
+        assert lab_main(["-c", str(tmp / "grid.yaml"), "--output", str(tmp / "lab")]) == 0
+        one_pass = time.perf_counter() - start
+        lab = tmp / "lab" / "grid"
+        with open(lab / "cells.csv") as f:
+            cells = list(csv.DictReader(f))
+        adapters = {"linear": {"stitch_layer": "linear"}, "lora-8": {"stitch_layer": "lora", "lora_rank": 8}}
+        start = time.perf_counter()
+        alone = [run_alone(tmp, recipe, c, adapters[c["adapter"]]) for c in cells]
+        per_cell = time.perf_counter() - start
+        equal = 0
+        for cell, out in zip(cells, alone):
+            trained = load_checkpoint_file(out / "last.pth.tar")["state_dict"]
+            mine = load_checkpoint_file(lab / "cells" / f"cell-{int(cell['cell']):04d}.pth")["state_dict"]
+            assert mine and all(torch.equal(v, trained[k]) for k, v in mine.items()), f"cell {cell['cell']} differs"
+            with open(out / "summary.csv") as f:
+                last = list(csv.DictReader(f))[-1]
+            top1 = next(v for k, v in last.items() if k.startswith("eval_top1_net"))
+            assert float(top1) == float(cell["top1"]), f"cell {cell['cell']}: top-1 {top1} alone vs {cell['top1']}"
+            equal += 1
+    steps = opts.steps or 44
+    print(f"grid: {len(cells)} cells ({len(grid['routes'])} routes x 2 adapters x {len(opts.lrs)} lrs x 1 seed), "
+          f"{opts.epochs} epoch(s) of {steps} steps, batch 32, anchors depth {opts.depth}, dims {opts.dims[0]}/{opts.dims[1]}")  # fmt: skip
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread")
+    print()
+    print("| | seconds |")
+    print("| --- | --- |")
+    print(f"| one pass (lab.py, fronts and batches shared) | **{one_pass:.1f}** |")
+    print(f"| one run per cell (train.py's Trainer, {len(cells)} runs) | {per_cell:.1f} |")
+    print(f"| speed-up | **{per_cell / one_pass:.2f}x** |")
+    print()
+    print(f"final stitching weights torch.equal and top-1 equal: {equal}/{len(cells)} cells")
+
+
+if __name__ == "__main__":
+    main()
