@@ -221,3 +221,28 @@ def test_gaps_generate_front_cuts_x_back_entries_both_ways():
         "b[:3]>a[0:]",
     ]
     assert gap_routes({**gaps, "directions": "backward"}, ["a", "b"], [4, 6]) == ["b[:3]>a[0:]"]
+
+
+@pytest.mark.slow
+def test_torchrun_spreads_cells_over_ranks_and_gathers_them(grid_run, recipe, tmp_path):
+    """lab.py on 2 processes: cell i on rank i % 2, rank 0 writes every row, each cell as in the
+    one-process grid."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    config = _write(tmp_path / "ranks.yaml", {**recipe, **GRID, "seeds": [0]})
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "TRAIN_SCRIPT": str(repo / "lab.py")}
+    proc = subprocess.run(
+        [str(repo / "distributed_train.sh"), "2", "-c", str(config), "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=repo, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 on this process" in proc.stdout  # rank 0's share of the 4 cells
+    key = ("route", "adapter", "lr", "seed")
+    whole = {tuple(r[k] for k in key): r for r in _rows(grid_run[1] / "cells.csv")}
+    rows = _rows(tmp_path / "out" / "ranks" / "cells.csv")
+    assert [int(r["cell"]) for r in rows] == [0, 1, 2, 3]
+    for r in rows:
+        assert (r["ls_top1"], r["top1"]) == tuple(whole[tuple(r[k] for k in key)][c] for c in ("ls_top1", "top1"))

@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from ..cli import build_train_parser
 from ..config import plain
+from ..core.routes import parse_route, route_name
 from ..data.datasets import create_dataset, resolve_num_classes, sample_images
 from ..data.loaders import build_loaders, data_config_for
 from ..distributed import DistInfo, init_distributed
@@ -115,7 +116,8 @@ def run_lab(spec: LabSpec, opts: Namespace, shard: tuple[int, int], info: DistIn
     frozen.models.to(info.device)
     names = list(base.anchors)
     depths = [a.num_blocks for a in frozen.adapters]
-    cells = expand_cells(spec, spec.routes or gap_routes(spec.gaps, names, depths))
+    routes = spec.routes or gap_routes(spec.gaps, names, depths)
+    cells = expand_cells(spec, [route_name(parse_route(r, names, depths), names, depths) for r in routes])
     open_lab_dir(out_dir, plain(spec.raw), cells, opts.overwrite, info.is_primary)
     if info.distributed:
         dist.barrier()
