@@ -1,9 +1,10 @@
 """The stitching lab: a grid of cells in one pass (lab.py) against one training run per cell.
 
-    python benchmarks/bench_lab.py                    # 12 cells: 2 routes x 2 adapters x 3 lrs, 1 seed
+    python benchmarks/bench_lab.py                    # 12 cells: S[:4]>Ti[4:], S[:4]>Ti[5:] x 2 adapters x 3 lrs
+    python benchmarks/bench_lab.py --front tiny       # Ti[:4]>S[4:], Ti[:4]>S[5:]: the back costs more
     python benchmarks/bench_lab.py --epochs 1 --steps 4   # quick
 
-Tiny DeiT-Ti/S-shaped anchors (depth ``--depth``, 32x32 digits, patch 4, embed dims ``--dims``; random
+Tiny DeiT-S/Ti-shaped anchors (depth ``--depth``, 32x32 digits, patch 4, embed dims ``--dims``; random
 weights saved to files, as a lab stitches given anchors), scikit-learn's digits, batch 32. The
 grid is ``--routes`` x {linear, lora rank 8} x ``--lrs`` x seed 0, each cell training its
 stitching layer for ``--epochs`` with the anchors frozen, least-squares init on 100 images.
@@ -61,13 +62,14 @@ def write_config(tmp: Path, opts: argparse.Namespace) -> tuple[dict, dict]:
     paths = [str(tmp / f"anchor{i}.pth") for i in range(2)]
     for model, path in zip(net.anchors, paths):
         save_checkpoint({"state_dict": model.state_dict()}, path)
+    front, back = (S, TI) if opts.front == "small" else (TI, S)
     recipe = dict(
         dataset="digits", img_size=32, anchors=[TI, S], anchor_kwargs=per, anchor_checkpoints=paths, **kwargs,
         ls_init=True, ls_init_images=100, batch_size=32, epochs=opts.epochs, max_steps_per_epoch=opts.steps,
         warmup_epochs=0, workers=0, device="cpu", log_interval=1000, scale=[0.5, 1.0], hflip=0.0,
     )  # fmt: skip
     grid = dict(
-        routes=[f"{TI}[:{r.split(':')[0]}]>{S}[{r.split(':')[1]}:]" for r in opts.routes],
+        routes=[f"{front}[:{r.split(':')[0]}]>{back}[{r.split(':')[1]}:]" for r in opts.routes],
         adapters=["linear", {"name": "lora-8", "stitch_layer": "lora", "lora_rank": 8}],
         lrs=opts.lrs,
         seeds=[0],
@@ -97,7 +99,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dims", type=int, nargs=2, default=[32, 64], help="embed dims of the two anchors")
     parser.add_argument("--depth", type=int, default=6, help="blocks of each anchor")
-    parser.add_argument("--routes", nargs="+", default=["4:4", "4:3"], metavar="I:J", help="routes Ti[:I]>S[J:]")
+    parser.add_argument("--routes", nargs="+", default=["4:4", "4:5"], metavar="I:J", help="routes A[:I]>B[J:]")
+    parser.add_argument(
+        "--front",
+        choices=["small", "tiny"],
+        default="small",
+        help="A, B: S > Ti (a deep front, a short back: Traft & Cheney's large gaps) or Ti > S",
+    )
     parser.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=None, help="max steps per epoch (default: all 44)")
@@ -128,7 +136,7 @@ def main() -> None:
             assert float(top1) == float(cell["top1"]), f"cell {cell['cell']}: top-1 {top1} alone vs {cell['top1']}"
             equal += 1
     steps = opts.steps or 44
-    print(f"grid: {len(cells)} cells ({len(grid['routes'])} routes x 2 adapters x {len(opts.lrs)} lrs x 1 seed), "
+    print(f"grid: {len(cells)} cells ({', '.join(grid['routes'])} x 2 adapters x {len(opts.lrs)} lrs x 1 seed), "
           f"{opts.epochs} epoch(s) of {steps} steps, batch 32, anchors depth {opts.depth}, dims {opts.dims[0]}/{opts.dims[1]}")  # fmt: skip
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread")
     print()

@@ -246,3 +246,13 @@ def test_torchrun_spreads_cells_over_ranks_and_gathers_them(grid_run, recipe, tm
     assert [int(r["cell"]) for r in rows] == [0, 1, 2, 3]
     for r in rows:
         assert (r["ls_top1"], r["top1"]) == tuple(whole[tuple(r[k] for k in key)][c] for c in ("ls_top1", "top1"))
+
+
+@pytest.mark.slow
+def test_cell_shard_takes_index_mod_k(recipe, tmp_path):
+    """--cell-shard 1/2 trains cells 1 and 3 of 4 (an array task's share); 2/2 is refused."""
+    config = _write(tmp_path / "shard.yaml", {**recipe, **GRID, "seeds": [0]})
+    assert run_entry(lab_main, ["-c", config, "--output", tmp_path / "out", "--cell-shard", "1/2"]) == 0
+    rows = _rows(tmp_path / "out" / "shard" / "cells.csv")
+    assert [int(r["cell"]) for r in rows] == [1, 3]
+    assert run_entry(lab_main, ["-c", config, "--output", tmp_path / "out", "--cell-shard", "2/2"]) == 2
