@@ -151,6 +151,8 @@ def check_shareable(args: Namespace, where: str) -> None:
         (args.distillation_type != "none", "distillation_type", "the lab trains without a teacher: set none"),
         (args.model_ema, "model_ema", "the lab keeps no EMA: set false"),
         (args.split_bn, "split_bn", "anchors are frozen in eval mode: set false"),
+        (args.amp, "amp", "a lab trains in float32 for now: set false"),
+        (bool(args.torchcompile), "torchcompile", "a lab runs eagerly for now: remove the key"),
         (bool(args.resume) or bool(args.initial_checkpoint), "resume", "a lab resumes by itself: remove the key"),
         (
             not args.pretrained and not any(c and str(c).lower() != "none" for c in args.anchor_checkpoints or ()),
