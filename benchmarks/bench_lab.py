@@ -10,9 +10,9 @@ grid is ``--routes`` x {linear, lora rank 8} x ``--lrs`` x seed 0, each cell tra
 stitching layer for ``--epochs`` with the anchors frozen, least-squares init on 100 images.
 
 * one pass: ``lab.py -c grid.yaml`` (every cell's batch loaded once per seed, fronts shared);
-* one run per cell: train.py's :class:`~snnet.train.trainer.Trainer` training that cell's
-  network alone (the anchors frozen in eval mode), in this process (no interpreter start-up
-  counted), as a grid is run one job per cell.
+* one run per cell: ``train.py --routes R --stitch-layer K --train-only stitching --lr L --seed S``
+  for each cell, in this process (no interpreter start-up counted), as a grid is run one job per
+  cell.
 
 Asserted: every cell's final stitching weights are equal (``torch.equal``) between the two, and
 so are the top-1s. Both run on one torch thread, data loading in the main process.
@@ -31,26 +31,11 @@ import torch
 import yaml
 
 from snnet import create_snnet
-from snnet.cli import build_snnet, build_train_parser
-from snnet.config import parse_args_with_config
-from snnet.distributed import DistInfo
 from snnet.io.checkpoint import load_checkpoint_file, save_checkpoint
 from snnet.lab.main import main as lab_main
-from snnet.train.main import resolve_args
-from snnet.train.trainer import Trainer
+from snnet.train.main import main as train_main
 
 TI, S = "deit_tiny_patch16_224", "deit_small_patch16_224"
-
-
-class FrozenAnchorsTrainer(Trainer):
-    """train.py's Trainer with the anchors frozen in eval mode: no gradients reach them, so the
-    optimizer skips them (what ``train.py --train-only stitching`` does)."""
-
-    def step(self, x, y, cfg_id):
-        for p in self.net.anchors.parameters():
-            p.requires_grad_(False)
-        self.net.anchors.eval()
-        return super().step(x, y, cfg_id)
 
 
 def write_config(tmp: Path, opts: argparse.Namespace) -> tuple[dict, dict]:
@@ -78,21 +63,15 @@ def write_config(tmp: Path, opts: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def run_alone(tmp: Path, recipe: dict, cell: dict, overrides: dict) -> Path:
-    """One cell trained alone by train.py's Trainer; its run folder."""
-    out = tmp / f"alone-{cell['cell']}"
-    out.mkdir()
-    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    argv = ["-c", str(out / "recipe.yaml"), "--lr", cell["lr"], "--seed", cell["seed"]]
+    """One cell trained alone: ``train.py --routes R --stitch-layer K --train-only stitching --lr L
+    --seed S`` over the recipe (in this process); its run folder."""
+    (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    argv = ["-c", str(tmp / "recipe.yaml"), "--routes", cell["route"], "--train-only", "stitching"]
+    argv += ["--lr", cell["lr"], "--seed", cell["seed"], "--output", str(tmp), "--experiment", f"alone-{cell['cell']}"]
     for key, value in overrides.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    args, _ = parse_args_with_config(build_train_parser(), argv)
-    args.routes, args.train_only = [cell["route"]], "stitching"
-    names = [s.name for s in build_snnet(args, num_classes=10).stitches]
-    cfg = names.index(cell["route"])
-    args.sample_weights = [float(i == cfg) for i in range(len(names))]  # that network only
-    args.val_stitches = str(cfg)
-    FrozenAnchorsTrainer(resolve_args(args, DistInfo()), DistInfo(), out).fit()
-    return out
+    assert train_main(argv) == 0
+    return tmp / f"alone-{cell['cell']}"
 
 
 def main() -> None:
@@ -132,7 +111,7 @@ def main() -> None:
             assert mine and all(torch.equal(v, trained[k]) for k, v in mine.items()), f"cell {cell['cell']} differs"
             with open(out / "summary.csv") as f:
                 last = list(csv.DictReader(f))[-1]
-            top1 = next(v for k, v in last.items() if k.startswith("eval_top1_net"))
+            top1 = last["eval_top1_net2"]  # cfg 2: the route after the 2 anchors
             assert float(top1) == float(cell["top1"]), f"cell {cell['cell']}: top-1 {top1} alone vs {cell['top1']}"
             equal += 1
     steps = opts.steps or 44
@@ -143,7 +122,7 @@ def main() -> None:
     print("| | seconds |")
     print("| --- | --- |")
     print(f"| one pass (lab.py, fronts and batches shared) | **{one_pass:.1f}** |")
-    print(f"| one run per cell (train.py's Trainer, {len(cells)} runs) | {per_cell:.1f} |")
+    print(f"| one run per cell (train.py --routes R --train-only stitching, {len(cells)} runs) | {per_cell:.1f} |")
     print(f"| speed-up | **{per_cell / one_pass:.2f}x** |")
     print()
     print(f"final stitching weights torch.equal and top-1 equal: {equal}/{len(cells)} cells")

@@ -1,5 +1,5 @@
-"""The stitching lab (lab.py): outputs, a cell against the same cell trained alone by train.py's
-Trainer, resuming, config errors."""
+"""The stitching lab (lab.py): outputs, a cell against the same cell trained alone by train.py,
+resuming, torchrun, shards, config errors."""
 
 import csv
 import json
@@ -130,41 +130,22 @@ def test_lab_cell_params_and_flops_match_a_whole_network_count(grid_run):
 
 
 @pytest.mark.slow
-def test_a_cell_equals_that_cell_trained_alone(grid_run, recipe, tmp_path, one_thread):
-    """Cell 6 (route [:3]>[3:], lora, seed 0) of the one-pass grid against train.py's Trainer
-    training that network alone with frozen anchors: same top-1 and the very same weights."""
-    from snnet.cli import build_snnet, build_train_parser
-    from snnet.config import parse_args_with_config
-    from snnet.distributed import DistInfo
-    from snnet.train.main import resolve_args
-    from snnet.train.trainer import Trainer
+def test_a_cell_equals_that_cell_trained_alone(grid_run, recipe, tmp_path):
+    """Cell 6 (route [:3]>[3:], lora rank 4, lr 2e-3, seed 0) of the one-pass grid against
+    ``train.py --routes R --stitch-layer lora --train-only stitching --lr L --seed S``: the same
+    top-1 and the very same trained weights (torch.equal)."""
+    from snnet.train.main import main as train_main
 
     _, out = grid_run
     row = _rows(out / "cells.csv")[6]
     assert (row["route"], row["adapter"], row["seed"]) == (ROUTES[1], "lora-4", "0")
     config = _write(tmp_path / "alone.yaml", recipe)
-    argv = ["-c", str(config), "--stitch-layer", "lora", "--lora-rank", "4", "--lr", "2e-3", "--seed", "0"]
-    args, _ = parse_args_with_config(build_train_parser(), argv)
-    args.routes, args.train_only = [ROUTES[1]], "stitching"
-    names = [s.name for s in build_snnet(args, num_classes=10).stitches]
-    cfg = names.index(ROUTES[1])
-    args.sample_weights = [1.0 if i == cfg else 0.0 for i in range(len(names))]  # train that network only
-    args.val_stitches = str(cfg)
-
-    class FrozenAnchorsTrainer(Trainer):
-        """train.py's Trainer with the anchors frozen in eval mode (no gradients: the optimizer skips them)."""
-
-        def step(self, x, y, cfg_id):
-            for p in self.net.anchors.parameters():
-                p.requires_grad_(False)
-            self.net.anchors.eval()
-            return super().step(x, y, cfg_id)
-
-    trainer = FrozenAnchorsTrainer(resolve_args(args, DistInfo()), DistInfo(), tmp_path)
-    assert trainer.fit() == 0
-    alone = _rows(tmp_path / "summary.csv")[-1]
-    assert float(alone[f"eval_top1_net{cfg}"]) == float(row["top1"])
-    trained = load_checkpoint_file(tmp_path / "last.pth.tar")["state_dict"]
+    argv = ["-c", config, "--routes", ROUTES[1], "--stitch-layer", "lora", "--lora-rank", "4", "--train-only",
+            "stitching", "--lr", "2e-3", "--seed", "0", "--output", tmp_path, "--experiment", "alone"]  # fmt: skip
+    assert run_entry(train_main, argv) == 0
+    alone = _rows(tmp_path / "alone" / "summary.csv")[-1]
+    assert float(alone["eval_top1_net2"]) == float(row["top1"])  # cfg 2: the route after the 2 anchors
+    trained = load_checkpoint_file(tmp_path / "alone" / "last.pth.tar")["state_dict"]
     lab = load_checkpoint_file(out / "cells" / "cell-0006.pth")["state_dict"]
     assert lab and all(torch.equal(v, trained[k]) for k, v in lab.items())
 

@@ -40,9 +40,7 @@ class FrozenAnchors:
 
     @classmethod
     def take(cls, net: SNNet) -> "FrozenAnchors":
-        for p in net.anchors.parameters():
-            p.requires_grad_(False)
-        net.anchors.eval()
+        net.freeze_anchors()
         return cls(net.anchors, net.anchor_adapters)
 
     def share_with(self, net: SNNet) -> None:
