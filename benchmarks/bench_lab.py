@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import tempfile
 import time
@@ -74,6 +75,15 @@ def run_alone(tmp: Path, recipe: dict, cell: dict, overrides: dict) -> Path:
     return tmp / f"alone-{cell['cell']}"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else the platform's."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dims", type=int, nargs=2, default=[32, 64], help="embed dims of the two anchors")
@@ -117,7 +127,7 @@ def main() -> None:
     steps = opts.steps or 44
     print(f"grid: {len(cells)} cells ({', '.join(grid['routes'])} x 2 adapters x {len(opts.lrs)} lrs x 1 seed), "
           f"{opts.epochs} epoch(s) of {steps} steps, batch 32, anchors depth {opts.depth}, dims {opts.dims[0]}/{opts.dims[1]}")  # fmt: skip
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread")
     print()
     print("| | seconds |")
     print("| --- | --- |")

@@ -109,7 +109,8 @@ def train_chunk(
     groups = {seed: [i for i, r in enumerate(runs) if r.cell.seed == seed] for seed in data}
     groups = {seed: ids for seed, ids in groups.items() if ids}
     plans = {seed: SweepPlan(view, ids) for seed, ids in groups.items()}
-    label = f"cells {runs[0].cell.index}..{runs[-1].cell.index}" if len(runs) > 1 else f"cell {runs[0].cell.index}"
+    ids = sorted(r.cell.index for r in runs)
+    label = f"{len(ids)} cell(s) {', '.join(map(str, ids[:6]))}{', ...' if len(ids) > 6 else ''}"
     for epoch in range(args.epochs):
         view.train()
         iters = {}

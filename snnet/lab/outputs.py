@@ -198,6 +198,7 @@ def plot_matrix(points: Sequence[dict[str, Any]], adapter: str, path: Path) -> N
 
     pairs = list(dict.fromkeys(p["pair_name"] for p in points))
     fig = _figure(4.8 * len(pairs), 4.2)
+    low, high = min(p["mean"] for p in points), max(p["mean"] for p in points)  # one scale for all panels
     for k, pair in enumerate(pairs):
         pts = [p for p in points if p["pair_name"] == pair]
         fronts = sorted({p["front_block"] for p in pts})
@@ -206,10 +207,11 @@ def plot_matrix(points: Sequence[dict[str, Any]], adapter: str, path: Path) -> N
         for p in pts:
             grid[fronts.index(p["front_block"]), backs.index(p["back_block"])] = p["mean"]
         ax = fig.add_subplot(1, len(pairs), k + 1)
-        image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+        image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower", vmin=low, vmax=high)
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w")
+                dark = v < (low + high) / 2
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="w" if dark else "k")
         ax.set_xticks(range(len(backs)), [str(b) for b in backs])
         ax.set_yticks(range(len(fronts)), [str(f) for f in fronts])
         ax.set_xlabel(f"back block (entry of {pts[0]['back']})")
