@@ -21,7 +21,7 @@ import logging
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -47,7 +47,6 @@ class Progress:
     total_cells: int
     done_cells: int
     cell_steps_left: int
-    log_interval: int
     start: float = 0.0
     cell_steps: int = 0
     images: int = 0
@@ -94,7 +93,6 @@ def train_chunk(
     val: tuple[Any, Any],
     steps_per_epoch: int,
     progress: Progress,
-    on_epoch: Callable[[list[CellRun], int], None] = lambda runs, epoch: None,
 ) -> None:
     """Train every cell of ``runs`` for its ``--epochs`` in one pass per epoch; each run's
     ``trajectory`` gets one row per epoch, ``ls_top1`` its top-1 before training."""
@@ -154,7 +152,6 @@ def train_chunk(
                 }
             )
             run.scheduler.step(epoch + 1, m[run.args.eval_metric])  # as Trainer, after validation
-        on_epoch(runs, epoch)
 
 
 def _train_batch(runs, plan, view, x, y, sums, seconds) -> None:

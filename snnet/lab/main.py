@@ -133,8 +133,7 @@ def run_lab(spec: LabSpec, opts: Namespace, shard: tuple[int, int], info: DistIn
     )
     runs_cfg = RunSetup(base, train_ds, val_ds, num_classes, data_cfg, info.device)
     steps = runs_cfg.steps_per_epoch(cell_args(base, cells[0], info.device))
-    progress = Progress(len(cells), len(cells) - len(shard_cells) + len(done), len(todo) * base.epochs * steps,
-                        base.log_interval)  # fmt: skip
+    progress = Progress(len(mine), len(done), len(todo) * base.epochs * steps)  # this process's cells
     for chunk in chunks:
         for record, weights in train_cells(chunk, runs_cfg, frozen, progress):
             save_cell(out_dir, record, weights)
