@@ -237,3 +237,24 @@ def test_cell_shard_takes_index_mod_k(recipe, tmp_path):
     rows = _rows(tmp_path / "out" / "shard" / "cells.csv")
     assert [int(r["cell"]) for r in rows] == [1, 3]
     assert run_entry(lab_main, ["-c", config, "--output", tmp_path / "out", "--cell-shard", "2/2"]) == 2
+
+
+def test_lab_configs_load_and_their_routes_parse():
+    """Every configs/lab/*.yaml passes the strict check, and its routes name existing blocks
+    (block counts written out: ResNet-50 3+4+6+3, ViT-S 12, Swin-T 2+2+6+2, MobileNetV3-Large
+    1+2+3+4+2+3+1, the demo's resnet18 2+2+2+2 and DeiT depth 4)."""
+    from snnet.core.routes import parse_route
+    from snnet.lab.spec import load_lab_spec
+
+    depths = {"resnet50": 16, "vit_small_patch16_224": 12, "swin_tiny_patch4_window7_224": 12,
+              "mobilenetv3_large_100": 16, "resnet18": 8, "deit_tiny_patch16_224": 4}  # fmt: skip
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "lab").glob("*.yaml"))
+    assert len(configs) == 5
+    for path in configs:
+        spec = load_lab_spec(path)
+        names = spec.train["anchors"]
+        d = [depths[n] for n in names]
+        routes = spec.routes or gap_routes(spec.gaps, names, d)
+        for route in routes:
+            parsed = parse_route(route, names, d)
+            assert len(parsed.segments) == 2 and parsed.first.anchor != parsed.last.anchor
