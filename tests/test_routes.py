@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from snnet import create_snnet
 from snnet.core.junctions import FeatureSpec, Junction
+from snnet.core.layers import create_stitching_layer
 from snnet.core.routes import Route, Segment, parse_route, route_name
 from snnet.errors import ConfigError, IncompatibleAnchorsError
 
@@ -228,6 +229,9 @@ def test_impossible_junctions_and_bad_rules_fail_with_one_line():
         Junction(tokens, FeatureSpec("tokens", 16, (4, 4), prefix=1))
     with pytest.raises(IncompatibleAnchorsError, match="strided layer needs a grid"):
         Junction(tokens, FeatureSpec("tokens", 16, None, prefix=1), stride=2)
+    legacy = Junction(FeatureSpec("tokens", 32), FeatureSpec("tokens", 16))  # token counts equal, grid unknown
+    with pytest.raises(IncompatibleAnchorsError, match="--stitch-layer conv3x3 convolves a grid of patches"):
+        create_stitching_layer("conv3x3", 32, 16, junction=legacy)
     with pytest.raises(ConfigError, match="unknown --class-token 'cls'"):
         create_snnet(routes=[f"{R}[:3]>{D}[2:]"], class_token="cls", **MIXED)
     with pytest.raises(ConfigError, match="unknown --prefix-tokens 'keep'"):

