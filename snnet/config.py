@@ -113,6 +113,25 @@ def _check_item(action: argparse.Action, item: Any, where: str) -> Any:
     return item
 
 
+def config_defaults(
+    parser: argparse.ArgumentParser, values: Mapping[str, Any], where: str, ignored: Iterable[str] = ()
+) -> dict[str, Any]:
+    """``values`` (keys as ``dest`` names) checked against ``parser`` as the command line would
+    check them: an unknown key (with the close key), a wrong type or a value outside ``choices``
+    is a :class:`ConfigError` naming ``where``; keys in ``ignored`` are dropped."""
+    actions = {a.dest: a for a in parser._actions if a.dest not in (argparse.SUPPRESS, "help", "config")}
+    ignored = set(ignored)
+    defaults = {}
+    for key, value in values.items():
+        if key in actions:
+            defaults[key] = _check_value(actions[key], value, f"{where}: {key}")
+        elif key not in ignored:
+            close = difflib.get_close_matches(key, sorted(actions), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+    return defaults
+
+
 def parse_args_with_config(
     parser: argparse.ArgumentParser,
     argv: Optional[Sequence[str]] = None,
@@ -133,17 +152,8 @@ def parse_args_with_config(
     config_args, remaining = _config_parser().parse_known_args(argv)
     if config_args.config:
         path = config_args.config
-        actions = {a.dest: a for a in parser._actions if a.dest not in (argparse.SUPPRESS, "help", "config")}
         ignored = {k.replace("-", "_") for k in extra_known_keys} | {"config"}  # args.yaml records its -c
-        defaults = {}
-        for key, value in load_config_file(path).items():
-            if key in actions:
-                defaults[key] = _check_value(actions[key], value, f"config {path}: {key}")
-            elif key not in ignored:
-                close = difflib.get_close_matches(key, sorted(actions), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ConfigError(f"config {path}: unknown key '{key}'{hint}")
-        parser.set_defaults(**defaults)
+        parser.set_defaults(**config_defaults(parser, load_config_file(path), f"config {path}", ignored))
     args = parser.parse_args(remaining)
     args.config = config_args.config
     return args, yaml.safe_dump(plain(args), default_flow_style=False, sort_keys=True)

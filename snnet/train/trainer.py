@@ -41,7 +41,7 @@ import os
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -522,29 +522,7 @@ class Trainer:
     # -- precision, backward, optimizer step -------------------------------------------------
     def backward_and_step(self, loss: torch.Tensor) -> None:
         """backward, gradient averaging over processes, clipping, optimizer step, grads to None."""
-        from timm.utils import dispatch_clip_grad
-
-        opt = self.optimizer
-        if self.apex_amp is not None:
-            with self.apex_amp.scale_loss(loss, opt) as scaled:
-                scaled.backward()
-        elif self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        if self.grad_sync is not None:
-            self.grad_sync()
-        if self.args.clip_grad is not None:
-            if self.scaler is not None:
-                self.scaler.unscale_(opt)
-            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            dispatch_clip_grad(params, value=self.args.clip_grad, mode=self.args.clip_mode)
-        if self.scaler is not None:
-            self.scaler.step(opt)
-            self.scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)  # unused parameters keep grad None: the optimizer skips them
+        backward_and_step(loss, self.optimizer, self.args, self.scaler, self.apex_amp, self.grad_sync)
 
     def save_last(self) -> None:
         """Step-level checkpoint: last.pth.tar inside an epoch (collective; rank 0 writes)."""
@@ -641,3 +619,38 @@ class Trainer:
         if resume_opt:
             check_same_schedule(ckpt, path, self.args.epochs)
         self.load_state_dict(ckpt, path, resume_opt)
+
+
+def backward_and_step(
+    loss: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    args: Any,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    apex_amp=None,
+    grad_sync: Optional[GradAllReduce] = None,
+) -> None:
+    """One optimizer step from ``loss``: backward (scaled by ``scaler`` or apex when given), the
+    gradient all-reduce, ``--clip-grad``, the step, grads to None. The trainer's and the lab's
+    (:mod:`snnet.lab`) cells' steps, so that a lab cell trains exactly as train.py would."""
+    from timm.utils import dispatch_clip_grad
+
+    if apex_amp is not None:
+        with apex_amp.scale_loss(loss, opt) as scaled:
+            scaled.backward()
+    elif scaler is not None:
+        scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    if grad_sync is not None:
+        grad_sync()
+    if args.clip_grad is not None:
+        if scaler is not None:
+            scaler.unscale_(opt)
+        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        dispatch_clip_grad(params, value=args.clip_grad, mode=args.clip_mode)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)  # unused parameters keep grad None: the optimizer skips them

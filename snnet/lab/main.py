@@ -1,0 +1,254 @@
+"""lab.py: a grid of stitching cells (routes x adapters x lrs x seeds), each training its
+stitching layer(s) only, over frozen anchors, in one pass over the data per chunk of cells.
+
+Which cells run where:
+
+* ``--cell-shard I/K`` (Slurm array task I of K, ``submit.py --job lab``): the cells whose index
+  is ``I`` modulo ``K``;
+* under ``torchrun`` the (shard's) cells are spread over the ranks, the i-th to rank
+  ``i % world``; each rank trains its cells as single-process runs (all the data, no gradient
+  averaging) and rank 0 gathers the rows;
+* the cells already finished in ``DIR/NAME/cells/`` are skipped (a killed lab resumes, keeping
+  them); the others are trained in chunks of ``chunk_cells`` (sorted by seed and front, so that a
+  chunk shares its fronts), each chunk's cells saved as soon as it is done.
+
+``cells.csv``, ``trajectory.csv`` and the plots then hold every finished cell in the folder (the
+other shards' too, as far as they are done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from ..cli import build_train_parser
+from ..config import plain
+from ..core.routes import parse_route, route_name
+from ..data.datasets import create_dataset, resolve_num_classes, sample_images
+from ..data.loaders import build_loaders, data_config_for
+from ..distributed import DistInfo, init_distributed
+from ..errors import DataError, exit_on_user_error
+from ..run_config import TrainConfig, build_snnet, from_namespace
+from ..train.main import resolve_args
+from .cells import CellRun, FrozenAnchors, build_cell, layer_state
+from .grid import Progress, SeedData, train_chunk
+from .outputs import finished_cells, open_lab_dir, save_cell, write_outputs
+from .spec import Cell, LabSpec, expand_cells, gap_routes, load_lab_spec, parse_shard
+
+_logger = logging.getLogger("lab")
+
+# (finished chunk's cell indices) -> None; tests use it to kill a lab between chunks
+ChunkCallback = Callable[[list[int]], None]
+
+
+def build_lab_parser() -> argparse.ArgumentParser:
+    # fmt: off
+    parser = argparse.ArgumentParser(
+        description="Train a grid of stitching cells (routes x adapters x lrs x seeds) over frozen anchors.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("-c", "--config", required=True, metavar="FILE.yaml",
+                        help="lab config: train.py keys plus routes|gaps, adapters, lrs, seeds (configs/lab/)")
+    parser.add_argument("--output", default="output/lab", metavar="DIR", help="parent folder of the lab runs")
+    parser.add_argument("--experiment", default="", metavar="NAME", help="run folder name (default: the config's name)")
+    parser.add_argument("--cell-shard", default=None, metavar="I/K",
+                        help="run only the cells with index %% K == I (array task I of K); outputs merge in the folder")
+    parser.add_argument("--overwrite", action="store_true", default=False,
+                        help="discard the folder's finished cells and start over")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the config's, else cuda if available)")
+    # fmt: on
+    return parser
+
+
+@exit_on_user_error
+def main(argv: Optional[list[str]] = None, on_chunk_done: Optional[ChunkCallback] = None) -> int:
+    """lab.py; ``on_chunk_done`` runs after each chunk's cells are saved."""
+    opts = build_lab_parser().parse_args(argv)
+    spec = load_lab_spec(opts.config)
+    shard = parse_shard(opts.cell_shard)
+    info = init_distributed(opts.device or spec.train.get("device"))
+    handler = logging.StreamHandler(sys.stdout if info.is_primary else sys.stderr)
+    handler.setLevel(logging.INFO if info.is_primary else logging.WARNING)
+    _logger.setLevel(logging.INFO)
+    _logger.propagate = False
+    _logger.addHandler(handler)
+    try:
+        return run_lab(spec, opts, shard, info, on_chunk_done)
+    finally:
+        _logger.removeHandler(handler)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def base_args(spec: LabSpec) -> TrainConfig:
+    """train.py's run config from the lab config (before the grid sets a cell's)."""
+    parser = build_train_parser()
+    parser.set_defaults(**spec.train)
+    return from_namespace(TrainConfig, parser.parse_args([]))
+
+
+def cell_args(base: TrainConfig, cell: Cell, device: torch.device) -> TrainConfig:
+    """The run config of ``train.py --routes R --stitch-layer K --train-only stitching --lr L
+    --seed S`` over the lab config (one process)."""
+    cfg = dataclasses.replace(
+        base, **dict(cell.adapter.overrides), lr=cell.lr, seed=cell.seed, routes=[cell.route], train_only="stitching"
+    )
+    return resolve_args(cfg, DistInfo(device=device))
+
+
+def run_lab(spec: LabSpec, opts: argparse.Namespace, shard: tuple[int, int], info: DistInfo, on_chunk_done) -> int:
+    base = base_args(spec)
+    out_dir = Path(opts.output) / (opts.experiment or Path(spec.path).stem)
+    train_ds = create_dataset(base.dataset, base.data_dir, base.train_split, base.img_size)
+    val_ds = create_dataset(base.dataset, base.data_dir, base.val_split, base.img_size)
+    num_classes = resolve_num_classes(base.num_classes, train_ds)
+    anchors_net = _anchors_net(base, num_classes)
+    data_cfg = data_config_for(anchors_net, train_ds)
+    frozen = FrozenAnchors.take(anchors_net)
+    frozen.models.to(info.device)
+    names = list(base.anchors)
+    depths = [a.num_blocks for a in frozen.adapters]
+    routes = spec.routes or gap_routes(spec.gaps, names, depths)
+    cells = expand_cells(spec, [route_name(parse_route(r, names, depths), names, depths) for r in routes])
+    open_lab_dir(out_dir, plain(spec.raw), cells, opts.overwrite, info.is_primary)
+    if info.distributed:
+        dist.barrier()
+    shard_cells = [c for c in cells if c.index % shard[1] == shard[0]]
+    mine = shard_cells[info.rank :: info.world_size]
+    done = finished_cells(out_dir, mine)
+    todo = sorted((c for c in mine if c.index not in done), key=lambda c: (c.seed, _front(c.route), c.index))
+    size = spec.chunk_cells or max(len(todo), 1)
+    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    _logger.info(
+        f"lab {out_dir}: {len(cells)} cells ({len(shard_cells)} in shard {shard[0]}/{shard[1]}, {len(mine)} on this "
+        f"process, {len(done)} already done); {len(chunks)} chunk(s) of up to {size}"
+    )
+    runs_cfg = RunSetup(base, train_ds, val_ds, num_classes, data_cfg, info.device)
+    steps = runs_cfg.steps_per_epoch(cell_args(base, cells[0], info.device))
+    progress = Progress(len(mine), len(done), len(todo) * base.epochs * steps)  # this process's cells
+    for chunk in chunks:
+        for record, weights in train_cells(chunk, runs_cfg, frozen, progress):
+            save_cell(out_dir, record, weights)
+            done[record["row"]["cell"]] = record
+        progress.done_cells += len(chunk)
+        if on_chunk_done is not None:
+            on_chunk_done([c.index for c in chunk])
+    gathered = [done]
+    if info.distributed:
+        gathered = [None] * info.world_size if info.is_primary else None
+        dist.gather_object(done, gathered, dst=0)
+    if info.is_primary:
+        records = finished_cells(out_dir, cells)  # other shards' cells too, where done
+        for part in gathered:
+            records.update(part)
+        write_outputs(out_dir, records)
+        _logger.info(f"lab: {len(records)}/{len(cells)} cells done; {out_dir}/cells.csv, trajectory.csv, plots")
+    return 0
+
+
+def _front(route: str) -> str:
+    return route.split(">")[0]
+
+
+def _anchors_net(base: TrainConfig, num_classes: int):
+    """An SN-Net over the lab config's anchors, loaded as train.py loads them: its anchors become
+    the frozen copy every cell shares."""
+    # the anchors alone (the cells add their routes)
+    return build_snnet(dataclasses.replace(base, routes=[], train_only="stitching"), num_classes)
+
+
+class RunSetup:
+    """What every cell's build needs, with the per-seed data and least-squares images made once."""
+
+    def __init__(self, base, train_ds, val_ds, num_classes: int, data_cfg: dict, device: torch.device):
+        self.base, self.train_ds, self.val_ds = base, train_ds, val_ds
+        self.num_classes, self.data_cfg, self.device = num_classes, data_cfg, device
+        self.ls_images: dict[int, torch.Tensor] = {}
+        self.data: dict[int, tuple] = {}
+
+    def loaders(self, args: TrainConfig) -> tuple:
+        """train.py's loaders for ``args.seed`` (one process: all the data)."""
+        if args.seed not in self.data:
+            self.data[args.seed] = build_loaders(self.train_ds, self.val_ds, args, DistInfo(device=self.device),
+                                                 self.data_cfg)  # fmt: skip
+        return self.data[args.seed]
+
+    def steps_per_epoch(self, args: TrainConfig) -> int:
+        sampler = self.loaders(args)[0]
+        full = sampler.num_samples // args.batch_size
+        steps = min(full, args.max_steps_per_epoch or full)
+        if steps < 1:
+            raise DataError(f"{sampler.num_samples} training images give no full batch of {args.batch_size}: lower it")
+        return steps
+
+    def images(self, args: TrainConfig) -> Optional[torch.Tensor]:
+        """train.py's least-squares images for ``args.seed``."""
+        if not args.ls_init:
+            return None
+        if args.seed not in self.ls_images:
+            cfg = self.data_cfg
+            self.ls_images[args.seed] = sample_images(self.train_ds, args.ls_init_images, cfg["input_size"][-1],
+                                                      args.seed, mean=cfg["mean"], std=cfg["std"],
+                                                      interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"])  # fmt: skip
+        return self.ls_images[args.seed]
+
+
+def train_cells(chunk: list[Cell], setup: RunSetup, frozen: FrozenAnchors, progress: Progress) -> list[tuple]:
+    """Build and train the chunk's cells in one pass; their records and trained layers."""
+    runs: list[CellRun] = []
+    twins: dict[tuple, CellRun] = {}  # (route, adapter, seed) -> the first such cell built
+    for cell in chunk:
+        start = time.perf_counter()
+        args = cell_args(setup.base, cell, setup.device)
+        key = (cell.route, cell.adapter, cell.seed)
+        run = build_cell(cell, args, frozen, setup.num_classes, setup.images(args), setup.steps_per_epoch(args),
+                         setup.device, twins.get(key))  # fmt: skip
+        twins.setdefault(key, run)
+        run.seconds += time.perf_counter() - start
+        runs.append(run)
+    data = {}
+    for run in runs:
+        sampler, loader, prep, val_loader, val_prep = setup.loaders(run.args)
+        data[run.cell.seed] = SeedData(sampler, loader, prep)
+    train_chunk(runs, frozen, data, (val_loader, val_prep), setup.steps_per_epoch(runs[0].args), progress)
+    flops: dict[tuple, int] = {}  # (route, adapter) -> FLOPs, the same for every lr and seed
+    return [(cell_record(run, flops), layer_state(run)) for run in runs]
+
+
+def cell_record(run: CellRun, flops: dict[tuple, int]) -> dict:
+    """The finished cell's row, trajectory and what its plots need (``flops``: a cache)."""
+    from ..core.flops import stitches_flops
+
+    net, route = run.net, run.route
+    if (run.cell.route, run.cell.adapter) not in flops:
+        flops[(run.cell.route, run.cell.adapter)] = stitches_flops(net)[run.cfg_id]
+    names = net.config["anchors"]
+    front, back = route.first.anchor, route.last.anchor
+    stitch = net.stitches[run.cfg_id]
+    row = {
+        **run.cell.key(),
+        "front_block": stitch.front_block,
+        "back_block": stitch.back_block,
+        "params": net.num_params(run.cfg_id),
+        "trainable_params": sum(p.numel() for layer in run.layers for p in layer.parameters() if p.requires_grad),
+        "flops": flops[(run.cell.route, run.cell.adapter)],
+        "ls_top1": run.ls_top1,
+        "top1": run.trajectory[-1]["val_top1"],
+        "best_top1": max(t["val_top1"] for t in run.trajectory),
+        "seconds": round(run.seconds, 3),
+    }
+    pair = {
+        "front": names[front],
+        "back": names[back],
+        "back_depth": net.anchor_adapters[back].num_blocks,
+        "pair_name": f"{names[front]} > {names[back]}",
+    }
+    return {"row": row, "trajectory": run.trajectory, "pair": pair}
