@@ -171,12 +171,13 @@ def _example(net: SNNet, batch: int, device) -> torch.Tensor:
     return torch.randn(batch, *net.input_size, generator=g).to(device)
 
 
-def _reference(net: SNNet, cfg_id: int, x: torch.Tensor) -> torch.Tensor:
+def _reference(net: SNNet, cfg_id: int, x: torch.Tensor, head: Optional[nn.Module] = None) -> torch.Tensor:
     was = net.training
     net.eval()
     try:
         with torch.no_grad(), net.selecting(cfg_id):
-            return net(x).float()
+            out = net(x)
+            return (out if head is None else head(out)).float()
     finally:
         net.train(was)
 
@@ -196,11 +197,19 @@ def _export_program(module: nn.Module, x: torch.Tensor):
 
 
 def export_network(
-    net: SNNet, cfg_id: int, path: str | Path, batch_size: int = 2, opset: Optional[int] = None, atol: float = 1e-4
+    net: SNNet,
+    cfg_id: int,
+    path: str | Path,
+    batch_size: int = 2,
+    opset: Optional[int] = None,
+    atol: float = 1e-4,
+    head: Optional[nn.Module] = None,
 ) -> ExportReport:
     """Write network ``cfg_id`` to ``path`` (format from the suffix) and check the written file:
     its outputs equal the SN-Net's for that network (``atol``) and, for TorchScript and exported
-    programs, its parameter count equals ``net.num_params(cfg_id)``."""
+    programs, its parameter count equals ``net.num_params(cfg_id)``. ``head``: a module without
+    parameters run on the network's outputs (a composed network's fitted classifier, see
+    :mod:`snnet.compose.fit`), exported with it."""
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -210,10 +219,12 @@ def export_network(
     path.parent.mkdir(parents=True, exist_ok=True)
     module = standalone_network(net, cfg_id)
     device = next(module.parameters()).device
+    if head is not None:
+        module = nn.Sequential(module, copy.deepcopy(head).to(device)).eval()
     # trace at batch >= 2 so that no batch-size-1 special case is recorded
     x = _example(net, max(2, batch_size), device)
     check = _example(net, max(2, batch_size) + 1, device)  # another batch size: the export is not batch-specific
-    expected = _reference(net, cfg_id, check)
+    expected = _reference(net, cfg_id, check, head)
     params = sum(p.numel() for p in module.parameters())
     dynamic = True
     with warnings.catch_warnings():
@@ -233,7 +244,7 @@ def export_network(
             loaded = torch.export.load(str(path))
             params = sum(loaded.state_dict[n].numel() for n in loaded.graph_signature.parameters)
             if not dynamic:
-                check, expected = x, _reference(net, cfg_id, x)
+                check, expected = x, _reference(net, cfg_id, x, head)
             with torch.no_grad():
                 got = loaded.module()(check).float()
         else:
