@@ -7,6 +7,7 @@ import argparse
 from typing import Any, Optional, Sequence
 
 from .config import parse_kwargs
+from .core.junctions import CLASS_TOKEN_RULES, DEFAULT_CLASS_TOKEN, DEFAULT_PREFIX_TOKENS, PREFIX_TOKEN_RULES
 from .core.layers import STITCH_LAYER_KINDS
 from .core.model import SNNet, create_snnet
 from .core.stitches import STITCHING_RULES
@@ -45,8 +46,23 @@ def add_model_args(
                        help="stitching rule: paired/unpaired (SN-Net; default: chosen per anchor pair by depth) or "
                             "two-way (SN-Netv2: two anchors, SL/LS/LSL/SLS routes)")
     group.add_argument("--stitch-layer", default="linear", choices=STITCH_LAYER_KINDS,
-                       help="stitching layer kind: linear (SN-Net) or lora (SN-Netv2: frozen LS base + low-rank update)")
+                       help="stitching layer kind: linear (SN-Net), lora (SN-Netv2: frozen LS base + low-rank update), "
+                            "conv3x3, mlp, basic-block, bottleneck or transformer-block; each starts as the LS map")
+    group.add_argument("--stitch-stride", type=int, default=1, metavar="S",
+                       help="downsampling inside the conv stitching layers (conv3x3, basic-block, bottleneck): the "
+                            "junction resamples to S times the back grid, the layer strides by S (1: the junction "
+                            "resamples to the back grid)")
     group.add_argument("--lora-rank", type=int, default=64, metavar="R", help="rank of the lora stitching layers' update")
+    group.add_argument("--routes", nargs="+", default=None, metavar="NAME",
+                       help="the networks by name, e.g. 'resnet50[:7]>vit_small_patch16_224[6:]' (any layouts; one "
+                            "anchor with a gap: 'resnet50[:5]>resnet50[9:]'): the anchors, then these, in this order, "
+                            "instead of the stitching rules' networks")
+    group.add_argument("--class-token", default=DEFAULT_CLASS_TOKEN, choices=CLASS_TOKEN_RULES,
+                       help="feature maps -> tokens junctions (CNN -> ViT): the prefix (class) tokens the back anchor "
+                            "expects, the mean of the patch tokens, zeros or ones")
+    group.add_argument("--prefix-tokens", default=DEFAULT_PREFIX_TOKENS, choices=PREFIX_TOKEN_RULES,
+                       help="tokens -> feature maps junctions (ViT -> CNN): drop the prefix tokens, or broadcast the "
+                            "class token over HxW as extra channels")
     group.add_argument("--official-forward", action=argparse.BooleanOptionalAction, default=False,
                        help="run stitched networks as the official SN-Net code does (set by loading an official checkpoint)")
 
@@ -105,6 +121,10 @@ def build_snnet(
         stitch_layer=args.stitch_layer,
         lora_rank=args.lora_rank,
         official_forward=bool(getattr(args, "official_forward", False)),
+        routes=args.routes,
+        class_token=args.class_token,
+        prefix_tokens=args.prefix_tokens,
+        stitch_stride=args.stitch_stride,
     )
 
 

@@ -8,6 +8,7 @@ the weights, the state dict and ``model(x)`` stay exactly timm's.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Iterable, Literal, Sequence
 
 import torch
@@ -112,6 +113,25 @@ class Anchor:
         """Channel width of ``feature_shapes[index]``."""
         shape = self.feature_shapes[index]
         return shape[0] if self.layout == "nchw" else shape[-1]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens (class, distillation, register tokens); 0 for feature maps."""
+        return int(getattr(self.model, "num_prefix_tokens", 0)) if self.layout == "tokens" else 0
+
+    def grid(self, index: int) -> tuple[int, int] | None:
+        """(H, W) of ``feature_shapes[index]``: the feature map, or the patch tokens' grid (None when
+        the patch tokens form no known grid)."""
+        if self.layout != "tokens":
+            return self.spatial(index)  # type: ignore[return-value]
+        n = self.feature_shapes[index][0] - self.num_prefix_tokens
+        return self.token_grid(n)
+
+    def token_grid(self, num_patches: int) -> tuple[int, int] | None:
+        """The grid of ``num_patches`` patch tokens: a square when it is one (families with
+        non-square grids override this)."""
+        side = math.isqrt(num_patches)
+        return (side, side) if side * side == num_patches else None
 
     def spatial(self, index: int) -> tuple[int, ...]:
         """Token count (tokens) or (H, W) of ``feature_shapes[index]``."""

@@ -29,6 +29,12 @@ class ViTAnchor(Anchor):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.norm(x))
 
+    def token_grid(self, num_patches: int) -> tuple[int, int] | None:
+        grid = getattr(self.model.patch_embed, "grid_size", None)
+        if grid is not None and grid[0] * grid[1] == num_patches:
+            return (int(grid[0]), int(grid[1]))
+        return super().token_grid(num_patches)
+
     def stitched_head(self, x: torch.Tensor) -> torch.Tensor:
         # The official DeiT SN-Net ends stitched networks with forward_head alone (no final norm).
         return self.model.forward_head(x) if self.official_forward else self.head(x)

@@ -12,10 +12,11 @@ from torch import nn
 
 from ..anchors import Anchor, create_anchor
 from ..errors import ConfigError, IncompatibleAnchorsError
-from .layers import StitchingLayer, create_stitching_layer, to_rows
+from .junctions import DEFAULT_CLASS_TOKEN, DEFAULT_PREFIX_TOKENS, Junction, check_rules, feature_spec
+from .layers import BaseStitchingLayer, check_kind, create_stitching_layer, to_rows
 from .lstsq import augment, solve_normal_equations
 from .routes import Route, Step, apply_step, run_route
-from .stitches import Stitch, StitchingLayerSpec, enumerate_stitches
+from .stitches import Stitch, StitchingLayerSpec, enumerate_stitches, route_stitches
 
 
 class SNNet(nn.Module):
@@ -46,8 +47,14 @@ class SNNet(nn.Module):
         stitch_layer: str = "linear",
         lora_rank: int = 64,
         official_forward: bool = False,
+        routes: Optional[Sequence[str | Route]] = None,
+        class_token: str = DEFAULT_CLASS_TOKEN,
+        prefix_tokens: str = DEFAULT_PREFIX_TOKENS,
+        stitch_stride: int = 1,
     ):
         super().__init__()
+        check_rules(class_token, prefix_tokens)
+        check_kind(stitch_layer, stitch_stride)
         sizes = {a.input_size for a in anchors}
         if len(sizes) > 1:
             desc = ", ".join(f"{a.name}: {'x'.join(map(str, a.input_size[1:]))}" for a in anchors)
@@ -56,9 +63,13 @@ class SNNet(nn.Module):
         for adapter in self.anchor_adapters:  # how stitched networks end (snnet.io.official)
             adapter.official_forward = official_forward
         self.anchors = nn.ModuleList(a.model for a in anchors)
-        self.stitches, self.layer_specs = enumerate_stitches(
-            anchors, kernel_size, stride, nearest, stages, stitching, official_sharing=official_forward
-        )
+        if routes is not None:
+            self.stitches, self.layer_specs = route_stitches(anchors, routes)
+        else:
+            self.stitches, self.layer_specs = enumerate_stitches(
+                anchors, kernel_size, stride, nearest, stages, stitching, official_sharing=official_forward
+            )
+        self.class_token, self.prefix_tokens, self.stitch_stride = class_token, prefix_tokens, stitch_stride
         self.stitch_layers = nn.ModuleList(self._make_layer(spec, stitch_layer, lora_rank) for spec in self.layer_specs)
         self.config = {
             "anchors": [a.name for a in anchors],
@@ -70,15 +81,32 @@ class SNNet(nn.Module):
             "stitch_layer": stitch_layer,
             "lora_rank": lora_rank,
         }
-        if official_forward:  # only then: older checkpoints' configs stay comparable
+        # only when set: older checkpoints' configs stay comparable
+        if official_forward:
             self.config["official_forward"] = True
+        if routes is not None:
+            self.config["routes"] = [s.name for s in self.stitches[len(anchors) :]]
+        if class_token != DEFAULT_CLASS_TOKEN:
+            self.config["class_token"] = class_token
+        if prefix_tokens != DEFAULT_PREFIX_TOKENS:
+            self.config["prefix_tokens"] = prefix_tokens
+        if stitch_stride != 1:
+            self.config["stitch_stride"] = stitch_stride
         self.cfg_id = 0
 
-    def _make_layer(self, spec: StitchingLayerSpec, kind: str, lora_rank: int) -> StitchingLayer:
+    def _make_layer(self, spec: StitchingLayerSpec, kind: str, lora_rank: int) -> BaseStitchingLayer:
         front, back = self.anchor_adapters[spec.front], self.anchor_adapters[spec.back]
         j, k = spec.positions[0]
+        junction = Junction(
+            feature_spec(front, j + 1),
+            feature_spec(back, k),
+            self.class_token,
+            self.prefix_tokens,
+            self.stitch_stride,
+            where=f"{front.name} block {j} -> {back.name} block {k}",
+        )
         return create_stitching_layer(
-            kind, front.channels(j + 1), back.channels(k), front.layout, back.layout, lora_rank
+            kind, junction.in_channels, back.channels(k), lora_rank=lora_rank, junction=junction
         )
 
     @property
@@ -170,9 +198,8 @@ class SNNet(nn.Module):
             for j, k in spec.positions:
                 needed[spec.front].add(j + 1)
                 needed[spec.back].add(k)
-        fronts = {(spec.front, j + 1) for spec in self.layer_specs for j, _ in spec.positions}
-        grams: dict[tuple[int, int], torch.Tensor] = {}
-        crosses: dict[tuple[int, int, int, int], torch.Tensor] = {}
+        grams: dict[tuple, torch.Tensor] = {}
+        crosses: dict[tuple, torch.Tensor] = {}
 
         batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
         if progress:
@@ -183,23 +210,25 @@ class SNNet(nn.Module):
         self.eval()
         try:
             for batch in batches:
-                rows = {
-                    (a, i): to_rows(f, self.anchor_adapters[a].layout)
-                    for a, indices in needed.items()
-                    for i, f in self._features(a, batch, indices).items()
+                feats = {
+                    (a, i): f for a, indices in needed.items() for i, f in self._features(a, batch, indices).items()
                 }
-                front_rows = {key: augment(rows[key]) for key in fronts}
-                for key, r in front_rows.items():
-                    _accumulate(grams, key, r.T @ r)
-                for spec in self.layer_specs:
+                front_rows: dict[tuple, torch.Tensor] = {}  # the layer's input rows, after its junction
+                for spec, layer in zip(self.layer_specs, self.stitch_layers):
+                    junction = layer.junction
                     for j, k in spec.positions:
-                        cross = front_rows[(spec.front, j + 1)].T @ rows[(spec.back, k)].to(torch.float64)
-                        _accumulate(crosses, (spec.front, j + 1, spec.back, k), cross)
+                        key = (spec.front, j + 1, junction.signature)
+                        if key not in front_rows:
+                            front_rows[key] = augment(junction.fit_rows(junction.enter(feats[(spec.front, j + 1)])))
+                            _accumulate(grams, key, front_rows[key].T @ front_rows[key])
+                        target = to_rows(feats[(spec.back, k)], self.anchor_adapters[spec.back].layout)
+                        _accumulate(crosses, (*key, spec.back, k), front_rows[key].T @ target.to(torch.float64))
         finally:
             self.train(was_training)
 
         for spec, layer in zip(self.layer_specs, self.stitch_layers):
-            keys = [((spec.front, j + 1), (spec.front, j + 1, spec.back, k)) for j, k in spec.positions]
+            sig = layer.junction.signature
+            keys = [((spec.front, j + 1, sig), (spec.front, j + 1, sig, spec.back, k)) for j, k in spec.positions]
             if combine == "joint":
                 w, b = solve_normal_equations(sum(grams[g] for g, _ in keys), sum(crosses[c] for _, c in keys))
             else:
@@ -241,6 +270,10 @@ def create_snnet(
     stitch_layer: str = "linear",
     lora_rank: int = 64,
     official_forward: bool = False,
+    routes: Optional[Sequence[str | Route]] = None,
+    class_token: str = DEFAULT_CLASS_TOKEN,
+    prefix_tokens: str = DEFAULT_PREFIX_TOKENS,
+    stitch_stride: int = 1,
 ) -> SNNet:
     """Build an SN-Net from timm model names ordered small -> large.
 
@@ -257,8 +290,22 @@ def create_snnet(
         stages: stages to stitch in (hierarchical anchors); None: every stage but the last.
         stitching: None (the paper's rule per anchor pair), ``paired``, ``unpaired`` or
             ``two-way`` (SN-Netv2: two anchors, SL/LS/LSL/SLS routes).
-        stitch_layer: ``linear`` (SN-Net) or ``lora`` (SN-Netv2: frozen LS base + low-rank update).
+        stitch_layer: the stitching-layer kind (:func:`~snnet.core.layers.stitch_layer_kinds`):
+            ``linear`` (SN-Net), ``lora`` (SN-Netv2: frozen LS base + low-rank update),
+            ``conv3x3``, ``mlp``, ``basic-block``, ``bottleneck``, ``transformer-block``.
         lora_rank: rank of the low-rank update of ``lora`` layers.
+        official_forward: run stitched networks as the official SN-Net code does.
+        routes: the networks by name (``resnet50[:7]>vit_small_patch16_224[6:]``, see
+            :func:`~snnet.core.routes.parse_route`): the SN-Net then holds the anchors and these
+            routes, cfg_ids in this order, instead of the stitching rules' networks; any layouts
+            may meet (see :mod:`snnet.core.junctions`).
+        class_token: how a junction from feature maps into tokens makes the prefix (class)
+            tokens: ``mean`` of the patch tokens, ``zeros`` or ``ones``.
+        prefix_tokens: what a junction from tokens into feature maps does with the prefix
+            tokens: ``drop`` them or ``broadcast`` the class token as extra channels.
+        stitch_stride: downsampling inside the conv kinds (``conv3x3``, ``basic-block``,
+            ``bottleneck``): the junction resamples to ``stride`` times the back grid and the
+            layer's convolutions stride back down.
     """
     if not anchors:
         raise ConfigError("no anchors given: pass --anchors NAME [NAME ...] ordered small to large")
@@ -280,4 +327,8 @@ def create_snnet(
         stitch_layer=stitch_layer,
         lora_rank=lora_rank,
         official_forward=official_forward,
+        routes=routes,
+        class_token=class_token,
+        prefix_tokens=prefix_tokens,
+        stitch_stride=stitch_stride,
     )

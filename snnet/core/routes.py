@@ -13,11 +13,14 @@ A route's name reads as Python slices over the anchors' blocks, e.g.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,77 @@ def route_name(route: Route, names: Sequence[str], depths: Sequence[int]) -> str
         stop = "" if i == len(route.segments) - 1 and seg.stop == depths[seg.anchor] else str(seg.stop)
         parts.append(f"{names[seg.anchor]}[{start}:{stop}]")
     return ">".join(parts)
+
+
+_SEGMENT = re.compile(r"^\s*([^\s\[\]>]+)\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\]\s*$")
+
+
+def parse_route(name: str, anchor_names: Sequence[str], depths: Sequence[int]) -> Route:
+    """A route from its name (the inverse of :func:`route_name`), e.g.
+    ``resnet50[:7]>vit_small_patch16_224[6:]``, three segments
+    ``a[:4]>b[8:16]>a[8:]``, or one anchor with a gap ``resnet50[:5]>resnet50[9:]``.
+
+    The first segment starts at the stem (``A[:j]``: blocks ``0..j-1``), a middle one runs
+    ``B[k:l]`` (at least one block), the last one runs to its anchor's head (``C[k:]``); a bare
+    anchor name is that anchor. Anchors are named as in ``anchor_names`` (the first of equal
+    names). The route's stitching layers are numbered ``0, 1, ...`` in route order (an SN-Net
+    numbers them over all its routes). Raises :class:`ConfigError` (one line) for a name that
+    does not parse, an anchor not in ``anchor_names`` or a block that does not exist.
+    """
+    text = str(name).strip()
+    if text in anchor_names:
+        a = list(anchor_names).index(text)
+        return anchor_route(a, depths[a])
+    parts = text.split(">")
+    segments = []
+    for i, part in enumerate(parts):
+        match = _SEGMENT.match(part)
+        if not match:
+            raise ConfigError(
+                f"route '{name}': cannot read '{part.strip()}': write segments as NAME[start:stop] joined by '>', "
+                f"e.g. resnet50[:7]>vit_small_patch16_224[6:]"
+            )
+        anchor, start, stop = match.groups()
+        if anchor not in anchor_names:
+            raise ConfigError(
+                f"route '{name}': '{anchor}' is not an anchor of this SN-Net (anchors: {', '.join(anchor_names)}): "
+                f"add it to --anchors"
+            )
+        a = list(anchor_names).index(anchor)
+        segments.append(_segment(name, a, anchor, depths[a], start, stop, i, len(parts)))
+    route = Route(tuple(segments), tuple(range(len(segments) - 1)))
+    if route.is_anchor and route.first.stop != depths[route.first.anchor]:
+        raise ConfigError(f"route '{name}': one segment must run its anchor whole (NAME or NAME[:])")
+    return route
+
+
+def _segment(name: str, a: int, anchor: str, depth: int, start: str, stop: str, i: int, n: int) -> Segment:
+    """Segment ``i`` of ``n`` of route ``name`` from the slice text, checked against ``depth``."""
+    first, last = i == 0, i == n - 1
+    lo = 0 if start == "" and first else (int(start) if start else None)
+    hi = depth if stop == "" and last else (int(stop) if stop else None)
+    if lo is None or hi is None:
+        missing = "start" if lo is None else "stop"
+        raise ConfigError(
+            f"route '{name}': segment {i} '{anchor}[{start}:{stop}]' needs a {missing} block: only the first "
+            f"segment starts at the stem ([:stop]) and only the last runs to the head ([start:])"
+        )
+    if first and lo != 0:
+        raise ConfigError(f"route '{name}': the first segment starts at the stem, write {anchor}[:{stop}]")
+    if last and hi != depth:
+        raise ConfigError(
+            f"route '{name}': the last segment runs to the head, write {anchor}[{start}:] ({anchor} has {depth} blocks)"
+        )
+    if not (0 <= lo <= depth and 0 <= hi <= depth):
+        raise ConfigError(
+            f"route '{name}': {anchor}[{start}:{stop}] names a block that does not exist: {anchor} has blocks "
+            f"0..{depth - 1}"
+        )
+    if lo > hi or (lo == hi and not (first or last)):
+        raise ConfigError(
+            f"route '{name}': {anchor}[{start}:{stop}] runs no blocks: a middle segment runs at least one"
+        )
+    return Segment(a, lo, hi)
 
 
 def apply_step(

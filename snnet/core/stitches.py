@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..anchors import Anchor
 from ..errors import ConfigError, IncompatibleAnchorsError
-from .routes import Route, Segment, anchor_route, route_name
+from .routes import Route, Segment, anchor_route, parse_route, route_name
 
 Position = tuple[int, int]
 
@@ -132,7 +132,8 @@ def check_stitchable(front: Anchor, j: int, back: Anchor, k: int) -> None:
     if (front.layout, back.layout) not in _CONVERTIBLE:
         raise IncompatibleAnchorsError(
             f"cannot stitch {where}: {front.layout} features cannot feed {back.layout} blocks "
-            f"(stitch CNNs with CNNs or Swin, token models with token models)"
+            f"by the stitching rules (stitch CNNs with CNNs or Swin, token models with token models; or name the "
+            f"networks with --routes, whose junctions change layouts)"
         )
     a, b = front.spatial(j + 1), back.spatial(k)
     if a != b:
@@ -247,6 +248,46 @@ def enumerate_stitches(
                     check_stitchable(front, j, back, k)
                     route = Route((Segment(fa, 0, j + 1), Segment(ba, k, depths[ba])), (layer,))
                     stitches.append(Stitch(len(stitches), route_name(route, names, depths), route, stage))
+    return stitches, specs
+
+
+def route_stitches(
+    anchors: Sequence[Anchor], routes: Sequence[str | Route]
+) -> tuple[list[Stitch], list[StitchingLayerSpec]]:
+    """The anchors, then the given routes (names or :class:`Route` objects) in the given order.
+
+    Any layouts may meet (the junction changes them, see :mod:`snnet.core.junctions`); one
+    stitching layer per distinct junction (front anchor and block, back anchor and block), in
+    order of first use: routes through the same junction share its layer, as SN-Netv2's
+    three-segment routes share the two-segment ones'. A route's layer numbers (``parse_route``
+    numbers them 0, 1, ... per route) are replaced by the SN-Net's.
+    """
+    names, depths = _names_depths(anchors)
+    stitches = [Stitch(i, a.name, anchor_route(i, a.num_blocks)) for i, a in enumerate(anchors)]
+    specs: list[StitchingLayerSpec] = []
+    layer_of: dict[tuple[int, int, int, int], int] = {}
+    seen = {s.route.segments: s.cfg_id for s in stitches}
+    for given in routes:
+        parsed = given if isinstance(given, Route) else parse_route(given, names, depths)
+        layers = []
+        for before, _, after in parsed.junctions():
+            key = (before.anchor, before.stop - 1, after.anchor, after.start)
+            if key not in layer_of:
+                layer_of[key] = len(specs)
+                back = anchors[after.anchor]
+                stage = back.block_stages[min(after.start, back.num_blocks - 1)]
+                specs.append(StitchingLayerSpec(before.anchor, after.anchor, stage, ((key[1], key[3]),)))
+            layers.append(layer_of[key])
+        route = Route(parsed.segments, tuple(layers))
+        name = route_name(route, names, depths)
+        if route.segments in seen:
+            raise ConfigError(
+                f"route '{given if isinstance(given, str) else name}' is network {seen[route.segments]} already "
+                f"(the anchors come first): list each route once"
+            )
+        seen[route.segments] = len(stitches)
+        stage = None if route.is_anchor else specs[route.layers[0]].stage
+        stitches.append(Stitch(len(stitches), name, route, stage))
     return stitches, specs
 
 

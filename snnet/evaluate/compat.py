@@ -92,11 +92,11 @@ def junction_scores(
         for batch in batches:
             feats = {(a, i): f for a, idx in needed.items() for i, f in net._features(a, batch, idx).items()}
             for s in stitched:
-                front, back = net.anchor_adapters[s.front], net.anchor_adapters[s.back]
+                back, layer = net.anchor_adapters[s.back], net.stitch_layers[s.route.layers[0]]
                 x, y = feats[(s.front, s.front_block + 1)], feats[(s.back, s.back_block)]
                 y_rows = to_rows(y, back.layout)
-                moments[s.cfg_id].add(to_rows(x, front.layout), y_rows)
-                fitted = to_rows(net.stitch_layers[s.route.layers[0]](x), back.layout)
+                moments[s.cfg_id].add(layer.junction.fit_rows(layer.junction.enter(x)), y_rows)  # after its junction
+                fitted = to_rows(layer(x), back.layout)
                 residual[s.cfg_id] += float((fitted.double() - y_rows.double()).pow(2).sum())
     finally:
         net.train(was_training)

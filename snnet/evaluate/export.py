@@ -125,7 +125,7 @@ def standalone_network(net: SNNet, cfg_id: int) -> nn.Module:
     for m in models.values():
         _clear_caches(m)
     adapters = {a: _rebind(net.anchor_adapters[a], m) for a, m in models.items()}
-    module = StitchedNetwork(route, models, adapters, [net.stitch_layers[i].as_linear() for i in route.layers])
+    module = StitchedNetwork(route, models, adapters, [net.stitch_layers[i].deployed() for i in route.layers])
 
     # Watch one forward: which modules are called, which parameters get a gradient. Train mode
     # so that eval-mode caches cannot hide a parameter; BatchNorm statistics restored after.

@@ -60,6 +60,10 @@ _MODEL_KEYS = (
     "stitch_layer",
     "lora_rank",
     "official_forward",
+    "routes",
+    "class_token",
+    "prefix_tokens",
+    "stitch_stride",
 )
 _CKPT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".safetensors", ".bin")
 ChunkCallback = Callable[[int, int], None]
