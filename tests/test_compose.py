@@ -24,7 +24,7 @@ from conftest import run_entry
 from snnet import create_snnet
 from snnet.compose import Candidate, JunctionTable, SearchConfig, compose_snnet, draw_svg, generate
 from snnet.compose import main as compose_main
-from snnet.compose.fit import KNNHead, RidgeHead, fit, evaluate
+from snnet.compose.fit import KNNHead, RidgeHead, evaluate, fit
 from snnet.compose.main import COLUMNS, FlopsCounter, load_batches
 from snnet.compose.search import best_candidates, sample_network, search
 from snnet.core.flops import network_flops
@@ -59,8 +59,8 @@ def _kernel_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """CKA by its definition over n x n Gram matrices (Kornblith et al. 2019, linear kernel)."""
     n = x.shape[0]
     h = torch.eye(n, dtype=torch.float64) - 1.0 / n
-    k, l = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
-    return float((k * l).sum() / (k.norm() * l.norm()))
+    kx, ky = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
+    return float((kx * ky).sum() / (kx.norm() * ky.norm()))
 
 
 def test_junctions_match_lstsq_and_the_kernel_definition_of_cka(random_pool):
@@ -70,7 +70,7 @@ def test_junctions_match_lstsq_and_the_kernel_definition_of_cka(random_pool):
         with torch.no_grad():
             x = front.forward_until(images, src[1] - 1).reshape(-1, front.channels(src[1])).double()
             y = back.forward_until(images, dst[1] - 1).reshape(-1, back.channels(dst[1])).double()
-        assert torch.allclose(table.rows[src].double(), x, atol=1e-5)
+        assert torch.allclose(table.features[src].flatten(0, 1).double(), x, atol=1e-5)
         a = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
         sol = torch.linalg.lstsq(a, y, driver="gelsd").solution
         solved = table.junction(src, dst)
@@ -79,6 +79,37 @@ def test_junctions_match_lstsq_and_the_kernel_definition_of_cka(random_pool):
         assert solved.cka == pytest.approx(_kernel_cka(a @ sol, y), abs=1e-6)
         assert 0.0 <= solved.cka <= 1.0
     assert table.junction((0, 2), (1, 1)) is table.junction((0, 2), (1, 1))  # solved once
+
+
+def test_junctions_across_layouts_match_ls_init_through_the_stitching_layer():
+    """A ResNet and a DeiT in one pool: each junction's solution is the one
+    ``init_stitching_layers`` finds for an SN-Net holding that route (through its layout change),
+    and its score the kernel CKA of that layer's outputs against the receiver's features."""
+    from snnet.core.layers import to_rows
+    from snnet.core.model import SNNet
+
+    torch.manual_seed(0)
+    kwargs = [{}, dict(patch_size=8, depth=4, embed_dim=32, num_heads=2)]
+    pool = create_snnet(["resnet18", NAMES[0]], img_size=32, num_classes=10, routes=[], anchor_kwargs=kwargs).eval()
+    images = torch.randn(8, 3, 32, 32)
+    table = JunctionTable(pool.anchor_adapters, images)
+    names = [a.name for a in pool.anchor_adapters]
+    for (a, i), (b, k) in [((1, 2), (0, 3)), ((0, 2), (1, 1)), ((0, 1), (0, 2))]:
+        ref = SNNet(pool.anchor_adapters, routes=[f"{names[a]}[:{i}]>{names[b]}[{k}:]"])
+        ref.eval().init_stitching_layers(images)
+        layer = ref.stitch_layers[0]
+        solved = table.junction((a, i), (b, k))
+        assert torch.allclose(solved.weight, layer.transform.weight, atol=1e-4)
+        assert torch.allclose(solved.bias, layer.transform.bias, atol=1e-4)
+        with torch.no_grad():
+            mapped = to_rows(
+                layer(pool.anchor_adapters[a].forward_until(images, i - 1)), pool.anchor_adapters[b].layout
+            )
+            target = to_rows(pool.anchor_adapters[b].forward_until(images, k - 1), pool.anchor_adapters[b].layout)
+        assert solved.cka == pytest.approx(_kernel_cka(mapped.double(), target.double()), abs=1e-5)
+    # 8 images x 17 tokens from the 1x1 map after ResNet-18's last block: fewer rows than its 512 channels
+    assert not table.can_join((0, 8), (1, 3)) and ((0, 8), (1, 3)) in table.underdetermined
+    assert all(dst != (1, 3) for _, dst in table.ranked((0, 8)))
 
 
 def test_identical_features_score_one(random_pool):

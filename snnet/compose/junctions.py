@@ -5,7 +5,8 @@ A *boundary* ``(a, i)`` of pool network ``a`` is the point between its blocks ``
 feeds network ``a``'s features at boundary ``i`` into network ``b`` at boundary ``k`` through a
 stitching layer initialised by least squares, ``min ||[X 1] S - Y||``, with ``X`` the sender's
 features and ``Y`` the receiver's own features there, every image position a row (as
-``SNNet.init_stitching_layers`` sees them). Its *score* is the linear CKA between the LS-mapped
+``SNNet.init_stitching_layers`` sees them, through the layer's layout change when the two
+networks keep their features differently). Its *score* is the linear CKA between the LS-mapped
 features ``[X 1] S`` and ``Y`` (StitchNet scores the compatibility of two fragments by linear CKA
 on a few images): 1 when the receiver's features are a linear function of the sender's.
 
@@ -20,13 +21,16 @@ needs no mapped rows: with ``G = [X 1]^T [X 1]`` and ``C = [X 1]^T Y``, the mapp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from ..anchors import Anchor
+from ..core.junctions import DEFAULT_CLASS_TOKEN, DEFAULT_PREFIX_TOKENS, feature_spec
+from ..core.junctions import Junction as LayoutJunction
 from ..core.layers import to_rows
 from ..core.lstsq import augment, solve_normal_equations
+from ..errors import IncompatibleAnchorsError
 from ..evaluate.compat import linear_cka
 
 Boundary = tuple[int, int]  # (pool network, boundary index)
@@ -45,37 +49,55 @@ class JunctionTable:
     """Features of the pool networks at every block boundary on ``images``, computed once, and
     the junctions between them, each solved and scored once on first use.
 
+    A junction between layouts (tokens / NCHW / NHWC, other grids, prefix tokens) goes through
+    the stitching layer's own :class:`~snnet.core.junctions.Junction` (``class_token``,
+    ``prefix_tokens`` as ``create_snnet``'s), so the solution is the one ``init_stitching_layers``
+    would find for that layer.
+
     Args:
         adapters: the pool networks' anchor adapters (``SNNet.anchor_adapters``).
         images: the stitching images, ``(N, 3, H, W)`` (StitchNet uses 32).
         batch_size: images per forward pass.
     """
 
-    def __init__(self, adapters: Sequence[Anchor], images: torch.Tensor, batch_size: int = 32):
+    def __init__(
+        self,
+        adapters: Sequence[Anchor],
+        images: torch.Tensor,
+        batch_size: int = 32,
+        class_token: str = DEFAULT_CLASS_TOKEN,
+        prefix_tokens: str = DEFAULT_PREFIX_TOKENS,
+    ):
         self.adapters = list(adapters)
-        self.rows: dict[Boundary, torch.Tensor] = {}
-        self._grams: dict[Boundary, torch.Tensor] = {}
+        self.class_token, self.prefix_tokens = class_token, prefix_tokens
+        self.features: dict[Boundary, torch.Tensor] = {}
+        self._layers: dict[tuple[Boundary, Boundary], Optional[LayoutJunction]] = {}
+        self._grams: dict[tuple, torch.Tensor] = {}
         self._targets: dict[Boundary, tuple[torch.Tensor, torch.Tensor]] = {}
         self._junctions: dict[tuple[Boundary, Boundary], SolvedJunction] = {}
         self._ranked: dict[Boundary, list[tuple[float, Boundary]]] = {}
+        # Junctions left out because the images give no more rows than the layer's inputs: there
+        # the least-squares map interpolates the receiver's features and its CKA is 1 whatever
+        # the networks (more --stitch-images, or fewer channels, make them count).
+        self.underdetermined: set[tuple[Boundary, Boundary]] = set()
         for a in range(len(self.adapters)):
             feats = [self._features(a, batch) for batch in images.split(batch_size)]
             for i in range(len(feats[0])):
-                self.rows[(a, i)] = torch.cat([f[i] for f in feats])
+                self.features[(a, i)] = torch.cat([f[i] for f in feats])
 
     @torch.no_grad()
     def _features(self, a: int, images: torch.Tensor) -> list[torch.Tensor]:
-        """Network ``a``'s features (as rows) at every boundary, in eval mode."""
+        """Network ``a``'s features at every boundary, in eval mode, on the CPU."""
         adapter = self.adapters[a]
         was_training = adapter.model.training
         adapter.model.eval()
         try:
             param = next(adapter.model.parameters())
             x = adapter.stem(images.to(device=param.device, dtype=param.dtype))
-            out = [to_rows(x, adapter.layout).float().cpu()]
+            out = [x.float().cpu()]
             for blk in adapter.blocks:
                 x = blk(x)
-                out.append(to_rows(x, adapter.layout).float().cpu())
+                out.append(x.float().cpu())
         finally:
             adapter.model.train(was_training)
         return out
@@ -83,28 +105,48 @@ class JunctionTable:
     def depth(self, a: int) -> int:
         return self.adapters[a].num_blocks
 
-    @property
-    def boundaries(self) -> list[Boundary]:
-        return list(self.rows)
+    def layout_junction(self, src: Boundary, dst: Boundary) -> Optional[LayoutJunction]:
+        """The layout change of a stitching layer from ``src`` to ``dst``; None when no layer can
+        join them (e.g. tokens that form no grid into a feature map), or when the stitching
+        images give no more rows there than the layer has inputs (see :meth:`underdetermined`)."""
+        key = (src, dst)
+        if key not in self._layers:
+            front, back = self.adapters[src[0]], self.adapters[dst[0]]
+            try:
+                layout = LayoutJunction(
+                    feature_spec(front, src[1]), feature_spec(back, dst[1]), self.class_token, self.prefix_tokens
+                )
+            except IncompatibleAnchorsError:
+                layout = None
+            if layout is not None and self._rows(src, layout) <= layout.in_channels + 1:
+                self.underdetermined.add(key)
+                layout = None
+            self._layers[key] = layout
+        return self._layers[key]
+
+    def _rows(self, src: Boundary, layout: LayoutJunction) -> int:
+        """Rows the least-squares fit of ``layout`` sees (images x positions)."""
+        one = self.features[src][:1]
+        return layout.fit_rows(layout.enter(one)).shape[0] * len(self.features[src])
 
     def can_join(self, src: Boundary, dst: Boundary) -> bool:
-        """Whether a stitching layer can map ``src``'s features onto ``dst``'s: the same layout
-        and the same positions per image (the rows pair up)."""
-        a, b = self.adapters[src[0]], self.adapters[dst[0]]
-        return a.layout == b.layout and self.rows[src].shape[0] == self.rows[dst].shape[0]
+        return self.layout_junction(src, dst) is not None
 
-    def _gram(self, src: Boundary) -> torch.Tensor:
-        if src not in self._grams:
-            x = augment(self.rows[src])
-            self._grams[src] = x.T @ x
-        return self._grams[src]
+    def _inputs(self, src: Boundary, layout: LayoutJunction) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[X 1]`` (float64 rows of the layer's input, after the layout change) and its Gram
+        matrix, which every junction from ``src`` with the same layout change shares."""
+        rows = augment(layout.fit_rows(layout.enter(self.features[src])))
+        key = (src, layout.signature)
+        if key not in self._grams:
+            self._grams[key] = rows.T @ rows
+        return rows, self._grams[key]
 
-    def _target(self, dst: Boundary) -> tuple[torch.Tensor, torch.Tensor]:
-        """Column sums and ``Y^T Y`` of the receiver's features (float64)."""
+    def _target(self, dst: Boundary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The receiver's rows (float64), their column sums and ``Y^T Y`` (the last two cached)."""
+        y = to_rows(self.features[dst], self.adapters[dst[0]].layout).double()
         if dst not in self._targets:
-            y = self.rows[dst].double()
             self._targets[dst] = (y.sum(0), y.T @ y)
-        return self._targets[dst]
+        return (y, *self._targets[dst])
 
     def junction(self, src: Boundary, dst: Boundary) -> SolvedJunction:
         """The LS stitching layer from ``src`` to ``dst`` and its CKA score (cached)."""
@@ -114,15 +156,16 @@ class JunctionTable:
         return self._junctions[key]
 
     def solve(self, src: Boundary, dst: Boundary) -> SolvedJunction:
-        """Solve and score one junction from the cached features (no caching of the result)."""
-        gram = self._gram(src)
-        y = self.rows[dst].double()
-        cross = augment(self.rows[src]).T @ y
+        """Solve and score one junction from the cached features (the result not cached)."""
+        layout = self.layout_junction(src, dst)
+        if layout is None:
+            raise IncompatibleAnchorsError(f"no stitching layer joins boundary {src} to {dst}")
+        x, gram = self._inputs(src, layout)
+        y, sy, yy = self._target(dst)
+        cross = x.T @ y
         weight, bias = solve_normal_equations(gram, cross)
         s = torch.cat([weight.T, bias[None]])  # [W^T; b]: the mapped rows are [X 1] S
-        sy, yy = self._target(dst)
-        n = y.shape[0]
-        cka = linear_cka(n, s.T @ gram[:, -1], sy, s.T @ gram @ s, yy, s.T @ cross)
+        cka = linear_cka(y.shape[0], s.T @ gram[:, -1], sy, s.T @ gram @ s, yy, s.T @ cross)
         # CKA lies in [0, 1]; rounding can step past 1 by ~1e-15 for identical features
         return SolvedJunction(weight.float(), bias.float(), min(max(cka, 0.0), 1.0))
 
@@ -132,6 +175,8 @@ class JunctionTable:
     def ranked(self, src: Boundary) -> list[tuple[float, Boundary]]:
         """Every junction leaving ``src`` into a block of a pool network, best score first
         (ties: lower network, then lower boundary); ``src`` itself (no junction) left out."""
+        if src in self._ranked:
+            return self._ranked[src]
         out = []
         for b, adapter in enumerate(self.adapters):
             for k in range(adapter.num_blocks):  # entering at the last boundary would run no block

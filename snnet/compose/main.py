@@ -255,10 +255,11 @@ def run(args: Namespace, log: Callable[[str], None] = print) -> int:
     val_ds = create_dataset(args.dataset, args.data_dir, "validation")
     if args.stitch_images > len(train_ds):
         raise ConfigError(f"--stitch-images {args.stitch_images} is above the {len(train_ds)} training images")
+    args.routes = []  # the pool's networks only: junctions come from the search
     pool = build_snnet(args).to(args.device).eval()
     start = time.perf_counter()
     images = sample_train_images(pool, args.dataset, args.data_dir, args.stitch_images, args.seed)
-    table = JunctionTable(pool.anchor_adapters, images)
+    table = JunctionTable(pool.anchor_adapters, images, class_token=args.class_token, prefix_tokens=args.prefix_tokens)
     chosen = choose(table, cfg, args)
     log(
         f"search: {len(chosen)} networks chosen, {len(table._junctions)} junctions scored in "
