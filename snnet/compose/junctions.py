@@ -11,8 +11,8 @@ features ``[X 1] S`` and ``Y`` (StitchNet scores the compatibility of two fragme
 on a few images): 1 when the receiver's features are a linear function of the sender's.
 
 :class:`JunctionTable` runs every pool network once on the stitching images and keeps its
-features at every boundary; each boundary's Gram matrix ``[X 1]^T [X 1]`` is formed once and
-shared by every junction leaving it, and each junction's LS solution and CKA are computed once,
+features at every boundary; each boundary's Gram matrix ``[X 1]^T [X 1]`` is formed and
+factorised (its pseudo-inverse) once and shared by every junction leaving it, and each junction's LS solution and CKA are computed once,
 on first use, and then reused by every candidate network that contains the junction. The CKA
 needs no mapped rows: with ``G = [X 1]^T [X 1]`` and ``C = [X 1]^T Y``, the mapped features have
 ``sum = S^T G[:, -1]``, ``(XS)^T (XS) = S^T G S`` and ``(XS)^T Y = S^T C``.
@@ -29,7 +29,7 @@ from ..anchors import Anchor
 from ..core.junctions import DEFAULT_CLASS_TOKEN, DEFAULT_PREFIX_TOKENS, feature_spec
 from ..core.junctions import Junction as LayoutJunction
 from ..core.layers import to_rows
-from ..core.lstsq import augment, solve_normal_equations
+from ..core.lstsq import augment, normal_equations_inverse, solve_with_inverse
 from ..errors import IncompatibleAnchorsError
 from ..evaluate.compat import linear_cka
 
@@ -72,7 +72,7 @@ class JunctionTable:
         self.class_token, self.prefix_tokens = class_token, prefix_tokens
         self.features: dict[Boundary, torch.Tensor] = {}
         self._layers: dict[tuple[Boundary, Boundary], Optional[LayoutJunction]] = {}
-        self._grams: dict[tuple, torch.Tensor] = {}
+        self._grams: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._targets: dict[Boundary, tuple[torch.Tensor, torch.Tensor]] = {}
         self._junctions: dict[tuple[Boundary, Boundary], SolvedJunction] = {}
         self._ranked: dict[Boundary, list[tuple[float, Boundary]]] = {}
@@ -132,14 +132,16 @@ class JunctionTable:
     def can_join(self, src: Boundary, dst: Boundary) -> bool:
         return self.layout_junction(src, dst) is not None
 
-    def _inputs(self, src: Boundary, layout: LayoutJunction) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[X 1]`` (float64 rows of the layer's input, after the layout change) and its Gram
-        matrix, which every junction from ``src`` with the same layout change shares."""
+    def _inputs(self, src: Boundary, layout: LayoutJunction) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[X 1]`` (float64 rows of the layer's input, after the layout change), its Gram matrix
+        and that matrix's pseudo-inverse, the last two shared by every junction from ``src``
+        with the same layout change."""
         rows = augment(layout.fit_rows(layout.enter(self.features[src])))
         key = (src, layout.signature)
         if key not in self._grams:
-            self._grams[key] = rows.T @ rows
-        return rows, self._grams[key]
+            gram = rows.T @ rows
+            self._grams[key] = (gram, normal_equations_inverse(gram))
+        return (rows, *self._grams[key])
 
     def _target(self, dst: Boundary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The receiver's rows (float64), their column sums and ``Y^T Y`` (the last two cached)."""
@@ -160,10 +162,10 @@ class JunctionTable:
         layout = self.layout_junction(src, dst)
         if layout is None:
             raise IncompatibleAnchorsError(f"no stitching layer joins boundary {src} to {dst}")
-        x, gram = self._inputs(src, layout)
+        x, gram, inverse = self._inputs(src, layout)
         y, sy, yy = self._target(dst)
         cross = x.T @ y
-        weight, bias = solve_normal_equations(gram, cross)
+        weight, bias = solve_with_inverse(inverse, cross)
         s = torch.cat([weight.T, bias[None]])  # [W^T; b]: the mapped rows are [X 1] S
         cka = linear_cka(y.shape[0], s.T @ gram[:, -1], sy, s.T @ gram @ s, yy, s.T @ cross)
         # CKA lies in [0, 1]; rounding can step past 1 by ~1e-15 for identical features
