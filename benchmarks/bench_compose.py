@@ -95,7 +95,7 @@ def main() -> None:
         f"{args.img_size}x{args.img_size}, {args.images} stitching images; search: threshold {cfg.threshold}, "
         f"total {cfg.total_threshold}, max depth {cfg.max_depth}, top-k {cfg.top_k}"
     )
-    print(f"candidates: {len(candidates)}, distinct junctions scored: {len(table._junctions)}")
+    print(f"candidates: {len(candidates)}, distinct junctions scored: {table.num_solved}")
     print("| method | time for all candidates | candidates scored / s |")
     print("| --- | --- | --- |")
     print(

@@ -308,6 +308,7 @@ def _pool_args(names=NAMES, kwargs=POOL["anchor_kwargs"]):
         (_pool_args() + ["--total-threshold", "-1"], "--total-threshold -1.0 is outside [0, 1]"),
         (_pool_args() + ["--max-depth", "0"], "--max-depth 0 allows no junction"),
         (_pool_args() + ["--stitch-images", "5000"], "--stitch-images 5000 is above"),
+        (_pool_args() + ["--routes", f"{NAMES[0]}[:2]>{NAMES[1]}[2:]"], "--routes does not apply to compose.py"),
     ],
 )
 def test_bad_arguments_fail_with_one_line_and_write_nothing(argv, message, tmp_path, capsys):

@@ -102,6 +102,11 @@ class JunctionTable:
             adapter.model.train(was_training)
         return out
 
+    @property
+    def num_solved(self) -> int:
+        """Junctions solved and scored so far."""
+        return len(self._junctions)
+
     def depth(self, a: int) -> int:
         return self.adapters[a].num_blocks
 

@@ -74,10 +74,24 @@ def build_compose_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_args(args: Namespace) -> SearchConfig:
+# SN-Net options add_model_args brings that a composition has no use for: it searches its own
+# routes and joins them with linear least-squares layers
+NOT_FOR_COMPOSE = (
+    "routes", "stitching", "stages", "kernel_size", "stride", "nearest", "stitch_layer", "stitch_stride", "lora_rank",
+    "official_forward",
+)  # fmt: skip
+
+
+def check_args(args: Namespace, defaults: dict[str, Any]) -> SearchConfig:
     """Refuse bad values before anything is built or written (one line each)."""
     if not args.anchors:
         raise ConfigError("no pool given: pass --pool NAME [NAME ...], the pool's timm model names")
+    for dest in NOT_FOR_COMPOSE:
+        if getattr(args, dest) != defaults[dest]:
+            raise ConfigError(
+                f"--{dest.replace('_', '-')} does not apply to compose.py (it searches its own routes and joins "
+                f"them with linear least-squares layers): drop it"
+            )
     cfg = SearchConfig(args.threshold, args.total_threshold, args.max_depth, args.top_k)
     for flag, value, least in (
         ("--stitch-images", args.stitch_images, 1),
@@ -245,12 +259,12 @@ def export(export: dict, args: Namespace, val_ds, classes: int, log: Callable) -
     )
 
 
-def run(args: Namespace, log: Callable[[str], None] = print) -> int:
+def run(args: Namespace, defaults: dict[str, Any], log: Callable[[str], None] = print) -> int:
     from ..cli import build_snnet
     from ..data.datasets import create_dataset, num_classes_of
     from ..evaluate.compat import sample_train_images
 
-    cfg = check_args(args)
+    cfg = check_args(args, defaults)
     train_ds = create_dataset(args.dataset, args.data_dir, "train")
     val_ds = create_dataset(args.dataset, args.data_dir, "validation")
     if args.stitch_images > len(train_ds):
@@ -262,7 +276,7 @@ def run(args: Namespace, log: Callable[[str], None] = print) -> int:
     table = JunctionTable(pool.anchor_adapters, images, class_token=args.class_token, prefix_tokens=args.prefix_tokens)
     chosen = choose(table, cfg, args)
     log(
-        f"search: {len(chosen)} networks chosen, {len(table._junctions)} junctions scored in "
+        f"search: {len(chosen)} networks chosen, {table.num_solved} junctions scored in "
         f"{time.perf_counter() - start:.1f} s"
     )
     if args.export is not None and args.export > len(chosen):
@@ -283,4 +297,5 @@ def run(args: Namespace, log: Callable[[str], None] = print) -> int:
 @exit_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.manual_seed(0)
-    return run(build_compose_parser().parse_args(argv))
+    parser = build_compose_parser()
+    return run(parser.parse_args(argv), {a.dest: a.default for a in parser._actions})
