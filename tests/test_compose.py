@@ -28,7 +28,7 @@ from snnet.compose.fit import KNNHead, RidgeHead, evaluate, fit
 from snnet.compose.main import COLUMNS, FlopsCounter, load_batches
 from snnet.compose.search import best_candidates, sample_network, search
 from snnet.core.flops import network_flops
-from snnet.core.routes import Segment
+from snnet.core.routes import Segment, parse_route
 
 # two tiny DeiT-like networks of different widths (17 tokens: patch 8 on 32x32)
 POOL = dict(
@@ -247,6 +247,9 @@ def test_generate_yields_scored_snnets_that_export_with_their_head(random_pool, 
     pool, images, table = random_pool
     found = list(generate(pool, images, threshold=0.0, total_threshold=0.0, max_depth=2, top_k=2, table=table))
     assert len(found) == sum(d for d in (4, 4)) * 2  # every first fragment, two entries each
+    names, depths = [a.name for a in pool.anchor_adapters], [a.num_blocks for a in pool.anchor_adapters]
+    for _, other in found:  # the names compose.py writes are routes by name (--routes)
+        assert parse_route(other.selected.name, names, depths).segments == other.selected.route.segments
     score, net = found[0]
     assert net.cfg_id == 2 and net.num_stitches == 3 and 0.0 <= score <= 1.0
     assert score == pytest.approx(net.compositions[2].score)

@@ -27,6 +27,7 @@ from ..core.model import SNNet
 from ..errors import ConfigError, exit_on_user_error
 from ..io.checkpoint import atomic_write
 from .build import compose_snnet
+from .draw import draw_svg
 from .fit import FIT_METHODS, fit_head, head_top1, network_outputs
 from .junctions import JunctionTable
 from .search import Candidate, SearchConfig, best_candidates, sample_network, search
@@ -186,8 +187,6 @@ def evaluate_candidates(
     for stale in svg_dir.glob("*.svg"):  # an earlier run's drawings of ranks this run does not have
         if stale.stem.isdigit() and int(stale.stem) > len(chosen):
             stale.unlink()
-    from .draw import draw_svg
-
     for rank, candidate in enumerate(chosen, 1):
         start = time.perf_counter()
         net = compose_snnet(pool, table, [candidate])
