@@ -152,7 +152,8 @@ def _brute_force(table: _ScoredTable, cfg: SearchConfig) -> set:
     entries = [(b, k) for b, d in enumerate(depths) for k in range(d)]
 
     def kept(src):  # the top-k entries by score (ties: lower entry) at least threshold
-        ranked = sorted((e for e in entries if e != src), key=lambda e: (-table.scores[(src, e)], e))
+        others = [e for e in entries if e != src and (cfg.self_junctions or e[0] != src[0])]
+        ranked = sorted(others, key=lambda e: (-table.scores[(src, e)], e))
         return [e for e in ranked if table.scores[(src, e)] >= cfg.threshold][: cfg.top_k]
 
     found = set()
@@ -175,7 +176,13 @@ def _brute_force(table: _ScoredTable, cfg: SearchConfig) -> set:
 
 
 @pytest.mark.parametrize(
-    "cfg", [SearchConfig(0.6, 0.3, 3, 3), SearchConfig(0.0, 0.0, 2, 2), SearchConfig(0.8, 0.6, 3, 20)]
+    "cfg",
+    [
+        SearchConfig(0.6, 0.3, 3, 3),
+        SearchConfig(0.0, 0.0, 2, 2),
+        SearchConfig(0.8, 0.6, 3, 20),
+        SearchConfig(0.5, 0.2, 3, 2, self_junctions=False),
+    ],
 )
 def test_search_finds_exactly_the_chains_the_rules_allow(cfg):
     table = _ScoredTable([3, 2], seed=1)
@@ -184,6 +191,7 @@ def test_search_finds_exactly_the_chains_the_rules_allow(cfg):
     assert len({c.segments for c in found}) == len(found)  # each network once
     for c in found:
         assert len(c.segments) <= cfg.max_depth
+        assert cfg.self_junctions or all(s.anchor != t.anchor for s, t in zip(c.segments[:-1], c.segments[1:]))
         assert all(s >= cfg.threshold for s in c.junction_scores)
         assert cfg.total_threshold <= c.score <= 1.0
         assert c.score == pytest.approx(math.prod(table.scores[j] for j in c.junctions))

@@ -47,10 +47,12 @@ def generate(
     seed: int = 0,
     max_networks: Optional[int] = None,
     table: Optional[JunctionTable] = None,
+    self_junctions: bool = True,
 ) -> Iterator[tuple[float, SNNet]]:
     """StitchNet's ``generate`` over a pool of networks: yields ``(score, net)`` for every composed
     network the search reaches (depth first), or one random network with ``sample=True`` (the
-    same for the same ``seed``); at most ``max_networks``.
+    same for the same ``seed``); at most ``max_networks``. ``self_junctions=False`` joins different
+    pool networks only (see :class:`~snnet.compose.search.SearchConfig`).
 
     ``pool`` is an SN-Net whose anchors are the pool's networks (e.g. ``create_snnet([...])``);
     ``images`` the stitching images (StitchNet uses 32). Each ``net`` is an SN-Net over the
@@ -59,7 +61,7 @@ def generate(
     SN-Net; ``net.compositions[net.cfg_id]`` holds the fragments and junction scores. Pass
     ``table`` to reuse the features and junctions of an earlier call on the same images.
     """
-    cfg = SearchConfig(threshold, total_threshold, max_depth, top_k)
+    cfg = SearchConfig(threshold, total_threshold, max_depth, top_k, self_junctions)
     if table is None:
         table = JunctionTable(
             pool.anchor_adapters, images, class_token=pool.class_token, prefix_tokens=pool.prefix_tokens

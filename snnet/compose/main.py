@@ -55,6 +55,9 @@ def build_compose_parser() -> argparse.ArgumentParser:
                    help="least score of a network (the product of its junctions' scores), in [0, 1]")
     g.add_argument("--max-depth", type=int, default=3, metavar="D", help="most fragments in a network (>= 2)")
     g.add_argument("--top-k", type=int, default=5, metavar="K", help="best next fragments kept at each junction")
+    g.add_argument("--self-junctions", action=argparse.BooleanOptionalAction, default=True,
+                   help="junctions back into the network they leave (skipping or repeating its blocks), as "
+                        "StitchNet allows; --no-self-junctions joins different pool networks only")
     g.add_argument("--sample", action="store_true", default=False,
                    help="one random network of the search (the same for the same --seed) instead of all")
     g.add_argument("--max-networks", type=int, default=20, metavar="N",
@@ -93,7 +96,7 @@ def check_args(args: Namespace, defaults: dict[str, Any]) -> SearchConfig:
                 f"--{dest.replace('_', '-')} does not apply to compose.py (it searches its own routes and joins "
                 f"them with linear least-squares layers): drop it"
             )
-    cfg = SearchConfig(args.threshold, args.total_threshold, args.max_depth, args.top_k)
+    cfg = SearchConfig(args.threshold, args.total_threshold, args.max_depth, args.top_k, args.self_junctions)
     for flag, value, least in (
         ("--stitch-images", args.stitch_images, 1),
         ("--k-neighbors", args.k_neighbors, 1),

@@ -44,12 +44,16 @@ class Candidate:
 @dataclass(frozen=True)
 class SearchConfig:
     """StitchNet's knobs: ``threshold`` per junction, ``total_threshold`` for the product,
-    ``max_depth`` fragments at most, ``top_k`` next entries kept per junction."""
+    ``max_depth`` fragments at most, ``top_k`` next entries kept per junction.
+    ``self_junctions``: a junction may also lead back into the network it leaves (skipping or
+    repeating its blocks), as StitchNet's fragments may; False keeps only junctions between
+    different pool networks."""
 
     threshold: float = 0.9
     total_threshold: float = 0.5
     max_depth: int = 3
     top_k: int = 5
+    self_junctions: bool = True
 
     def __post_init__(self):
         for name in ("threshold", "total_threshold"):
@@ -74,7 +78,8 @@ def _starts(table: JunctionTable) -> list[Boundary]:
 def _next(table: JunctionTable, src: Boundary, total: float, cfg: SearchConfig) -> list[tuple[float, Boundary]]:
     """The ``top_k`` best junctions leaving ``src`` above ``threshold`` that keep the running
     product ``total`` at least ``total_threshold``."""
-    best = [(c, dst) for c, dst in table.ranked(src) if c >= cfg.threshold][: cfg.top_k]
+    ranked = table.ranked(src) if cfg.self_junctions else [(c, d) for c, d in table.ranked(src) if d[0] != src[0]]
+    best = [(c, dst) for c, dst in ranked if c >= cfg.threshold][: cfg.top_k]
     return [(c, dst) for c, dst in best if total * c >= cfg.total_threshold]
 
 
