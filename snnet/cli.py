@@ -245,6 +245,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--flops-sampling-k", type=float, default=None, metavar="K",
                    help="--sample-by flops-groups: group weights i/K + 1/groups (favouring larger networks; "
                         "default: uniform over groups)")
+    g.add_argument("--train-only", default="all", choices=["all", "stitching"],
+                   help="stitching: train the stitching layers only, the anchors frozen (no gradients, eval mode: "
+                        "BatchNorm statistics, dropout and drop-path frozen)")
     g.add_argument("--val-stitches", type=str, default=None, metavar="IDS",
                    help="cfg_ids validated each epoch, e.g. '0,3,10' or 'all' (default: anchors + 3 evenly spaced)")
     g.add_argument("--eval-metric", type=str, default="top1", choices=["top1", "top5", "loss"],

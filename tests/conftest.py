@@ -32,6 +32,7 @@ TINY_PAIRS = {
         anchor_kwargs=[{}, dict(window_size=4, embed_dim=24, depths=(2, 2, 6, 2), num_heads=(1, 2, 3, 4))],
     ),
     "levit": dict(anchors=["levit_128s", "levit_192"], img_size=64),
+    "mobilenetv3": dict(anchors=["mobilenetv3_small_050", "mobilenetv3_small_075"], img_size=64),
 }
 
 

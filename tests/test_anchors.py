@@ -51,7 +51,7 @@ def test_unknown_model_names_the_problem():
     with pytest.raises(UnknownModelError, match="unknown model 'deit_tinny"):
         create_snnet(["deit_tinny_patch16_224"])
     with pytest.raises(UnknownModelError, match="no SN-Net anchor adapter"):
-        create_snnet(["mobilenetv3_small_100"])
+        create_snnet(["convnext_atto"])
 
 
 def test_incompatible_anchors_explain_why():

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from snnet import create_snnet
 from snnet.core.junctions import FeatureSpec, Junction
+from snnet.core.layers import create_stitching_layer
 from snnet.core.routes import Route, Segment, parse_route, route_name
 from snnet.errors import ConfigError, IncompatibleAnchorsError
 
@@ -118,21 +119,21 @@ def _grid_by_hand(x, layout, prefix):
     return x[:, prefix:].transpose(1, 2).reshape(b, c, side, side), (x[:, 0] if prefix else None)
 
 
-def _junction_by_hand(x, front, back, j, k, weight, bias, class_token="mean", prefix_tokens="drop"):
-    """Anchor ``front``'s features after block j -> input of ``back`` block k through the map."""
+def _junction_by_hand(x, front, back, j, k, weight, bias, class_token="mean", prefix_tokens="drop", stride=1):
+    """Anchor ``front``'s features after block j -> input of ``back`` block k through the map
+    (``stride``: resampled to ``stride`` times the back grid, then every ``stride``-th position)."""
     grid, cls = _grid_by_hand(x, front.layout, front.num_prefix_tokens)
-    target = back.grid(k)
-    if tuple(grid.shape[-2:]) != tuple(target):
+    target = tuple(g * stride for g in back.grid(k))
+    if tuple(grid.shape[-2:]) != target:
         grid = F.interpolate(grid, size=target, mode="bilinear", align_corners=False)
     if back.layout == "tokens":
-        tokens = grid.flatten(2).transpose(1, 2)
         if front.layout != "tokens":
-            made = {"mean": tokens.mean(1, keepdim=True), "zeros": torch.zeros_like(tokens[:, :1])}
-            made["ones"] = torch.ones_like(tokens[:, :1])
-            cls_in = made[class_token]
-        else:
-            cls_in = cls[:, None]
-        return torch.cat([cls_in, tokens], 1) @ weight.T + bias
+            made = {"mean": grid.mean((2, 3)), "zeros": torch.zeros_like(grid[:, :, 0, 0])}
+            made["ones"] = torch.ones_like(made["zeros"])
+            cls = made[class_token]
+        tokens = grid[:, :, ::stride, ::stride].flatten(2).transpose(1, 2)
+        return torch.cat([cls[:, None], tokens], 1) @ weight.T + bias
+    grid = grid[:, :, ::stride, ::stride]
     if cls is not None and prefix_tokens == "broadcast":
         grid = torch.cat([grid, cls[:, :, None, None].expand(-1, -1, *grid.shape[-2:])], 1)
     out = F.conv2d(grid, weight[:, :, None, None], bias)  # a channel map on a grid is a 1x1 convolution
@@ -228,6 +229,9 @@ def test_impossible_junctions_and_bad_rules_fail_with_one_line():
         Junction(tokens, FeatureSpec("tokens", 16, (4, 4), prefix=1))
     with pytest.raises(IncompatibleAnchorsError, match="strided layer needs a grid"):
         Junction(tokens, FeatureSpec("tokens", 16, None, prefix=1), stride=2)
+    legacy = Junction(FeatureSpec("tokens", 32), FeatureSpec("tokens", 16))  # token counts equal, grid unknown
+    with pytest.raises(IncompatibleAnchorsError, match="--stitch-layer conv3x3 convolves a grid of patches"):
+        create_stitching_layer("conv3x3", 32, 16, junction=legacy)
     with pytest.raises(ConfigError, match="unknown --class-token 'cls'"):
         create_snnet(routes=[f"{R}[:3]>{D}[2:]"], class_token="cls", **MIXED)
     with pytest.raises(ConfigError, match="unknown --prefix-tokens 'keep'"):
@@ -255,3 +259,39 @@ def test_eval_flops_only_takes_routes_and_refuses_bad_ones(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "names a block that does not exist: resnet18 has blocks 0..7" in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_route_configs_cover_every_pair_and_build():
+    """configs/routes/: every pair of ResNet-50, Swin-T, ViT-S and MobileNetV3 has a config whose
+    keys train.py knows and whose routes build (random weights, full size)."""
+    from itertools import combinations
+    from pathlib import Path
+
+    from snnet.cli import build_train_parser
+    from snnet.config import parse_args_with_config
+
+    models = {"resnet50", "swin_tiny_patch4_window7_224", "vit_small_patch16_224", "mobilenetv3_large_100"}
+    covered = set()
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs" / "routes").glob("*.yaml")):
+        args, _ = parse_args_with_config(build_train_parser(), ["-c", str(path)])
+        assert args.train_only == "stitching" and args.routes, path
+        net = create_snnet(args.anchors, num_classes=10, img_size=args.img_size, routes=args.routes)
+        assert [s.name for s in net.stitches[2:]] == args.routes
+        covered.add(frozenset(args.anchors))
+    assert covered == {frozenset(p) for p in combinations(models, 2)}
+
+
+def test_tokens_into_tokens_of_another_grid_keep_the_class_token():
+    """A DeiT of 8x8 patches into one of 16x16: patch grid resampled, class token carried over."""
+    small = "deit_small_patch16_224"
+    anchor_kwargs = [MIXED["anchor_kwargs"][1], dict(patch_size=4, embed_dim=48, depth=4, num_heads=2)]
+    torch.manual_seed(0)
+    net = create_snnet(
+        [D, small], num_classes=5, img_size=64, anchor_kwargs=anchor_kwargs, routes=[f"{D}[:2]>{small}[1:]"]
+    )
+    net.eval()
+    assert net.stitch_layers[0].junction.resample
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net.select(2)(x), _route_by_hand(net, net.stitches[2].route, x))

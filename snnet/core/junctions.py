@@ -169,13 +169,19 @@ class Junction(nn.Module):
         """The layer's output (working layout, the back's channels) -> the back's layout."""
         return y.permute(0, 3, 1, 2) if self.dst.layout == "nchw" else y
 
+    def require_grid(self, kind: str) -> None:
+        """One line when a layer that convolves (``kind``) meets tokens that form no known grid."""
+        if self.work.layout == "tokens" and self.work.grid is None:
+            raise IncompatibleAnchorsError(
+                f"--stitch-layer {kind} convolves a grid of patches, but the tokens at this junction form none "
+                f"({self.extra_repr()}): use linear, lora, mlp or transformer-block"
+            )
+
     def split(self, x: torch.Tensor) -> tuple[Optional[torch.Tensor], torch.Tensor]:
         """Working features -> (prefix tokens or None, the patch grid as NCHW) for layers that
-        convolve (the prefix tokens take the layer's channel map only)."""
+        convolve (the prefix tokens take the layer's channel map only; see :meth:`require_grid`)."""
         if self.work.layout != "tokens":
             return None, x.permute(0, 3, 1, 2)
-        if self.work.grid is None:
-            raise IncompatibleAnchorsError("this stitching layer needs a grid of patch tokens, the junction has none")
         p = self.work.prefix
         grid = x[:, p:].reshape(x.shape[0], *self.work.grid, x.shape[-1])
         return (x[:, :p] if p else None), grid.permute(0, 3, 1, 2)

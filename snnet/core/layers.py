@@ -1,7 +1,9 @@
-"""Stitching layers: a channel-linear map from one anchor's features to another's.
+"""Stitching layers: a learned map from one anchor's features to another's, behind a junction.
 
-Two kinds, made by :func:`create_stitching_layer`; both honour the contract LS init relies on,
-``set_weights(w, b)`` makes the layer compute ``x w^T + b``:
+The kinds are a registry (:func:`register_stitch_layer`, :func:`create_stitching_layer`,
+``--stitch-layer``); every kind honours the contract LS init relies on: after ``set_weights(w, b)``
+the layer computes ``x w^T + b`` on the junction's working features (the least-squares map), its
+extra capacity adding nothing until trained:
 
 * ``linear``: the paper's ``nn.Linear`` (SN-Net), every parameter trained;
 * ``lora``: SN-Netv2's: the least-squares solution is a frozen base ``W``, a trainable
@@ -9,7 +11,14 @@ Two kinds, made by :func:`create_stitching_layer`; both honour the contract LS i
   ``lora_alpha = 1``) is added; the bias stays trainable as in the official code. In eval mode
   the layer runs one merged linear map ``W + B A / rank`` (cached, recomputed whenever a
   parameter changed), which is also what export ships and what FLOPs and parameter counts
-  describe: the deployed network.
+  describe: the deployed network;
+* ``conv3x3``: a 3x3 convolution, the map in its centre tap;
+* ``mlp``, ``basic-block``, ``bottleneck``, ``transformer-block``: the map plus a residual
+  branch (a per-token MLP, a ResNet basic or bottleneck block, a ViT block) whose last layer
+  starts at zero.
+
+``conv3x3``, ``basic-block`` and ``bottleneck`` can downsample (``--stitch-stride``). The
+junction (:mod:`snnet.core.junctions`) changes the layout around the map.
 """
 
 from __future__ import annotations
@@ -68,6 +77,12 @@ def to_rows(x: torch.Tensor, layout: Layout) -> torch.Tensor:
     if layout == "nchw":
         x = x.permute(0, 2, 3, 1)
     return x.reshape(-1, x.shape[-1])
+
+
+@torch.no_grad()
+def _set_linear(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    linear.weight.copy_(weight)
+    linear.bias.copy_(bias)
 
 
 class BaseStitchingLayer(nn.Module):
@@ -140,8 +155,7 @@ class StitchingLayer(BaseStitchingLayer):
 
     @torch.no_grad()
     def set_weights(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        self.transform.weight.copy_(weight)
-        self.transform.bias.copy_(bias)
+        _set_linear(self.transform, weight, bias)
 
     def effective_weight(self) -> torch.Tensor:
         """The weight of the one linear map the layer computes."""
@@ -235,6 +249,7 @@ class ConvStitchingLayer(BaseStitchingLayer):
     """
 
     def __init__(self, junction: Junction, out_dim: int):
+        junction.require_grid("conv3x3")
         super().__init__(junction)
         self.conv = nn.Conv2d(junction.in_channels, out_dim, 3, stride=junction.stride, padding=1)
         start = nn.Linear(junction.in_channels, out_dim)  # before LS init: a random linear map
@@ -253,28 +268,22 @@ class ConvStitchingLayer(BaseStitchingLayer):
         self.conv.bias.copy_(bias)
 
 
-class ResidualStitchingLayer(StitchingLayer):
-    """The LS map (``transform``) plus extra capacity whose last layer starts at zero, so that
-    the layer starts as the map. Subclasses add the capacity in :meth:`map` and name its last
-    parameters in :meth:`zero_last`."""
+class ResidualStitchingLayer(BaseStitchingLayer):
+    """The LS map (``transform``, an ``nn.Linear`` as the ``linear`` kind's) plus extra capacity
+    whose last layer starts at zero, so that the layer starts as the map. Subclasses add the
+    capacity in :meth:`map` and name its last parameters in :meth:`zero_last`."""
 
     def __init__(self, junction: Junction, out_dim: int):
-        super().__init__(junction.in_channels, out_dim, junction=junction)
+        super().__init__(junction)
+        self.transform = nn.Linear(junction.in_channels, out_dim)
 
     def zero_last(self) -> None:
         raise NotImplementedError
 
     @torch.no_grad()
     def set_weights(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().set_weights(weight, bias)
+        _set_linear(self.transform, weight, bias)
         self.zero_last()
-
-    @property
-    def deployed_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def deployed(self) -> nn.Module:
-        return copy.deepcopy(self)
 
 
 class MLPStitchingLayer(ResidualStitchingLayer):
@@ -320,6 +329,7 @@ class BasicBlockStitchingLayer(ConvResidualStitchingLayer):
     """``basic-block``: conv3x3 (stride) - BN - ReLU - conv3x3 - BN beside the shortcut."""
 
     def __init__(self, junction: Junction, out_dim: int):
+        junction.require_grid("basic-block")
         super().__init__(junction, out_dim)
         c, s = junction.in_channels, junction.stride
         self.branch = nn.Sequential(
@@ -337,6 +347,7 @@ class BottleneckStitchingLayer(ConvResidualStitchingLayer):
     the shortcut, the middle width a quarter of the output's."""
 
     def __init__(self, junction: Junction, out_dim: int):
+        junction.require_grid("bottleneck")
         super().__init__(junction, out_dim)
         c, s, mid = junction.in_channels, junction.stride, max(out_dim // 4, 1)
         self.branch = nn.Sequential(

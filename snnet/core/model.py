@@ -110,6 +110,24 @@ class SNNet(nn.Module):
         )
 
     @property
+    def anchors_frozen(self) -> bool:
+        return getattr(self, "_anchors_frozen", False)
+
+    def freeze_anchors(self) -> "SNNet":
+        """Train the stitching layers only (``--train-only stitching``): the anchors' parameters
+        get no gradients, and the anchors stay in eval mode whatever ``train()`` is called with
+        (BatchNorm statistics, dropout and drop-path frozen), so they end bit-equal to how they began."""
+        self._anchors_frozen = True
+        self.anchors.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "SNNet":
+        super().train(mode)
+        if self.anchors_frozen:
+            self.anchors.eval()
+        return self
+
+    @property
     def input_size(self) -> tuple[int, ...]:
         return self.anchor_adapters[0].input_size
 

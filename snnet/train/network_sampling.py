@@ -183,7 +183,17 @@ def create_network_sampler(
     if sample_by == "networks":
         if flops_sampling_k is not None:
             raise ConfigError("--flops-sampling-k weighs FLOPs groups: add --sample-by flops-groups or drop it")
-        return NetworkSampler(net.num_stitches, seed, rank, per_rank, resolve_sample_weights(sample_weights, net))
+        weights = resolve_sample_weights(sample_weights, net)
+        if net.anchors_frozen:  # --train-only stitching: an anchor network has nothing to train
+            weights = [0.0 if s.is_anchor else w for s, w in zip(net.stitches, weights or [1.0] * net.num_stitches)]
+            if not any(weights):
+                raise ConfigError(
+                    "--train-only stitching trains stitched networks, but this SN-Net has none with a sampling weight: "
+                    "add --routes or drop --train-only"
+                )
+        return NetworkSampler(net.num_stitches, seed, rank, per_rank, weights)
+    if net.anchors_frozen:
+        raise ConfigError("--train-only stitching draws stitched networks one by one: use --sample-by networks")
     if sample_by != "flops-groups":
         raise ConfigError(f"unknown --sample-by '{sample_by}': use one of {', '.join(SAMPLE_BY)}")
     if sample_weights is not None:

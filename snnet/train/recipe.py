@@ -19,7 +19,8 @@ from ..errors import ConfigError
 
 
 def build_model(args: Namespace, num_classes: int) -> SNNet:
-    """The SN-Net of train.py's arguments (``--drop-path``/``--drop`` added to the timm kwargs)."""
+    """The SN-Net of train.py's arguments (``--drop-path``/``--drop`` added to the timm kwargs;
+    ``--train-only stitching`` freezes the anchors)."""
     model_args = Namespace(**vars(args))
     kwargs = parse_kwargs(args.model_kwargs)
     if args.drop_path is not None:
@@ -27,7 +28,10 @@ def build_model(args: Namespace, num_classes: int) -> SNNet:
     if args.drop is not None:
         kwargs.setdefault("drop_rate", args.drop)
     model_args.model_kwargs = kwargs
-    return build_snnet(model_args, num_classes=num_classes)
+    net = build_snnet(model_args, num_classes=num_classes)
+    if getattr(args, "train_only", "all") == "stitching":
+        net.freeze_anchors()
+    return net
 
 
 def apply_split_bn(net: SNNet) -> None:

@@ -277,8 +277,10 @@ class Trainer:
             end = args.epochs if args.stop_epoch is None else min(args.epochs, args.stop_epoch)
             while self.epoch < end:
                 train_metrics = self.train_one_epoch()
-                if info.distributed and args.dist_bn:
-                    distribute_bn(net, info.world_size, args.dist_bn == "reduce")
+                if info.distributed and args.dist_bn:  # frozen anchors keep their statistics
+                    distribute_bn(
+                        net.stitch_layers if net.anchors_frozen else net, info.world_size, args.dist_bn == "reduce"
+                    )
                 per_net = validate(
                     net, self.val_loader, self.val_prep, self.val_ids, self.autocast, args.max_val_batches
                 )
