@@ -136,7 +136,8 @@ class _ScoredTable(JunctionTable):
         self.adapters = [_Adapter(d) for d in depths]
         rng = random.Random(seed)
         points = [(a, i) for a, d in enumerate(depths) for i in range(d + 1)]
-        self.scores = {(s, t): round(rng.uniform(0.3, 1.0), 3) for s in points for t in points if s != t}
+        # one decimal: many ties, and scores equal to the thresholds (ties and ">=" are tested too)
+        self.scores = {(s, t): round(rng.uniform(0.3, 1.0), 1) for s in points for t in points if s != t}
         self._ranked = {}
 
     def can_join(self, src, dst):
