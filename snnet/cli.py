@@ -5,6 +5,7 @@ frozen run config and builds the SN-Net it describes."""
 from __future__ import annotations
 
 import argparse
+from typing import Sequence
 
 from .core.junctions import CLASS_TOKEN_RULES, DEFAULT_CLASS_TOKEN, DEFAULT_PREFIX_TOKENS, PREFIX_TOKEN_RULES
 from .core.layers import STITCH_LAYER_KINDS
@@ -25,11 +26,14 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 # The option tables below stay one option per line (``# fmt: off``): they read as tables.
-def add_model_args(parser: argparse.ArgumentParser) -> None:
+def add_model_args(
+    parser: argparse.ArgumentParser, anchor_flags: Sequence[str] = ("--anchors",), anchors_help: str = ""
+) -> None:
+    """The model options; ``anchor_flags`` name the anchors' option (compose.py: ``--pool``)."""
     # fmt: off
     group = parser.add_argument_group("SN-Net model")
-    group.add_argument("--anchors", nargs="+", default=None, metavar="NAME",
-                       help="timm model names of the anchors, ordered small to large")
+    group.add_argument(*anchor_flags, dest="anchors", nargs="+", default=None, metavar="NAME",
+                       help=anchors_help or "timm model names of the anchors, ordered small to large")
     group.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=False,
                        help="start the anchors from timm's pretrained weights (local HF cache first, then the hub)")
     group.add_argument("--anchor-checkpoints", nargs="+", default=None, metavar="FILE",

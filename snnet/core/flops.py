@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from math import prod
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from fvcore.nn import FlopCountAnalysis
@@ -27,6 +27,7 @@ from torch import nn
 from ..anchors import Anchor
 from ..runtime import eval_mode
 from .model import SNNet
+from .routes import Route
 
 _SDPA_OPS = (
     "aten::scaled_dot_product_attention",
@@ -103,16 +104,18 @@ def stitches_flops(net: SNNet) -> list[int]:
     for spec, layer in zip(net.layer_specs, net.stitch_layers):
         j = spec.positions[0][0]  # every position of a layer sees the same input shape
         layers.append(count_flops(layer, _probe(net.anchor_adapters[spec.front], j + 1)))
-    out = []
-    for s in net.stitches:
-        route = s.route
-        out.append(
-            parts[route.first.anchor].stem
-            + sum(sum(parts[seg.anchor].blocks[seg.start : seg.stop]) for seg in route.segments)
-            + sum(layers[i] for i in route.layers)
-            + (parts[route.last.anchor].head if route.is_anchor else parts[route.last.anchor].stitched_head)
-        )
-    return out
+    return [route_flops(s.route, parts, layers) for s in net.stitches]
+
+
+def route_flops(route: Route, parts: Sequence[AnchorFlops], layers: Sequence[int] | Mapping[int, int]) -> int:
+    """FLOPs of ``route`` from its parts: the anchors' stem / block / head counts (``parts``,
+    by anchor) and the stitching layers' (``layers``, by layer index)."""
+    return (
+        parts[route.first.anchor].stem
+        + sum(sum(parts[seg.anchor].blocks[seg.start : seg.stop]) for seg in route.segments)
+        + sum(layers[i] for i in route.layers)
+        + (parts[route.last.anchor].head if route.is_anchor else parts[route.last.anchor].stitched_head)
+    )
 
 
 def network_flops(net: SNNet, cfg_id: int) -> int:

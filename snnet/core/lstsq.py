@@ -26,3 +26,16 @@ def solve_normal_equations(gram: torch.Tensor, cross: torch.Tensor) -> tuple[tor
     # gelsd (SVD) is CPU-only and handles singular systems; the system is tiny anyway.
     sol = torch.linalg.lstsq(gram.cpu(), cross.cpu(), driver="gelsd").solution
     return sol[:-1].T.contiguous(), sol[-1].contiguous()
+
+
+def normal_equations_inverse(gram: torch.Tensor) -> torch.Tensor:
+    """The pseudo-inverse of a Gram matrix ``[X 1]^T [X 1]`` (symmetric): factorised once, it
+    solves every system with that Gram matrix by one product (:func:`solve_with_inverse`), the
+    same minimum-norm solution as :func:`solve_normal_equations`."""
+    return torch.linalg.pinv(gram.cpu(), hermitian=True)
+
+
+def solve_with_inverse(inverse: torch.Tensor, cross: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``S = inverse @ cross`` as (weight ``(out, in)``, bias), as :func:`solve_normal_equations`."""
+    sol = inverse @ cross.cpu()
+    return sol[:-1].T.contiguous(), sol[-1].contiguous()

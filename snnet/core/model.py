@@ -175,14 +175,13 @@ class SNNet(nn.Module):
 
     def num_params(self, cfg_id: int) -> int:
         """Parameters the network ``cfg_id`` runs, as deployed: the first anchor's stem, every
-        segment's blocks, the stitching layers (a LoRA layer merged into one linear map) and the
-        last anchor's head."""
+        segment's blocks (a block that a route runs twice, as a composed network may, held
+        once), the stitching layers (a LoRA layer merged into one linear map) and the last
+        anchor's head."""
         route = self.stitches[cfg_id].route
         first, last = self.anchor_adapters[route.first.anchor], self.anchor_adapters[route.last.anchor]
-        blocks = sum(
-            self.anchor_adapters[s.anchor].num_params(self.anchor_adapters[s.anchor].blocks[s.start : s.stop])
-            for s in route.segments
-        )
+        held = {(s.anchor, b) for s in route.segments for b in range(s.start, s.stop)}
+        blocks = sum(self.anchor_adapters[a].num_params([self.anchor_adapters[a].blocks[b]]) for a, b in held)
         layers = sum(self.stitch_layers[i].deployed_params for i in route.layers)
         return first.stem_params() + blocks + layers + last.head_params()
 

@@ -51,11 +51,20 @@ class _Moments:
         self.xy = self.xy + x.T @ y
 
     def cka(self) -> float:
-        mx, my = self.sx / self.n, self.sy / self.n
-        cxx = self.xx - self.n * torch.outer(mx, mx)
-        cyy = self.yy - self.n * torch.outer(my, my)
-        cxy = self.xy - self.n * torch.outer(mx, my)
-        return float(cxy.pow(2).sum() / (cxx.norm() * cyy.norm()))
+        return linear_cka(self.n, self.sx, self.sy, self.xx, self.yy, self.xy)
+
+
+def linear_cka(
+    n: int, sx: torch.Tensor, sy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor, xy: torch.Tensor
+) -> float:
+    """Linear CKA of row matrices ``X``, ``Y`` from their sums: ``n`` rows, column sums ``sx``,
+    ``sy`` and the products ``X^T X``, ``Y^T Y``, ``X^T Y`` (float64), so that CKA of data seen
+    in batches, or of a linear map of ``X`` (snnet.compose), needs no rows."""
+    mx, my = sx / n, sy / n
+    cxx = xx - n * torch.outer(mx, mx)
+    cyy = yy - n * torch.outer(my, my)
+    cxy = xy - n * torch.outer(mx, my)
+    return float(cxy.pow(2).sum() / (cxx.norm() * cyy.norm()))
 
 
 @torch.no_grad()
@@ -101,12 +110,20 @@ def ls_initialise_and_score(
 ) -> dict[int, dict[str, float]]:
     """Least-squares init of every stitching layer on ``n_images`` training images (as train.py's
     ``--ls-init``: same sampling from ``seed``, same transform), then :func:`junction_scores` on them."""
+    images = sample_train_images(net, dataset, data_dir, n_images, seed)
+    net.init_stitching_layers(images)
+    return junction_scores(net, images)
+
+
+def sample_train_images(net: SNNet, dataset: str, data_dir: str | None, n_images: int, seed: int) -> torch.Tensor:
+    """``n_images`` training images as train.py's ``--ls-init`` takes them (drawn from ``seed``,
+    evaluation transform of the first anchor at the SN-Net's input size), one batch."""
     from ..data.datasets import create_dataset, sample_images
     from ..data.loaders import data_config_for
 
     train_ds = create_dataset(dataset, data_dir, "train")
     cfg = data_config_for(net, train_ds)
-    images = sample_images(
+    return sample_images(
         train_ds,
         n_images,
         cfg["input_size"][-1],
@@ -116,8 +133,6 @@ def ls_initialise_and_score(
         interpolation=cfg["interpolation"],
         crop_pct=cfg["crop_pct"],
     )
-    net.init_stitching_layers(images)
-    return junction_scores(net, images)
 
 
 def compat_rows(

@@ -173,10 +173,11 @@ def _example(net: SNNet, batch: int, device) -> torch.Tensor:
     return torch.randn(batch, *net.input_size, generator=g).to(device)
 
 
-def _reference(net: SNNet, cfg_id: int, x: torch.Tensor) -> torch.Tensor:
+def _reference(net: SNNet, cfg_id: int, x: torch.Tensor, head: Optional[nn.Module] = None) -> torch.Tensor:
     with eval_mode(net):
         with torch.no_grad(), net.selecting(cfg_id):
-            return net(x).float()
+            out = net(x)
+            return (out if head is None else head(out)).float()
 
 
 def _export_program(module: nn.Module, x: torch.Tensor):
@@ -194,11 +195,19 @@ def _export_program(module: nn.Module, x: torch.Tensor):
 
 
 def export_network(
-    net: SNNet, cfg_id: int, path: str | Path, batch_size: int = 2, opset: Optional[int] = None, atol: float = 1e-4
+    net: SNNet,
+    cfg_id: int,
+    path: str | Path,
+    batch_size: int = 2,
+    opset: Optional[int] = None,
+    atol: float = 1e-4,
+    head: Optional[nn.Module] = None,
 ) -> ExportReport:
     """Write network ``cfg_id`` to ``path`` (format from the suffix) and check the written file:
     its outputs equal the SN-Net's for that network (``atol``) and, for TorchScript and exported
-    programs, its parameter count equals ``net.num_params(cfg_id)``."""
+    programs, its parameter count equals ``net.num_params(cfg_id)``. ``head``: a module without
+    parameters run on the network's outputs (a composed network's fitted classifier, see
+    :mod:`snnet.compose.fit`), exported with it."""
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -208,12 +217,16 @@ def export_network(
     path.parent.mkdir(parents=True, exist_ok=True)
     module = standalone_network(net, cfg_id)
     device = next(module.parameters()).device
+    if head is not None:
+        module = nn.Sequential(module, copy.deepcopy(head).to(device)).eval()
     # trace at batch >= 2 so that no batch-size-1 special case is recorded
     x = _example(net, max(2, batch_size), device)
     check = _example(net, max(2, batch_size) + 1, device)  # another batch size: the export is not batch-specific
-    expected = _reference(net, cfg_id, check)
+    expected = _reference(net, cfg_id, check, head)
     with atomic_path(path) as tmp:  # checked before the rename: a failed export leaves the old file
-        params, got, dynamic, check, expected = _write_and_run(module, net, cfg_id, fmt, tmp, x, check, expected, opset)
+        params, got, dynamic, check, expected = _write_and_run(
+            module, net, cfg_id, fmt, tmp, x, check, expected, opset, head
+        )
         diff = float((got - expected).abs().max())
         if not torch.allclose(got, expected, atol=atol, rtol=1e-4):
             raise RuntimeError(
@@ -228,7 +241,9 @@ def export_network(
     return ExportReport(path, fmt, cfg_id, net.stitches[cfg_id].name, params, diff, dynamic)
 
 
-def _write_and_run(module: nn.Module, net: SNNet, cfg_id: int, fmt: str, path: Path, x, check, expected, opset):
+def _write_and_run(
+    module: nn.Module, net: SNNet, cfg_id: int, fmt: str, path: Path, x, check, expected, opset, head=None
+):
     """Write ``module`` to ``path`` in format ``fmt``, load the file back and run it on ``check``:
     (parameters in the file, its outputs, dynamic batch, the check batch and the SN-Net's outputs)."""
     device = x.device
@@ -250,7 +265,7 @@ def _write_and_run(module: nn.Module, net: SNNet, cfg_id: int, fmt: str, path: P
             loaded = torch.export.load(str(path))
             params = sum(loaded.state_dict[n].numel() for n in loaded.graph_signature.parameters)
             if not dynamic:
-                check, expected = x, _reference(net, cfg_id, x)
+                check, expected = x, _reference(net, cfg_id, x, head)
             with torch.no_grad():
                 got = loaded.module()(check).float()
         else:
