@@ -19,7 +19,7 @@ import torch
 
 from snnet.cli import build_train_parser
 from snnet.config import parse_args_with_config
-from snnet.data.datasets import create_dataset, resolve_num_classes, sample_images
+from snnet.data.datasets import create_dataset, ls_init_images, resolve_num_classes
 from snnet.data.loaders import Normalize, data_config_for, eval_loader, eval_transform
 from snnet.evaluate.sweep import metrics_of, sweep_pass
 from snnet.run_config import build_snnet
@@ -36,16 +36,7 @@ def main(argv: list[str]) -> None:
     torch.manual_seed(args.seed)
     net = build_snnet(args, num_classes).eval()
     cfg = data_config_for(net, val_ds)
-    images = sample_images(
-        train_ds,
-        args.ls_init_images,
-        cfg["input_size"][-1],
-        args.seed,
-        mean=cfg["mean"],
-        std=cfg["std"],
-        interpolation=cfg["interpolation"],
-        crop_pct=cfg["crop_pct"],
-    )
+    images = ls_init_images(train_ds, args.ls_init_images, cfg, args.seed)
     val_ds.transform = eval_transform(cfg)
     loader = eval_loader(val_ds, args.validation_batch_size or args.batch_size)
     prep = Normalize(cfg["mean"], cfg["std"], torch.device("cpu"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -195,3 +195,19 @@ def sample_images(
     )
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
     return torch.stack([view[i][0] for i in order.tolist()])
+
+
+def ls_init_images(dataset, n: int, data_cfg: Mapping[str, Any], seed: int) -> torch.Tensor:
+    """The least-squares init batch of train.py (and of the lab, ``--compatibility`` and the
+    benchmarks): :func:`sample_images` with the input size, normalisation, interpolation and
+    crop of the timm data config ``data_cfg``."""
+    return sample_images(
+        dataset,
+        n,
+        data_cfg["input_size"][-1],
+        seed,
+        mean=data_cfg["mean"],
+        std=data_cfg["std"],
+        interpolation=data_cfg["interpolation"],
+        crop_pct=data_cfg["crop_pct"],
+    )

@@ -118,21 +118,12 @@ def ls_initialise_and_score(
 def sample_train_images(net: SNNet, dataset: str, data_dir: str | None, n_images: int, seed: int) -> torch.Tensor:
     """``n_images`` training images as train.py's ``--ls-init`` takes them (drawn from ``seed``,
     evaluation transform of the first anchor at the SN-Net's input size), one batch."""
-    from ..data.datasets import create_dataset, sample_images
+    from ..data.datasets import create_dataset, ls_init_images
     from ..data.loaders import data_config_for
 
     train_ds = create_dataset(dataset, data_dir, "train")
     cfg = data_config_for(net, train_ds)
-    return sample_images(
-        train_ds,
-        n_images,
-        cfg["input_size"][-1],
-        seed,
-        mean=cfg["mean"],
-        std=cfg["std"],
-        interpolation=cfg["interpolation"],
-        crop_pct=cfg["crop_pct"],
-    )
+    return ls_init_images(train_ds, n_images, cfg, seed)
 
 
 def compat_rows(

@@ -9,10 +9,8 @@ folder, flushed, fsynced, renamed), so a process killed mid-save leaves the prev
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import re
-import uuid
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
@@ -23,6 +21,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .levit_layout import original_levit_state
+from .paths import atomic_path
 
 # What torch.load(weights_only=True) rebuilds. Exact types: a subclass (a namedtuple, a
 # defaultdict, a str Enum) pickles as its own class, which weights_only refuses.
@@ -50,35 +49,14 @@ _UNSAFE_MARKERS = (
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a new file beside ``path`` for writing; on success, move it onto ``path``.
 
-    The data is flushed and fsynced before ``os.replace`` renames the file, and the folder is
-    fsynced after, so a crash or kill at any moment leaves at ``path`` either the previous file
-    or the complete new one, never a torn one. On an exception the temporary file is removed;
-    a SIGKILL leaves it behind as ``.{name}.tmp-{pid}-{random}``.
+    Through :func:`snnet.io.paths.atomic_path`: the data is fsynced before ``os.replace`` renames
+    the file, and the folder is fsynced after, so a crash or kill at any moment leaves at ``path``
+    either the previous file or the complete new one, never a torn one. On an exception the
+    temporary file is removed (an ``OSError`` names ``path``); a SIGKILL leaves it behind as
+    ``.{stem}.tmp-{pid}-{random}{suffix}``.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    # os.open with 0o666 (not mkstemp's 0o600) gives the file the permissions of a plain open().
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # e.g. ENOSPC from write or fsync, which name no file: name the one written
-        tmp.unlink(missing_ok=True)
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable; not every OS can fsync a folder
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    with atomic_path(path) as tmp, open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        yield f
 
 
 def check_plain(value: Any, where: str = "state") -> None:

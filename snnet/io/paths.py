@@ -115,7 +115,5 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def write_text(path: str | Path, text: str) -> None:
     """``text`` to ``path`` atomically (temporary file, fsync, rename)."""
-    from .checkpoint import atomic_write
-
-    with atomic_write(path, "w") as f:
-        f.write(text)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from ..cli import build_train_parser
 from ..config import plain
 from ..core.routes import parse_route, route_name
-from ..data.datasets import create_dataset, resolve_num_classes, sample_images
+from ..data.datasets import create_dataset, ls_init_images, resolve_num_classes
 from ..data.loaders import build_loaders, data_config_for
 from ..distributed import DistInfo, init_distributed
 from ..errors import DataError, exit_on_user_error
@@ -195,9 +195,7 @@ class RunSetup:
             return None
         if args.seed not in self.ls_images:
             cfg = self.data_cfg
-            self.ls_images[args.seed] = sample_images(self.train_ds, args.ls_init_images, cfg["input_size"][-1],
-                                                      args.seed, mean=cfg["mean"], std=cfg["std"],
-                                                      interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"])  # fmt: skip
+            self.ls_images[args.seed] = ls_init_images(self.train_ds, args.ls_init_images, cfg, args.seed)
         return self.ls_images[args.seed]
 
 

@@ -209,7 +209,7 @@ class Trainer:
 
     def _ls_init(self, train_ds, data_cfg: dict) -> None:
         """Least-squares init of the stitching layers on rank 0 (broadcast in :meth:`_place_model`)."""
-        from ..data.datasets import sample_images
+        from ..data.datasets import ls_init_images
 
         args, net = self.args, self.net
         if args.ls_init_images > len(train_ds):
@@ -220,16 +220,7 @@ class Trainer:
         if not self.info.is_primary:
             return
         start = time.perf_counter()
-        images = sample_images(
-            train_ds,
-            args.ls_init_images,
-            data_cfg["input_size"][-1],
-            args.seed,
-            mean=data_cfg["mean"],
-            std=data_cfg["std"],
-            interpolation=data_cfg["interpolation"],
-            crop_pct=data_cfg["crop_pct"],
-        )
+        images = ls_init_images(train_ds, args.ls_init_images, data_cfg, args.seed)
         net.init_stitching_layers(
             images, batch_size=args.ls_init_batch_size, combine=args.ls_init_combine, progress=True
         )
