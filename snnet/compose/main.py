@@ -239,9 +239,8 @@ def write_outputs(rows: list[dict], pool_rows: list[dict], out_dir: Path) -> Non
     write_csv(pool_rows, POOL_COLUMNS, out_dir / "pool.csv")
     points = [{**r, "is_anchor": False} for r in rows] + [{**r, "is_anchor": True} for r in pool_rows]
     points = [{**p, "cfg_id": i} for i, p in enumerate(points)]  # the frontier's tie-break
-    with atomic_write(out_dir / "pareto.png", "wb") as f:
-        title = f"composed without training: {len(rows)} networks from a pool of {len(pool_rows)}"
-        plot_frontier(points, pareto_frontier(points), f, title=title)
+    title = f"composed without training: {len(rows)} networks from a pool of {len(pool_rows)}"
+    plot_frontier(points, pareto_frontier(points), out_dir / "pareto.png", title=title)  # written atomically
 
 
 def export(export: dict, args: Namespace, val_ds, classes: int, log: Callable) -> None:

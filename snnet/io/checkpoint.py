@@ -53,7 +53,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     the file, and the folder is fsynced after, so a crash or kill at any moment leaves at ``path``
     either the previous file or the complete new one, never a torn one. On an exception the
     temporary file is removed (an ``OSError`` names ``path``); a SIGKILL leaves it behind as
-    ``.{stem}.tmp-{pid}-{random}{suffix}``.
+    ``.{name}.tmp-{pid}-{random}{suffix}``.
     """
     with atomic_path(path) as tmp, open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
         yield f

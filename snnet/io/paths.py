@@ -93,7 +93,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     a file name; on success the file is fsynced and renamed onto ``path``, on any failure it is
     removed and ``path`` is left as it was."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)

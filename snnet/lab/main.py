@@ -64,6 +64,9 @@ def build_lab_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", default=False,
                         help="discard the folder's finished cells and start over")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the config's, else cuda if available)")
+    parser.add_argument("--check-args", action="store_true", default=False,
+                        help="only check the config and --cell-shard, then exit (distributed_train.sh does this "
+                             "before starting the workers)")
     # fmt: on
     return parser
 
@@ -74,6 +77,8 @@ def main(argv: Optional[list[str]] = None, on_chunk_done: Optional[ChunkCallback
     opts = build_lab_parser().parse_args(argv)
     spec = load_lab_spec(opts.config)
     shard = parse_shard(opts.cell_shard)
+    if opts.check_args:
+        return 0
     info = init_distributed(opts.device or spec.train.get("device"))
     handler = logging.StreamHandler(sys.stdout if info.is_primary else sys.stderr)
     handler.setLevel(logging.INFO if info.is_primary else logging.WARNING)
