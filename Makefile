@@ -6,7 +6,10 @@ STAMP := $(VENV)/.snnet-installed
 # committed ones with `make demo DEMO_OUT=results/demo`.
 DEMO_OUT ?= output/demo/results
 
-.PHONY: venv lint test test-fast demo clean
+# Debian packages whose real programs the tests drive (each test module says which it needs).
+SYSTEM_DEPS ?=
+
+.PHONY: venv lint system-deps test test-fast demo clean
 
 # Re-installs only when the dependency lists change.
 $(STAMP): requirements.txt pyproject.toml
@@ -21,8 +24,11 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+system-deps:
+	bash scripts/system_deps.sh $(SYSTEM_DEPS)
+
 # Everything: lint, then the whole suite (what .ci/run runs).
-test: lint
+test: lint system-deps
 	$(PY) -m pytest -q tests
 
 # The inner loop: the suite without the tests marked slow (subprocesses, torchrun, the demo).
