@@ -263,7 +263,7 @@ def export(export: dict, args: Namespace, val_ds, classes: int, log: Callable) -
 
 def run(args: Namespace, defaults: dict[str, Any], log: Callable[[str], None] = print) -> int:
     from ..data.datasets import create_dataset, num_classes_of
-    from ..evaluate.compat import sample_train_images
+    from ..data.loaders import sample_train_images
     from ..run_config import ModelConfig, build_snnet
 
     cfg = check_args(args, defaults)
