@@ -24,7 +24,7 @@ from ..core.model import SNNet
 from ..core.stitches import parse_stitch_ids
 from ..distributed import DistInfo, GradAllReduce, broadcast_state
 from ..errors import CheckpointError, DataError
-from ..run_config import TrainConfig, build_snnet
+from ..run_config import ModelConfig, TrainConfig, build_snnet, idle_weight_options
 from .network_sampling import NetworkSampler, create_network_sampler
 from .recipe import apply_split_bn, build_teacher, default_val_ids
 
@@ -62,6 +62,11 @@ def build_model(args: TrainConfig, info: DistInfo) -> tuple[TrainConfig, SNNet, 
             if info.is_primary:
                 _logger.info(f"{args.initial_checkpoint} is an official SN-Net checkpoint: official forward on")
             args = dataclasses.replace(args, official_forward=True)
+    idle = idle_weight_options(
+        ModelConfig.from_args(args), initial and f"--initial-checkpoint {args.initial_checkpoint}"
+    )
+    if idle and info.is_primary:
+        _logger.info(idle)
     net = build_snnet(args, args.num_classes, seed=args.seed)  # the same initial weights on every rank
     if initial is not None:
         from ..io.official import load_initial_weights
@@ -100,6 +105,23 @@ def build_network_sampler(net: SNNet, args: TrainConfig, info: DistInfo) -> Netw
         args.flops_gap,
         args.flops_sampling_k,
     )
+
+
+def ls_init_runs(net: SNNet, args: TrainConfig, info: DistInfo, resume: str) -> bool:
+    """Whether ``--ls-init`` initialises the stitching layers: not on resume (the run's own
+    layers continue), and not (logged once) from an ``--initial-checkpoint`` or without layers."""
+    if not args.ls_init or resume:
+        return False
+    idle = (
+        "the stitching layers start from --initial-checkpoint"
+        if args.initial_checkpoint
+        else "this SN-Net has no stitching layer"
+        if not net.layer_specs
+        else ""
+    )
+    if idle and info.is_primary:
+        _logger.info(f"--ls-init: not run, {idle}")
+    return not idle
 
 
 def ls_init(net: SNNet, args: TrainConfig, info: DistInfo, train_ds, data_cfg: dict) -> None:

@@ -58,6 +58,7 @@ from .build import (
     load_datasets,
     log_run_start,
     ls_init,
+    ls_init_runs,
     place_model,
     steps_per_epoch,
     validated_networks,
@@ -122,7 +123,7 @@ class Trainer:
         data_cfg = data_config_for(net, train_ds)
         log_run_start(args, info, net, out_dir)
         self.net_sampler = build_network_sampler(net, args, info)
-        if args.ls_init and not resume and not args.initial_checkpoint and net.layer_specs:
+        if ls_init_runs(net, args, info, resume):
             ls_init(net, args, info, train_ds, data_cfg)
         place_model(net, args, info)
         self.optimizer = build_optimizer(net, args)
