@@ -171,7 +171,7 @@ def _anchors_net(base: TrainConfig, num_classes: int):
     """An SN-Net over the lab config's anchors, loaded as train.py loads them: its anchors become
     the frozen copy every cell shares."""
     # the anchors alone (the cells add their routes)
-    return build_snnet(dataclasses.replace(base, routes=[], train_only="stitching"), num_classes)
+    return build_snnet(dataclasses.replace(base, routes=[], train_only="stitching"), num_classes, check_effects=False)
 
 
 class RunSetup:
