@@ -43,7 +43,7 @@ from submitit.core.utils import DelayedSubmission
 from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 
 from .distributed import die_with_parent
-from .errors import ConfigError, exit_on_user_error
+from .errors import ConfigError, OneLineArgumentParser, exit_on_user_error
 
 _logger = logging.getLogger("submit")
 
@@ -51,7 +51,7 @@ JOBS = ("train", "eval", "lab")
 
 
 def build_submit_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="submit.py",
         description="Run train.py / eval.py / lab.py as a submitit job: submit.py [options] -- <their arguments>",
     )
