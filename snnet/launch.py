@@ -89,7 +89,10 @@ def main(
     args = build_submit_parser().parse_args(argv[:split])
     entry_argv = argv[split + 1 :]
     check_args(args)
-    entry = (entries or {}).get(args.job) or default_entry(args.job, scripts_dir)
+    entry = (entries or {}).get(args.job)
+    if entry is None:  # the real script: its arguments are checked before the job waits in a queue
+        entry = default_entry(args.job, scripts_dir)
+        check_entry_args(args, entry_argv)
     if args.job == "train":
         entry_argv, run_dir = pin_experiment(entry_argv)
         print(f"run folder: {run_dir}", flush=True)
@@ -116,6 +119,34 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--array-tasks splits lab.py's cells: use it with --job lab, not --job {args.job}")
 
 
+def check_entry_args(args: argparse.Namespace, argv: list[str]) -> None:
+    """Refuse, before submitting, what the job's script would refuse at its start without data or
+    weights: its flags and config, an output folder that is a file or that another process is
+    writing (:mod:`snnet.io.lock`). train.py's are checked by :func:`pin_experiment`."""
+    from .io.lock import LOCK_NAME, check_folder_free
+    from .io.paths import check_output_dir
+
+    if args.job == "train":
+        return
+    if args.job == "eval":
+        from .evaluate.main import parse_eval_config
+
+        cfg = parse_eval_config(argv)
+        if cfg.out_dir:
+            check_folder_free(cfg.out_dir, "--output")
+    else:
+        from .lab.main import build_lab_parser, shard_lock
+        from .lab.spec import load_lab_spec
+
+        opts = build_lab_parser().parse_args(argv)
+        spec = load_lab_spec(opts.config)
+        out_dir = Path(opts.output) / (opts.experiment or Path(spec.path).stem)
+        check_output_dir(out_dir, "--output/--experiment")
+        k = args.array_tasks
+        for name in [LOCK_NAME] + [shard_lock((i, k)) for i in range(k)]:
+            check_folder_free(out_dir, "--output/--experiment", name)
+
+
 def default_entry(job: str, scripts_dir: Optional[Path]) -> Callable[..., int]:
     """The ``main`` a job runs: train -> snnet.train.main, eval -> snnet.evaluate.main, lab -> lab.py's."""
     if job == "train":
@@ -135,9 +166,12 @@ def default_entry(job: str, scripts_dir: Optional[Path]) -> Callable[..., int]:
 def pin_experiment(argv: list[str]) -> tuple[list[str], Path]:
     """train.py's arguments with ``--experiment`` named, and the run folder. The default name
     carries the date, and a requeued job must find the same folder to resume from; parsing here
-    also refuses bad arguments before the job waits in a queue."""
+    also refuses bad arguments, and a run folder that is a file or that another process is
+    writing (:mod:`snnet.io.lock`), before the job waits in a queue."""
     from .cli import build_train_parser
     from .config import parse_args_with_config
+    from .io.lock import check_folder_free
+    from .io.paths import check_output_dir
     from .run_config import require_anchors
     from .train.main import default_experiment
 
@@ -147,7 +181,10 @@ def pin_experiment(argv: list[str]) -> tuple[list[str], Path]:
     if not experiment:
         experiment = default_experiment(args)
         argv = argv + ["--experiment", experiment]
-    return argv, Path(args.output or "./output/train") / experiment
+    run_dir = Path(args.output or "./output/train") / experiment
+    check_output_dir(run_dir, "--output/--experiment")
+    check_folder_free(run_dir, "--output/--experiment")
+    return argv, run_dir
 
 
 def make_tasks(args: argparse.Namespace, entry: Callable, argv: list[str], step_callbacks: Sequence) -> list[Task]:

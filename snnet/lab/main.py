@@ -150,6 +150,7 @@ def run_lab(spec: LabSpec, opts: argparse.Namespace, shard: tuple[int, int], inf
     depths = [a.num_blocks for a in frozen.adapters]
     routes = spec.routes or gap_routes(spec.gaps, names, depths)
     cells = expand_cells(spec, [route_name(parse_route(r, names, depths), names, depths) for r in routes])
+    check_cells_build(cells, base, frozen, info.device)
     open_lab_dir(out_dir, plain(spec.raw), cells, opts.overwrite, info.is_primary)
     if info.is_primary:
         hold_folder(out_dir, "--output/--experiment", shard_lock(shard))
@@ -186,6 +187,19 @@ def run_lab(spec: LabSpec, opts: argparse.Namespace, shard: tuple[int, int], inf
         write_outputs(out_dir, records)
         _logger.info(f"lab: {len(records)}/{len(cells)} cells done; {out_dir}/cells.csv, trajectory.csv, plots")
     return 0
+
+
+def check_cells_build(cells: list[Cell], base: TrainConfig, frozen: FrozenAnchors, device: torch.device) -> None:
+    """Build each route x adapter's stitching layers once over the frozen anchors (no anchor is
+    built or loaded again), so that an adapter that does not fit a route's layouts (a stride on a
+    kind that cannot stride, a grid-convolving kind where the tokens form no grid) is refused
+    before the lab folder is written, not when its chunk comes."""
+    from ..core.model import SNNet
+
+    for route, adapter in dict.fromkeys((c.route, c.adapter) for c in cells):
+        a = cell_args(base, next(c for c in cells if (c.route, c.adapter) == (route, adapter)), device)
+        SNNet(frozen.adapters, stitch_layer=a.stitch_layer, lora_rank=a.lora_rank, routes=[route],
+              class_token=a.class_token, prefix_tokens=a.prefix_tokens, stitch_stride=a.stitch_stride)  # fmt: skip
 
 
 def _front(route: str) -> str:
