@@ -1,17 +1,24 @@
-"""Failure handling (issue 20): every refusal is one `error:` line with exit 2 and no traceback,
-no file that existed before is changed, files are written whole or not at all, and settings that
-would change nothing are refused or logged."""
+"""Failure handling (issues 20, 28): every refusal is one `error:` line with exit 2 and no
+traceback, no file that existed before is changed, files are written whole or not at all, one
+process per output folder, and settings that would change nothing are refused or logged.
+
+train.py, eval.py and predict.py here; lab.py, compose.py and submit.py in
+test_failures_lab.py, test_failures_compose.py and test_failures_submit.py, with the helpers below."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -52,6 +59,87 @@ def one_error_line(code: int, capsys) -> str:
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` and the SHA-256 of its bytes (folders of large files)."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@contextlib.contextmanager
+def locked_by_another_process(folder: Path, name: str = ".snnet.lock"):
+    """Another process holding ``folder``'s lock (an exclusive flock), as a running command does."""
+    hold = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(folder / name)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+class Payload:
+    """Unpickling it creates the marker file: a checkpoint carrying it must be refused unrun."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def full_disk(monkeypatch) -> None:
+    """Every fsync fails with ENOSPC from now on (how a full disk shows in an atomic write)."""
+
+    def fail(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fail)
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` read-only for real: mode 555, and for root (whom modes do not stop) the immutable
+    attribute; checked by trying to create a file in it."""
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    try:
+        with pytest.raises(OSError):
+            (folder / ".probe").write_text("")
+        yield folder
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+def sigkill_when(cmd: list, ready: Callable[[], bool], env: dict, timeout: float = 240) -> None:
+    """Run ``cmd`` and SIGKILL it as soon as ``ready()`` (polled); fails if it ends first."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"ended before the kill: {proc.stderr.read()[-2000:]}"
+            assert time.time() < deadline, "never got there"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
