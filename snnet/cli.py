@@ -106,6 +106,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     """train.py's parser; ``-c FILE.yaml`` sets its defaults (see :mod:`snnet.config`)."""
     # fmt: off
     parser = OneLineArgumentParser(
+        prog="train.py",
         description="Train an SN-Net (or, with one anchor, a plain timm model) the way timm's train.py trains.",
         formatter_class=DefaultsHelpFormatter,
     )
@@ -278,6 +279,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     """eval.py's parser; ``-c FILE.yaml`` sets its defaults, train.py configs included."""
     # fmt: off
     parser = OneLineArgumentParser(
+        prog="eval.py",
         description="Evaluate every network of an SN-Net from one pass over the data; Pareto frontier, "
                     "budget picking and export of one network.",
         formatter_class=DefaultsHelpFormatter,
@@ -345,7 +347,8 @@ def build_eval_parser() -> argparse.ArgumentParser:
 def build_predict_parser() -> argparse.ArgumentParser:
     """predict.py's parser; ``-c FILE.yaml`` (a training config) sets its defaults."""
     parser = OneLineArgumentParser(
-        description="Top-5 classes of image files from one network of an SN-Net or an exported network."
+        prog="predict.py",
+        description="Top-5 classes of image files from one network of an SN-Net or an exported network.",
     )
     parser.add_argument(
         "images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (searched recursively)"

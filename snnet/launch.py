@@ -42,7 +42,7 @@ from submitit import AutoExecutor, JobEnvironment
 from submitit.core.utils import DelayedSubmission
 from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 
-from .distributed import die_with_parent
+from .distributed import die_with, die_with_parent
 from .errors import ConfigError, OneLineArgumentParser, exit_on_user_error
 
 _logger = logging.getLogger("submit")
@@ -98,6 +98,9 @@ def main(
         print(f"run folder: {run_dir}", flush=True)
     tasks = make_tasks(args, entry, entry_argv, step_callbacks)
     executor = make_executor(args)
+    if executor.cluster == "local":  # this command waits for the job: the job ends with it (SIGKILL too)
+        for task in tasks:
+            task.watch_pid = os.getpid()
     with executor.batch() if len(tasks) > 1 else contextlib.nullcontext():
         jobs = [executor.submit(task) for task in tasks]
     for job in jobs:
@@ -268,6 +271,7 @@ class Task(Checkpointable):
     ):
         self.entry, self.argv, self.kwargs = entry, list(argv), dict(kwargs or {})
         self.stop_at_step_boundary = stop_at_step_boundary
+        self.watch_pid: Optional[int] = None  # a local job's submit.py: the task ends with it
 
     def __call__(self) -> int:
         from .train.trainer import TrainingInterrupted
@@ -275,6 +279,8 @@ class Task(Checkpointable):
         job_env = JobEnvironment()
         if job_env.cluster != "debug":
             die_with_parent()  # a killed job controller (or slurmstepd) takes its tasks along
+        if self.watch_pid is not None:
+            die_with(self.watch_pid)  # submitit keeps a local job's controller alive on purpose
         dist_env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         sig = JobEnvironment._usr_sig()
         requeue = signal.getsignal(sig)  # submitit's handler: checkpoint(), then requeue (None in debug)
@@ -298,7 +304,9 @@ class Task(Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """The requeued job: the same entry and arguments (``--resume auto`` finds last.pth.tar)."""
-        return DelayedSubmission(Task(self.entry, self.argv, self.kwargs, self.stop_at_step_boundary))
+        task = Task(self.entry, self.argv, self.kwargs, self.stop_at_step_boundary)
+        task.watch_pid = self.watch_pid
+        return DelayedSubmission(task)
 
     def __repr__(self) -> str:
         return f"{getattr(self.entry, '__module__', self.entry)} {' '.join(self.argv)}"

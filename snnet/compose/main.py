@@ -43,6 +43,7 @@ def build_compose_parser() -> argparse.ArgumentParser:
 
     # fmt: off
     parser = OneLineArgumentParser(
+        prog="compose.py",
         description="Compose networks from fragments of a pool of pretrained networks without training (StitchNet): "
                     "junctions scored by linear CKA after least-squares stitching, a k-NN classifier on the outputs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -54,6 +54,7 @@ ChunkCallback = Callable[[list[int]], None]
 def build_lab_parser() -> argparse.ArgumentParser:
     # fmt: off
     parser = OneLineArgumentParser(
+        prog="lab.py",
         description="Train a grid of stitching cells (routes x adapters x lrs x seeds) over frozen anchors.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
