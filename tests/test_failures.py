@@ -283,8 +283,14 @@ def test_unreadable_exported_files_are_one_line(run, tmp_path, capsys):
     for name in ("garbage.onnx", "truncated.pt", "renamed.pt"):
         (tmp_path / f"{name}.json").write_text(good_json)
     (tmp_path / "other.onnx.json").write_text(good_json.replace("32", "64"))  # another input size
+    marker = tmp_path / "ran"
+    for name in ("payload.pt", "payload.pt2"):  # a pickle whose unpickling would create the marker
+        torch.save({"model": Payload(marker)}, tmp_path / name)
+        (tmp_path / f"{name}.json").write_text(good_json)
     capsys.readouterr()
     for name, message in (
+        ("payload.pt", "cannot be read as TorchScript"),
+        ("payload.pt2", "payload.pt2"),
         ("garbage.onnx", "cannot be read as ONNX"),
         ("truncated.pt", "cannot be read as TorchScript"),
         ("renamed.pt", "cannot be read as TorchScript"),
@@ -292,6 +298,21 @@ def test_unreadable_exported_files_are_one_line(run, tmp_path, capsys):
     ):
         line = one_error_line(run_entry(predict_main, ["--exported", tmp_path / name, image]), capsys)
         assert name in line and message in line, line
+    assert not marker.exists()  # the payload never ran
+
+
+@pytest.mark.slow
+def test_a_folder_another_process_writes_is_refused_before_any_work(run, tmp_path, capsys):
+    """train.py's run folder and eval.py's results folder: one process each (snnet.io.lock)."""
+    for entry, args, folder in (
+        (train_main, TRAIN + ["--output", run.parent, "--experiment", "run", "--epochs", "1"], run),
+        (eval_main, ["--resume", run / "last.pth.tar", "--output", tmp_path / "sweep"], tmp_path / "sweep"),
+    ):
+        with locked_by_another_process(folder):
+            before = snapshot(folder)
+            line = one_error_line(run_entry(entry, args), capsys)
+            assert "is in use by another process" in line and str(folder) in line, line
+            assert snapshot(folder) == before
 
 
 @pytest.mark.slow
