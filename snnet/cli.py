@@ -10,6 +10,7 @@ from typing import Sequence
 from .core.junctions import CLASS_TOKEN_RULES, DEFAULT_CLASS_TOKEN, DEFAULT_PREFIX_TOKENS, PREFIX_TOKEN_RULES
 from .core.layers import STITCH_LAYER_KINDS
 from .core.stitches import STITCHING_RULES
+from .errors import OneLineArgumentParser
 from .train.network_sampling import SAMPLE_BY
 
 DROP_PATH_SCHEDULES = ("linear", "uniform")  # applied by snnet.run_config.build_snnet
@@ -104,7 +105,8 @@ def add_compile_args(group: argparse._ArgumentGroup) -> None:
 def build_train_parser() -> argparse.ArgumentParser:
     """train.py's parser; ``-c FILE.yaml`` sets its defaults (see :mod:`snnet.config`)."""
     # fmt: off
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
+        prog="train.py",
         description="Train an SN-Net (or, with one anchor, a plain timm model) the way timm's train.py trains.",
         formatter_class=DefaultsHelpFormatter,
     )
@@ -276,7 +278,8 @@ def build_train_parser() -> argparse.ArgumentParser:
 def build_eval_parser() -> argparse.ArgumentParser:
     """eval.py's parser; ``-c FILE.yaml`` sets its defaults, train.py configs included."""
     # fmt: off
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
+        prog="eval.py",
         description="Evaluate every network of an SN-Net from one pass over the data; Pareto frontier, "
                     "budget picking and export of one network.",
         formatter_class=DefaultsHelpFormatter,
@@ -343,8 +346,9 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 def build_predict_parser() -> argparse.ArgumentParser:
     """predict.py's parser; ``-c FILE.yaml`` (a training config) sets its defaults."""
-    parser = argparse.ArgumentParser(
-        description="Top-5 classes of image files from one network of an SN-Net or an exported network."
+    parser = OneLineArgumentParser(
+        prog="predict.py",
+        description="Top-5 classes of image files from one network of an SN-Net or an exported network.",
     )
     parser.add_argument(
         "images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (searched recursively)"

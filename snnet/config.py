@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, OneLineArgumentParser
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -34,7 +34,7 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _config_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = OneLineArgumentParser(add_help=False)
     parser.add_argument("-c", "--config", default="", metavar="FILE", help="YAML file of argument defaults")
     return parser
 

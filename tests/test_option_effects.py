@@ -263,7 +263,7 @@ ALWAYS_ACTS = {
         "fit_images", "out_dir", "export", "batch_size", "device",
     },
     "submit": {"cluster", "job", "nodes", "ngpus", "timeout", "job_dir", "array_tasks"},
-    "lab": {"config", "output", "experiment", "cell_shard", "overwrite", "device", "check_args"},
+    "lab": {"config", "output", "experiment", "cell_shard", "overwrite", "device", "check_args", "data_dir"},
 }  # fmt: skip
 
 # Known to act only sometimes, refusal still to be written (issue 28 item 2 follow-up).

@@ -42,6 +42,7 @@ from ..core.model import SNNet
 from ..core.stitches import parse_stitch_ids
 from ..distributed import is_distributed, on_primary
 from ..errors import ConfigError, DataError, exit_on_user_error
+from ..io.lock import check_folder_free, hold_folder
 from ..io.paths import check_output_dir
 from ..run_config import EvalConfig, EvalMode, ModelConfig, build_snnet, defaults_of, from_namespace, require_anchors
 from .latency import autocast_for, cached_latencies
@@ -209,6 +210,8 @@ def run(cfg: EvalConfig, info, on_chunk_saved: Sequence[ChunkCallback] = ()) -> 
         log("warning: --amp with float16 on CPU is slow and coarse; --amp-dtype bfloat16 is the usual CPU choice")
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg.checkpoint, cfg.use_ema, cfg.flops_only)
     check_output_dir(out_dir, "--output")
+    if cfg.mode != EvalMode.EXPORT_ONLY:  # another eval.py writing DIR: refused before any work
+        check_folder_free(out_dir, "--output")
     ckpt = None
     if cfg.checkpoint:
         ckpt = load_checkpoint_file(cfg.checkpoint)
@@ -246,7 +249,7 @@ def run_flops_only(cfg: EvalConfig, info, out_dir: Path, log: Callable[[str], No
     net = build_snnet(model, seed=cfg.seed)
     ids = _select(cfg, net)
     if info.is_primary:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        hold_folder(out_dir, "--output")
         rows = _flops_table(net, ids)
         latency = cached_latencies(cfg, net.to(info.device), info, ids, None) if cfg.measure_latency else None
         rows = result_rows(rows, None, latency)
@@ -346,6 +349,7 @@ def run_sweep(
     held: dict[str, Any] = {}
 
     def open_partial() -> list[int]:
+        hold_folder(out_dir, "--output")  # one eval.py per results folder (snnet.io.lock)
         held["partial"] = PartialResults(out_dir, evaluation_description(cfg, net, dataset), overwrite=cfg.overwrite)
         return [i for i in ids if i not in held["partial"].accuracy]
 

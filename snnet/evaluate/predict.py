@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -289,7 +290,12 @@ def load_exported(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tens
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
                 module = torch.jit.load(str(path), map_location="cpu")
         elif fmt == "exported_program":
-            module = torch.export.load(str(path)).module()
+            reader_log = logging.getLogger("torch.export")  # logs a damaged file's traceback, then raises
+            reader_log.disabled = True
+            try:
+                module = torch.export.load(str(path)).module()
+            finally:
+                reader_log.disabled = False
         else:
             module = onnx_forward(path)
     except Exception as e:  # whatever the reader of a damaged or foreign file trips on

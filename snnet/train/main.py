@@ -25,6 +25,7 @@ from ..config import parse_args_with_config
 from ..data.loaders import max_workers
 from ..distributed import DistInfo, init_distributed, set_cpu_threads
 from ..errors import ConfigError, exit_on_user_error
+from ..io.lock import check_folder_free
 from ..io.paths import check_output_dir
 from ..run_config import TrainConfig, build_snnet, from_namespace, require_anchors
 from .effects import check_train_effects, needs_built_net
@@ -76,6 +77,7 @@ def _run(
     exp = args.experiment or default_experiment(args)
     out_dir = Path(args.output or "./output/train") / exp
     check_output_dir(out_dir, "--output/--experiment")
+    check_folder_free(out_dir, "--output/--experiment")  # another train.py on it: refused before any work
     cfg = resolve_args(args, info)
     cfg, resume = resume_target(cfg, out_dir, info)
     if cfg.no_resume_opt and not resume and info.is_primary:
@@ -108,6 +110,7 @@ def check_only(args: TrainConfig) -> int:
     if args.experiment:
         out_dir = Path(args.output or "./output/train") / args.experiment
         check_output_dir(out_dir, "--output/--experiment")
+        check_folder_free(out_dir, "--output/--experiment")
         args, resume = resume_target(args, out_dir, info)
     if resume:
         from ..io.official_layout import looks_official
