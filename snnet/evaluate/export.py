@@ -21,7 +21,7 @@ import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -128,7 +128,14 @@ def standalone_network(net: SNNet, cfg_id: int) -> nn.Module:
         _clear_caches(m)
     adapters = {a: _rebind(net.anchor_adapters[a], m) for a, m in models.items()}
     module = StitchedNetwork(route, models, adapters, [net.stitch_layers[i].deployed() for i in route.layers])
+    p0 = next(module.parameters())
+    return keep_what_runs(module, models.values(), torch.randn(2, *net.input_size, device=p0.device, dtype=p0.dtype))
 
+
+def keep_what_runs(module: nn.Module, models: Iterable[nn.Module], x: torch.Tensor) -> nn.Module:
+    """``module`` in eval mode, with every module of ``models`` (copies it runs parts of) that its
+    forward on ``x`` never calls, and every parameter it never uses, removed (see
+    :func:`_prune_unused`)."""
     # Watch one forward: which modules are called, which parameters get a gradient. Train mode
     # so that eval-mode caches cannot hide a parameter; BatchNorm statistics restored after.
     saved = _zero_like_state(module)
@@ -139,8 +146,6 @@ def standalone_network(net: SNNet, cfg_id: int) -> nn.Module:
         module.train()
         for p in module.parameters():
             p.requires_grad_(True)
-        p0 = next(module.parameters())
-        x = torch.randn(2, *net.input_size, device=p0.device, dtype=p0.dtype)
         with torch.enable_grad():
             module(x).float().sum().backward()
     finally:
@@ -151,7 +156,7 @@ def standalone_network(net: SNNet, cfg_id: int) -> nn.Module:
         p.grad = None
         p.requires_grad_(flags[id(p)])
     module.load_state_dict(saved)
-    for m in models.values():
+    for m in models:
         _prune_unused(m, called, used)
         _clear_caches(m)
     return module.eval()
