@@ -188,6 +188,8 @@ def build_network_set(net: SNNet, cfg_ids: Sequence[int], default: int, batch_si
     """The scripted :class:`NetworkSet` of networks ``cfg_ids`` (in that order), every unit
     traced at batch ``max(2, batch_size)`` (no batch-size-1 special case recorded)."""
     check_network_ids(net, cfg_ids)
+    if default not in cfg_ids:
+        raise ValueError(f"the default network {default} is not one of the networks {list(cfg_ids)}")
     device = next(net.parameters()).device
     inputs, routes = route_units(net, cfg_ids, _example(net, max(2, batch_size), device))
     keys = list(inputs)
@@ -271,3 +273,40 @@ def default_network(networks: Sequence[dict[str, Any]]) -> int:
     if all(n["top1"] is not None for n in networks):
         return max(networks, key=lambda n: (n["top1"], -n["flops"], -n["cfg_id"]))["cfg_id"]
     return max(networks, key=lambda n: (n["flops"], -n["cfg_id"]))["cfg_id"]
+
+
+def write_network_set(
+    net: SNNet,
+    rows: Sequence[dict[str, Any]],
+    cfg_ids: Sequence[int],
+    path: str | Path,
+    batch_size: int,
+    trained_data: tuple,
+    log: Callable[[str], None],
+) -> NetworkSetReport:
+    """eval.py's export of several networks: ``cfg_ids`` into one TorchScript file ``path``
+    (ascending FLOPs) and ``<path>.json`` beside it: the preprocessing and class names of
+    ``trained_data`` (``(dataset, data_dir)``), ``networks`` with their numbers in the results
+    ``rows``, and ``default_cfg_id``, the most accurate."""
+    from .predict import prediction_info, write_prediction_info
+
+    networks = network_rows(rows, cfg_ids)
+    ids, default = [n["cfg_id"] for n in networks], default_network(networks)
+    report = export_network_set(net.cpu().float(), ids, path, default, batch_size)
+    info = prediction_info(net, *trained_data)
+    info_path = write_prediction_info(
+        report.path, info, default, net.stitches[default].name, networks=networks, default_cfg_id=default
+    )
+    alone = sum(net.num_params(c) for c in ids)
+    lines = [
+        f"Exported {len(ids)} networks (cfg_ids {', '.join(map(str, ids))}; default {default}) as one TorchScript "
+        f"file to {report.path} ({report.path.stat().st_size / 1e6:.1f} MB): {report.params:,} parameters, each "
+        f"block and stitching layer once ({alone:,} in the networks one by one), max |output - SN-Net output| = "
+        f"{report.max_abs_diff:.2e}",
+        f"Load it without snnet: m = torch.jit.load('{report.path}'); m(x, CFG_ID), or m.select(CFG_ID); m(x); "
+        f"m.networks() lists the cfg_ids",
+        f"Preprocessing, class names and the networks: {info_path} "
+        f"(predict.py --exported {report.path} --stitch CFG_ID IMAGES)",
+    ]
+    log("\n".join(lines))
+    return report
