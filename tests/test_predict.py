@@ -199,12 +199,15 @@ def test_frontier_file_holds_pareto_csv_and_predicts_like_the_checkpoint(trained
 def test_list_export_orders_by_flops_and_refuses_ids_it_lacks(trained, tmp_path, capsys):
     ckpt, sweep, images = trained
     exported = tmp_path / "some.pt"
-    assert run_entry(eval_main, ["--resume", ckpt, "--export", "5,0,2", "--export-path", exported]) == 0
+    timing = ["--measure-latency", "--latency-warmup", "1", "--latency-repeats", "2"]
+    assert run_entry(eval_main, ["--resume", ckpt, "--export", "5,0,2", "--export-path", exported, *timing]) == 0
     rows = {r["cfg_id"]: r for r in read_results(sweep / "stitches.csv")}
     info = read_sidecar(exported)
     by_flops = sorted((0, 2, 5), key=lambda c: (rows[c]["flops"], c))
     assert [n["cfg_id"] for n in info["networks"]] == by_flops
-    assert all(n["top1"] is None and n["flops"] == rows[n["cfg_id"]]["flops"] for n in info["networks"])
+    for n in info["networks"]:
+        assert n["top1"] is None and n["top5"] is None and n["latency_ms"] > 0
+        assert (n["name"], n["flops"], n["params"]) == tuple(rows[n["cfg_id"]][k] for k in ("name", "flops", "params"))
     assert info["default_cfg_id"] == by_flops[-1]  # no accuracies without a data pass: the costliest
     capsys.readouterr()
     assert run_entry(predict_main, ["--exported", exported, "--stitch", 3, images / "3"]) == 2
