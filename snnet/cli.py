@@ -367,7 +367,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
         "--stitch",
         default=None,
         metavar="CFG_ID|best",
-        help="the network: a cfg_id, or 'best' (most accurate of the sweep, within the budgets)",
+        help="the network: a cfg_id, or 'best' (most accurate of the sweep, within the budgets); with --exported "
+        "a file of several networks, a cfg_id it holds (default: its most accurate)",
     )
     g.add_argument(
         "--budget-flops", default=None, metavar="FLOPS", help="with --stitch best: most accurate within this"

@@ -21,6 +21,9 @@ only the trainer uses are ignored, unknown keys are errors). What happens:
 5. ``--budget-flops 2.5G`` / ``--budget-latency MS`` print the best network within budget;
    ``--export CFG_ID|best --export-path net.{pt,pt2,onnx}`` writes one network as a standalone
    model (:mod:`snnet.evaluate.export`). ``--export CFG_ID`` alone only exports (no data pass).
+   ``--export frontier --export-path nets.pt`` writes the frontier's networks into one TorchScript
+   file, each block once, and ``--export 3,12,40`` the listed ones, without a data pass
+   (:mod:`snnet.evaluate.export_frontier`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
     python predict.py --resume CKPT --stitch 12 photo.jpg more_photos/
     python predict.py --resume CKPT --stitch best --budget-flops 2.5G --csv predictions.csv photos/
     python predict.py --exported deit-2.5g.pt photos/          # eval.py --export wrote deit-2.5g.pt.json
+    python predict.py --exported frontier.pt --stitch 12 photos/  # network 12 of eval.py --export frontier
 
 The images get the evaluation transform of ``eval.py`` (timm's resize / centre crop of the first
 anchor's data config at the SN-Net's input size; the digits: no crop), so predicting the
