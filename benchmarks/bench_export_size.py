@@ -4,7 +4,8 @@ Builds the paper's DeiT Ti/S/B SN-Net at full size (random weights: sizes and ti
 on them), writes ``--networks`` of its networks into one TorchScript file and each of them into
 its own file (eval.py --export CFG_ID), and prints, side by side in one run: the file sizes, the
 bytes of the distinct parameters the networks run (each block once), and the median forward time
-of each network from the shared file (``m(x, cfg_id)``) and from its own file, at batch 1:
+of each network from the shared file (``m(x, cfg_id)``) and from its own file, at batch 1, on one
+thread, timed in alternation:
 
     .venv/bin/python benchmarks/bench_export_size.py --output /tmp/export-size
 """
@@ -28,15 +29,20 @@ from snnet.evaluate.export_frontier import export_network_set, held_params
 ANCHORS = ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]
 
 
-def median_ms(forward, x: torch.Tensor, repeats: int) -> float:
+def median_ms_pair(first, second, x: torch.Tensor, warmup: int, repeats: int) -> tuple[float, float]:
+    """Median forward times of two functions on ``x``, timed in alternation (the same machine
+    load for both), after ``warmup`` untimed calls of each (TorchScript optimises on its first runs)."""
+    times: tuple[list[float], list[float]] = ([], [])
     with torch.no_grad():
-        forward(x)
-        times = []
+        for _ in range(warmup):
+            first(x)
+            second(x)
         for _ in range(repeats):
-            start = time.perf_counter()
-            forward(x)
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+            for forward, out in ((first, times[0]), (second, times[1])):
+                start = time.perf_counter()
+                forward(x)
+                out.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times[0]), 1000 * statistics.median(times[1])
 
 
 def main(argv: list[str]) -> int:
@@ -44,7 +50,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="folder for the exported files")
     parser.add_argument("--networks", default="0,1,2,5,15,25,35,45,55,65", help="cfg_ids to export")
-    parser.add_argument("--repeats", type=int, default=10, help="timed forwards per network and file")
+    parser.add_argument("--repeats", type=int, default=15, help="timed forwards per network and file")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -72,8 +78,7 @@ def main(argv: list[str]) -> int:
         size = os.path.getsize(out / f"net-{c}.pt")
         singles += size
         own = torch.jit.load(str(out / f"net-{c}.pt"))
-        a = median_ms(lambda t, c=c: shared(t, c), x, args.repeats)
-        b = median_ms(own, x, args.repeats)
+        a, b = median_ms_pair(lambda t, c=c: shared(t, c), own, x, 3, args.repeats)
         print(f"| {c} | {size / 1e6:.1f} | {a:.1f} | {b:.1f} | {a / b:.3f} |")
     size = os.path.getsize(out / "set.pt")
     print(

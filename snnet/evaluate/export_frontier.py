@@ -41,13 +41,16 @@ from .export import _clear_caches, _example, _rebind, _reference, keep_what_runs
 UnitKey = tuple  # ("stem", anchor) / ("block", anchor, block) / ("layer", index) / ("head", anchor)
 
 
-@torch.jit.interface
-class _UnitInterface(nn.Module):
-    """What every unit of a :class:`NetworkSet` is: features in, features out (TorchScript picks
-    a ``ModuleList`` entry by a run-time index only through an interface type)."""
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice, at import
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pass
+    @torch.jit.interface
+    class _UnitInterface(nn.Module):
+        """What every unit of a :class:`NetworkSet` is: features in, features out (TorchScript picks
+        a ``ModuleList`` entry by a run-time index only through an interface type)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pass
 
 
 class _StepModule(nn.Module):
@@ -103,7 +106,7 @@ class NetworkSet(nn.Module):
 
 def unit_key(step: Step) -> UnitKey:
     """The unit a step runs; a stitched network's head is its anchor's (the official forward,
-    whose differ, is refused by :func:`check_network_ids`)."""
+    whose heads differ, is refused by :func:`check_network_ids`)."""
     if step.kind == "block":
         return ("block", step.index, step.block)
     return ("head" if step.kind == "stitched_head" else step.kind, step.index)
