@@ -326,8 +326,9 @@ def build_eval_parser() -> argparse.ArgumentParser:
                    help="print the most accurate network within this many FLOPs, e.g. 2.5G or 800M")
     g.add_argument("--budget-latency", type=float, default=None, metavar="MS",
                    help="print the most accurate network within this latency (needs --measure-latency)")
-    g.add_argument("--export", default=None, metavar="CFG_ID|best",
-                   help="write one network as a standalone model; 'best': the budget pick")
+    g.add_argument("--export", default=None, metavar="CFG_ID|best|frontier|ID,ID,...",
+                   help="write one network as a standalone model ('best': the budget pick), or several into one "
+                        "TorchScript file, each block once ('frontier': the sweep's Pareto frontier; or a list of cfg_ids)")
     g.add_argument("--export-path", default=None, metavar="PATH",
                    help="where to write it: .pt (TorchScript), .pt2 (torch.export) or .onnx")
     g.add_argument("--export-batch-size", type=int, default=2, metavar="N",
@@ -370,7 +371,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
         "--stitch",
         default=None,
         metavar="CFG_ID|best",
-        help="the network: a cfg_id, or 'best' (most accurate of the sweep, within the budgets)",
+        help="the network: a cfg_id, or 'best' (most accurate of the sweep, within the budgets); with --exported "
+        "a file of several networks, a cfg_id it holds (default: its most accurate)",
     )
     g.add_argument(
         "--budget-flops", default=None, metavar="FLOPS", help="with --stitch best: most accurate within this"

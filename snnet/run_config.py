@@ -277,7 +277,7 @@ class EvalMode(enum.Enum):
     """What eval.py does, decided once from its options."""
 
     FLOPS_ONLY = "flops-only"  # FLOPs and params of every network; no data, no weights
-    EXPORT_ONLY = "export"  # --export CFG_ID: write that network; no data pass
+    EXPORT_ONLY = "export"  # --export CFG_ID or CFG_ID,CFG_ID,...: write the network(s); no data pass
     SWEEP = "sweep"  # every selected network on the data, frontier, budget pick (and its export)
     COMPATIBILITY = "compatibility"  # LS-initialise an untrained SN-Net, score junctions, then sweep
 
@@ -292,6 +292,7 @@ TrainConfig.EXTRA_FIELDS = ()
 _EVAL_EXTRA = (
     ("mode", EvalMode, dataclasses.field(default=EvalMode.SWEEP)),
     ("export_id", Optional[int], dataclasses.field(default=None)),  # --export CFG_ID as a number
+    ("export_ids", Optional[tuple], dataclasses.field(default=None)),  # --export 3,12,40 as numbers
     ("budget_flops_value", Optional[float], dataclasses.field(default=None)),  # --budget-flops parsed
     # the values options had before the command line (parser + -c config): a checkpoint fills those
     ("defaults", Mapping[str, Any], dataclasses.field(default_factory=dict, compare=False, repr=False)),

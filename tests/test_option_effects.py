@@ -194,7 +194,7 @@ ROWS = [
     row("predict", "use_ema", ["--exported", "n.pt", "--use-ema", "x.png"], "refused: --use-ema has no effect: it selects a checkpoint's EMA weights"),
     row("predict", "seed", ["--resume", "{ckpt}", "--stitch", "0", "--seed", "3", "x.png"], "refused: --seed 3 has no effect"),
     row("predict", "workers", ["--resume", "{ckpt}", "--stitch", "0", "--workers", "0", "x.png"], "refused: --workers 0 has no effect"),
-    row("predict", "stitch", ["--exported", "n.pt", "--stitch", "0", "x.png"], "refused: an exported file is one network already: drop --stitch"),
+    row("predict", "stitch", ["--exported", "n.pt", "--stitch", "best", "x.png"], "refused: with --exported: pass a cfg_id the file holds"),
     row("predict", "budget_flops", ["--resume", "{ckpt}", "--stitch", "0", "--budget-flops", "1G", "x.png"], "refused: --budget-flops / --budget-latency pick the network"),
     row("predict", "budget_latency", ["--resume", "{ckpt}", "--stitch", "0", "--budget-latency", "3", "x.png"], "refused: --budget-flops / --budget-latency pick the network"),
     *(
