@@ -8,10 +8,10 @@ import csv
 import math
 import re
 import time
-from pathlib import Path
 
 import pytest
 import yaml
+from browser import chromium, open_page
 from conftest import run_entry
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -26,48 +26,15 @@ from snnet.evaluate.pareto import pick
 from snnet.evaluate.results import read_results
 from snnet.lab.main import main as lab_main
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
-REPO = Path(__file__).resolve().parents[1]
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    """One headless Chromium for the module (a fresh profile)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for path in (CHROMIUM, CHROMEDRIVER):
-        assert Path(path).is_file(), f"{path} is missing: apt-get install chromium chromium-driver (make test does)"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS + [f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_window_size(1280, 900)
+    """One headless Chromium for the module."""
+    driver = chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield driver
     driver.quit()
-
-
-def open_page(driver, path: Path, width: int = 1280) -> float:
-    """Open ``path``; wait until its script marked it drawn; fail on any console error. Returns
-    the seconds from navigation start until the page was drawn (the browser's own clock)."""
-    driver.set_window_size(width, 900)
-    driver.get_log("browser")  # drop what earlier pages logged
-    driver.get(path.resolve().as_uri())
-    for _ in range(200):
-        ready = driver.execute_script("return document.body && document.body.dataset.ready")
-        if ready:
-            break
-        time.sleep(0.05)
-    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-    assert not errors, errors
-    assert ready, "the page never finished drawing"
-    return float(ready) / 1000.0
 
 
 def eval_out(capsys, args) -> str:
@@ -241,3 +208,33 @@ def test_compose_report_shows_its_candidates(browser, tmp_path):
     assert len(browser.find_elements(By.CSS_SELECTOR, "#drawings img.drawing")) == 3
     ActionChains(browser).move_to_element(browser.find_element(By.CSS_SELECTOR, "#plot-score .dot")).perform()
     assert any(r["name"] in browser.find_element(By.ID, "details").text for r in rows)
+
+
+@pytest.mark.slow
+def test_report_of_the_134_network_two_way_snnet_opens_in_the_browser(browser, tmp_path, capsys):
+    """SN-Netv2's DeiT3-S/L two-way SN-Net (depths 12 / 24: 134 networks, at a tiny width) swept
+    on the digits by eval.py; the time its report takes to open is printed (not asserted)."""
+    out = tmp_path / "two-way"
+    args = ["--anchors", "deit3_small_patch16_224", "deit3_large_patch16_224", "--anchor-kwargs",
+            "embed_dim=32 num_heads=2", "embed_dim=48 num_heads=2", "--model-kwargs", "patch_size=8",
+            "--img-size", "32", "--stitching", "two-way", "--dataset", "digits", "--workers", "0", "-b", "360",
+            "--output", out, "--log-interval", "0"]  # fmt: skip
+    assert run_entry(eval_main, args) == 0
+    rows = read_results(out / "stitches.csv")
+    assert len(rows) == 134
+    timings = []
+    for _ in range(3):
+        start = time.perf_counter()
+        drawn = open_page(browser, out / "report.html")
+        timings.append((drawn, time.perf_counter() - start))
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#plot .dot")) == 134
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#table tbody tr")) == 134
+    size = (out / "report.html").stat().st_size
+    with capsys.disabled():
+        print(
+            f"\nreport.html of the 134-network two-way SN-Net ({size / 1e6:.2f} MB): drawn and laid out "
+            + ", ".join(f"{d:.2f} s" for d, _ in timings)
+            + " after navigation start (the browser's clock); "
+            + ", ".join(f"{w:.2f} s" for _, w in timings)
+            + " from driver.get to seen drawn"
+        )

@@ -185,7 +185,7 @@ function main() {
     HAS_TOP1 ? h("span", {style: "--swatch:#ff7f0e", text: "on the Pareto frontier (line)"}) : null,
     h("span", {style: "--swatch:#d62728", text: "anchor (star)"}), HAS_TOP1 ? h("span", {style: "--swatch:#000", text: "black ring: the budget's pick"}) : null);
   const how = h("p", {class: "note", text: `${ROWS.length} networks, one dot each. Hover, click or Tab to a dot (arrow keys move ` +
-    "between dots) to see it on the right; the table below sorts by any column."});
+    "between dots) to see it beside the plot (below it on a narrow screen); the table at the end sorts by any column."});
   const budget = HAS_TOP1 ? budgetControls() : null;
   const side = h("div", {}, h("div", {class: "panel details", id: "details"}, h("p", {class: "note", text: "No network selected yet."})),
     budget ? h("div", {class: "panel", id: "budget"}, h("h2", {text: "Budget"}),
