@@ -97,7 +97,7 @@ def add_compile_args(group: argparse._ArgumentGroup) -> None:
                             "inductor when the flag is given alone)")
     group.add_argument("--torchcompile-mode", type=str, default=None, metavar="MODE",
                        help="torch.compile mode, e.g. reduce-overhead (CUDA graphs: the fastest SN-Net training on "
-                            "a GPU, see the README) or max-autotune")
+                            "a GPU, see docs/speed.md) or max-autotune")
     # fmt: on
 
 

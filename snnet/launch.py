@@ -89,6 +89,7 @@ def main(
     args = build_submit_parser().parse_args(argv[:split])
     entry_argv = argv[split + 1 :]
     check_args(args)
+    check_slurm_only(args, args.cluster or AutoExecutor.which())
     entry = (entries or {}).get(args.job) or default_entry(args.job, scripts_dir)
     if args.job == "train":
         entry_argv, run_dir = pin_experiment(entry_argv)
@@ -114,6 +115,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--cluster debug runs one task in this process: use --ngpus 1, or --cluster local")
     if args.array_tasks > 1 and args.job != "lab":
         raise ConfigError(f"--array-tasks splits lab.py's cells: use it with --job lab, not --job {args.job}")
+
+
+SLURM_ONLY = ("partition", "account", "qos", "constraint", "signal_delay", "cpus_per_task")
+
+
+def check_slurm_only(args: argparse.Namespace, cluster: str) -> None:
+    """Refuse Slurm's options when the job runs on this machine (``cluster`` is submitit's choice:
+    ``--cluster``, or slurm when sbatch exists): the local executor would drop them silently."""
+    from .config import Needs, builtin_defaults, refuse_without_effect
+
+    why = f"is a Slurm setting and the job runs on this machine (--cluster {cluster})"
+    rules = [Needs(dest, lambda a: cluster == "slurm", why) for dest in SLURM_ONLY]
+    refuse_without_effect(args, rules, builtin_defaults(build_submit_parser()))
 
 
 def default_entry(job: str, scripts_dir: Optional[Path]) -> Callable[..., int]:

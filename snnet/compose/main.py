@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from ..config import Needs, refuse_without_effect
 from ..core.flops import anchor_flops, count_flops, route_flops
 from ..core.model import SNNet
 from ..errors import ConfigError, exit_on_user_error
@@ -90,6 +91,15 @@ NOT_FOR_COMPOSE = (
 )  # fmt: skip
 
 
+# compose.py's options that act only with others: given where they cannot act, refused
+COMPOSE_RULES = (
+    Needs("k_neighbors", lambda a: a.fit == "knn", "sizes the k-NN classifier: acts only with --fit knn"),
+    Needs("max_networks", lambda a: not a.sample, "keeps the best-scored networks and --sample keeps one random one"),
+    Needs("export_path", lambda a: a.export is not None, "says where --export writes: add --export RANK"),
+    Needs("workers", lambda a: False, "would start loading processes, and compose.py holds its batches in memory"),
+)  # fmt: skip
+
+
 def check_args(args: Namespace, defaults: dict[str, Any]) -> SearchConfig:
     """Refuse bad values before anything is built or written (one line each)."""
     if not args.anchors:
@@ -100,6 +110,7 @@ def check_args(args: Namespace, defaults: dict[str, Any]) -> SearchConfig:
                 f"--{dest.replace('_', '-')} does not apply to compose.py (it searches its own routes and joins "
                 f"them with linear least-squares layers): drop it"
             )
+    refuse_without_effect(args, COMPOSE_RULES, defaults)
     cfg = SearchConfig(args.threshold, args.total_threshold, args.max_depth, args.top_k, args.self_junctions)
     for flag, value, least in (
         ("--stitch-images", args.stitch_images, 1),
@@ -267,7 +278,7 @@ def export(export: dict, args: Namespace, val_ds, classes: int, log: Callable) -
 def run(args: Namespace, defaults: dict[str, Any], log: Callable[[str], None] = print, argv: Sequence[str] = ()) -> int:
     """compose.py with parsed ``args`` (``argv``: the command line as given, which report.html shows)."""
     from ..data.datasets import create_dataset, num_classes_of
-    from ..evaluate.compat import sample_train_images
+    from ..data.loaders import sample_train_images
     from ..run_config import ModelConfig, build_snnet
 
     cfg = check_args(args, defaults)
@@ -276,7 +287,8 @@ def run(args: Namespace, defaults: dict[str, Any], log: Callable[[str], None] = 
     if args.stitch_images > len(train_ds):
         raise ConfigError(f"--stitch-images {args.stitch_images} is above the {len(train_ds)} training images")
     # the pool's networks only: junctions come from the search
-    pool = build_snnet(dataclasses.replace(ModelConfig.from_args(args), routes=())).to(args.device).eval()
+    pool = build_snnet(dataclasses.replace(ModelConfig.from_args(args), routes=()), check_effects=False)
+    pool = pool.to(args.device).eval()
     start = time.perf_counter()
     images = sample_train_images(pool, args.dataset, args.data_dir, args.stitch_images, args.seed)
     table = JunctionTable(pool.anchor_adapters, images, class_token=args.class_token, prefix_tokens=args.prefix_tokens)

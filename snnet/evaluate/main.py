@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from ..cli import build_eval_parser
-from ..config import parse_args_with_config
+from ..config import Needs, given_on_command_line, parse_args_with_config, refuse_without_effect
 from ..core.compile import compiled_blocks
 from ..core.model import SNNet
 from ..core.stitches import parse_stitch_ids
@@ -64,7 +64,41 @@ def parse_eval_config(argv: Optional[Sequence[str]] = None) -> EvalConfig:
     parser = build_eval_parser()
     argv = tuple(map(str, sys.argv[1:] if argv is None else argv))
     args, _ = parse_args_with_config(parser, argv, extra_known_keys=train_keys())
-    return eval_config(args, defaults_of(parser), argv)
+    return eval_config(args, defaults_of(parser, given_on_command_line(build_eval_parser(), argv)), argv)
+
+
+def _export_only(a: Any) -> bool:
+    return a.export is not None and str(a.export) != "best"
+
+
+def _reads_data(a: Any) -> bool:
+    return not a.flops_only and not _export_only(a)
+
+
+# eval.py's options that act only with others, judged against the defaults after -c (a training
+# config's keys are the training run's, not this command's): given where they cannot act, refused
+EVAL_RULES = (
+    Needs("pretrained", lambda a: not a.flops_only, "loads weights and --flops-only loads none"),
+    Needs("anchor_checkpoints", lambda a: not a.flops_only, "loads weights and --flops-only loads none"),
+    Needs("seed", lambda a: not a.checkpoint and not a.flops_only,
+          "seeds an untrained SN-Net's layers and the --compatibility images (no --resume, no --flops-only)"),
+    Needs("workers", _reads_data, "loads data and --flops-only / --export CFG_ID read none"),
+    Needs("batch_size", _reads_data, "batches data and --flops-only / --export CFG_ID read none"),
+    Needs("val_split", _reads_data, "names the data and --flops-only / --export CFG_ID read none"),
+    Needs("sweep_chunk", _reads_data, "splits the sweep and --flops-only / --export CFG_ID run none"),
+    Needs("log_interval", _reads_data, "paces the sweep's progress and --flops-only / --export CFG_ID run none"),
+    Needs("stitches", lambda a: not _export_only(a), "selects the networks to sweep and --export CFG_ID sweeps none"),
+    Needs("budget_flops", lambda a: not _export_only(a), "picks from a sweep and --export CFG_ID sweeps none"),
+    Needs("compat_images", lambda a: a.compatibility, "acts only with --compatibility"),
+    Needs("latency_batch_size", lambda a: a.measure_latency, "acts only with --measure-latency"),
+    Needs("latency_warmup", lambda a: a.measure_latency, "acts only with --measure-latency"),
+    Needs("latency_repeats", lambda a: a.measure_latency, "acts only with --measure-latency"),
+    Needs("export_batch_size", lambda a: a.export is not None, "acts only with --export"),
+    Needs("onnx_opset", lambda a: str(a.export_path or "").lower().endswith(".onnx"),
+          "acts only with an --export-path ending .onnx"),
+    Needs("amp_dtype", lambda a: a.amp, "acts only with --amp"),
+    Needs("torchcompile_mode", lambda a: a.torchcompile, "acts only with --torchcompile"),
+)  # fmt: skip
 
 
 def _check_sizes(args: Any) -> None:
@@ -118,6 +152,7 @@ def eval_config(args: Namespace, defaults: Mapping[str, Any], argv: Sequence[str
     if args.budget_latency is not None and not args.measure_latency:
         raise ConfigError("--budget-latency needs latencies: add --measure-latency")
     export_id = _export_id(args)
+    refuse_without_effect(args, EVAL_RULES, defaults)
     if args.compatibility and (args.checkpoint or args.flops_only):
         raise ConfigError(
             "--compatibility scores an untrained SN-Net (anchors from --pretrained or --anchor-checkpoints, "

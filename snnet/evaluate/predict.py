@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from ..config import Needs, given_on_command_line, parse_args_with_config, refuse_without_effect
 from ..errors import CheckpointError, ConfigError, DataError, exit_on_user_error
 from ..io.checkpoint import atomic_write
 from ..run_config import PredictConfig, defaults_of, from_namespace
@@ -37,7 +38,6 @@ INFO_SUFFIX = ".json"
 def parse_predict_config(argv: Optional[Sequence[str]] = None) -> PredictConfig:
     """predict.py's command line (and ``-c`` config) as a checked, frozen :class:`PredictConfig`."""
     from ..cli import build_predict_parser
-    from ..config import parse_args_with_config
 
     parser = build_predict_parser()
     args, _ = parse_args_with_config(parser, argv, extra_known_keys=train_keys())
@@ -57,7 +57,31 @@ def parse_predict_config(argv: Optional[Sequence[str]] = None) -> PredictConfig:
         raise ConfigError("--budget-flops / --budget-latency pick the network: use them with --stitch best")
     if args.top_k < 1 or args.batch_size < 1:
         raise ConfigError("--top-k and --batch-size must be >= 1")
-    return from_namespace(PredictConfig, args, defaults=defaults_of(parser))
+    defaults = defaults_of(parser, given_on_command_line(build_predict_parser(), argv))
+    refuse_without_effect(args, PREDICT_RULES, defaults)
+    return from_namespace(PredictConfig, args, defaults=defaults)
+
+
+def _from_checkpoint(a: Any) -> bool:
+    return bool(a.checkpoint)
+
+
+_EXPORTED = "describes the SN-Net of a checkpoint, and an --exported file is one network with its own preprocessing"
+# predict.py's options that act only with others, judged against the defaults after -c
+PREDICT_RULES = (
+    Needs("results", lambda a: a.stitch == "best", "finds the sweep --stitch best picks from: use --stitch best"),
+    Needs("use_ema", _from_checkpoint, "selects a checkpoint's EMA weights: use --resume CKPT"),
+    Needs("seed", lambda a: False, "would seed untrained layers, and predict.py runs trained networks only"),
+    Needs("workers", lambda a: False, "would start loading processes, and predict.py reads its images itself"),
+    *(
+        Needs(dest, _from_checkpoint, _EXPORTED)
+        for dest in (
+            "anchors", "pretrained", "anchor_checkpoints", "num_classes", "img_size", "model_kwargs", "anchor_kwargs",
+            "kernel_size", "stride", "nearest", "stages", "stitching", "stitch_layer", "stitch_stride", "lora_rank",
+            "routes", "class_token", "prefix_tokens", "official_forward", "dataset", "data_dir",
+        )
+    ),
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -65,6 +65,8 @@ def build_lab_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", default=False,
                         help="discard the folder's finished cells and start over")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the config's, else cuda if available)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="the dataset folder (train/ and val/), instead of the config's data_dir")
     parser.add_argument("--check-args", action="store_true", default=False,
                         help="only check the config and --cell-shard, then exit (distributed_train.sh does this "
                              "before starting the workers)")
@@ -78,6 +80,8 @@ def main(argv: Optional[list[str]] = None, on_chunk_done: Optional[ChunkCallback
     argv = list(map(str, sys.argv[1:] if argv is None else argv))
     opts = build_lab_parser().parse_args(argv)
     spec = load_lab_spec(opts.config)
+    if opts.data_dir:  # where the data lives is the machine's, not the grid's: not in the fingerprint
+        spec = dataclasses.replace(spec, train={**spec.train, "data_dir": opts.data_dir})
     shard = parse_shard(opts.cell_shard)
     if opts.check_args:
         return 0
@@ -182,7 +186,7 @@ def _anchors_net(base: TrainConfig, num_classes: int):
     """An SN-Net over the lab config's anchors, loaded as train.py loads them: its anchors become
     the frozen copy every cell shares."""
     # the anchors alone (the cells add their routes)
-    return build_snnet(dataclasses.replace(base, routes=[], train_only="stitching"), num_classes)
+    return build_snnet(dataclasses.replace(base, routes=[], train_only="stitching"), num_classes, check_effects=False)
 
 
 class RunSetup:
