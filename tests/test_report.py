@@ -198,7 +198,9 @@ def test_lab_report_shows_its_cells(browser, recipe, tmp_path):  # noqa: F811
 
 def test_compose_report_shows_its_candidates(browser, tmp_path):
     out = tmp_path / "compose"
-    argv = _pool_args() + ["--threshold", "0", "--total-threshold", "0", "--max-depth", "2", "--top-k", "2"]
+    pool = _pool_args()
+    del pool[pool.index("--workers") : pool.index("--workers") + 2]  # compose.py loads in the main process
+    argv = pool + ["--threshold", "0", "--total-threshold", "0", "--max-depth", "2", "--top-k", "2"]
     argv += ["--max-networks", "3", "--stitch-images", "16", "--fit-images", "200", "--output", out]
     assert run_entry(compose_main, argv) == 0
     rows = list(csv.DictReader((out / "candidates.csv").open()))
