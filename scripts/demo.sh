@@ -5,7 +5,7 @@
 #      32x32 input, patch 4), each trained from scratch by a plain single-anchor
 #      train.py -c configs/demo_anchor.yaml run (reused when present);
 #   2. the SN-Net over them: least-squares init, then a few epochs on 2 CPU processes;
-#   3. eval.py sweeps every network: table, Pareto frontier, plot; then a comparison with the
+#   3. eval.py sweeps every network: table, Pareto frontier, plot, report.html; then a comparison with the
 #      committed results/demo/ (identical only on the CPU model that made them).
 # Environment: PYTHON (default .venv/bin/python), DEMO_OUTPUT (run folders, default output/demo),
 # DEMO_RESULTS (tables and plot, default output/demo/results; results/demo refreshes the committed
@@ -87,4 +87,5 @@ fi
 
 echo
 echo "Done in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s."
-echo "Results: $RESULTS/stitches.csv (every network), $RESULTS/pareto.csv (frontier), $RESULTS/pareto.png (plot)"
+echo "Results: $RESULTS/stitches.csv (every network), $RESULTS/pareto.csv (frontier), $RESULTS/pareto.png (plot),"
+echo "  $RESULTS/report.html (all of it on one interactive page: open it in a browser)"

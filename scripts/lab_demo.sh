@@ -34,4 +34,4 @@ echo "== [2/2] the lab grid"
 lab_start=$SECONDS
 "$PY" lab.py -c configs/lab/demo_digits.yaml --output "$OUT" --experiment grid
 echo "Lab grid in $(( (SECONDS - lab_start) / 60 )) min $(( (SECONDS - lab_start) % 60 )) s; all in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s."
-echo "Results: $OUT/grid/cells.csv, trajectory.csv, top1_vs_depth.png, top1_vs_flops.png, matrix_<adapter>.png"
+echo "Results: $OUT/grid/cells.csv, trajectory.csv, top1_vs_depth.png, top1_vs_flops.png, matrix_<adapter>.png, report.html"

@@ -305,6 +305,9 @@ def build_eval_parser() -> argparse.ArgumentParser:
                    help="discard partial results in DIR instead of resuming them")
     g.add_argument("--flops-only", action="store_true", default=False,
                    help="only count FLOPs and params of every network (no data, no weights)")
+    g.add_argument("--report-only", action="store_true", default=False,
+                   help="only rewrite DIR/report.html from DIR/stitches.csv (no data, no weights: the SN-Net "
+                        "built from the config or checkpoint for the route drawings)")
     g.add_argument("--log-interval", type=int, default=50, metavar="N", help="batches between progress lines")
 
     g = parser.add_argument_group("compatibility before training")

@@ -280,6 +280,7 @@ class EvalMode(enum.Enum):
     EXPORT_ONLY = "export"  # --export CFG_ID or CFG_ID,CFG_ID,...: write the network(s); no data pass
     SWEEP = "sweep"  # every selected network on the data, frontier, budget pick (and its export)
     COMPATIBILITY = "compatibility"  # LS-initialise an untrained SN-Net, score junctions, then sweep
+    REPORT_ONLY = "report-only"  # rewrite DIR/report.html from DIR/stitches.csv; no data, no weights
 
 
 TrainConfig = config_class(
@@ -296,6 +297,8 @@ _EVAL_EXTRA = (
     ("budget_flops_value", Optional[float], dataclasses.field(default=None)),  # --budget-flops parsed
     # the values options had before the command line (parser + -c config): a checkpoint fills those
     ("defaults", Mapping[str, Any], dataclasses.field(default_factory=dict, compare=False, repr=False)),
+    # the command line as given: report.html shows it and builds its commands from it
+    ("argv", tuple, dataclasses.field(default=(), compare=False, repr=False)),
 )
 EvalConfig = config_class("EvalConfig", build_eval_parser(), _EVAL_EXTRA, doc="eval.py's checked arguments (frozen).")
 EvalConfig.EXTRA_FIELDS = tuple(f[0] for f in _EVAL_EXTRA)

@@ -28,7 +28,7 @@ def test_shortened_demo_runs_end_to_end(tmp_path):
     proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = tmp_path / "res"
-    for name in ("stitches.csv", "pareto.csv", "pareto.png"):
+    for name in ("stitches.csv", "pareto.csv", "pareto.png", "report.html"):
         assert (res / name).stat().st_size > 0, name
     rows = list(csv.DictReader((res / "stitches.csv").open()))
     assert len(rows) == 23  # 3 anchors + 2 pairs x 10 stitches at depth 4, kernel 2

@@ -148,6 +148,7 @@ ROWS = [
     row("train", "official_forward", [*ONE_ANCHOR, "--official-forward", "--stitch-layer", "linear", "--train-only", "stitching", *CHECK],
         "refused: --train-only stitching has no effect"),
     # -- eval.py (snnet/evaluate/main.py: EVAL_RULES; the model's rules as train.py's)
+    row("eval", "report_only", ["--report-only", "--flops-only", "--output", "{out}"], "refused: --report-only only rewrites DIR/report.html from DIR/stitches.csv: drop --flops-only"),
     row("eval", "pretrained", ["--flops-only", "--pretrained"], "refused: --pretrained has no effect: it loads weights and --flops-only loads none"),
     row("eval", "pretrained", ["--resume", "{ckpt}", "--pretrained", "--stitches", "0", "--workers", "0", "--output", "{out}"],
         "logged: --pretrained: not used, checkpoint", slow=True),

@@ -6,7 +6,8 @@
 
 Writes to ``--output DIR``: ``candidates.csv`` (one row per composed network, best score first),
 ``pool.csv`` (the pool's own networks, fitted and evaluated the same way), ``pareto.png`` (FLOPs
-against top-1, the pool's networks as stars) and ``svg/<rank>.svg``; ``--export RANK`` writes that
+against top-1, the pool's networks as stars), ``svg/<rank>.svg`` and ``report.html`` (all of it on
+one interactive page, :mod:`snnet.compose.report`); ``--export RANK`` writes that
 network with its fitted classifier through eval.py's export, for ``predict.py --exported``.
 """
 
@@ -16,6 +17,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import sys
 import time
 from argparse import Namespace
 from pathlib import Path
@@ -33,6 +35,7 @@ from .build import compose_snnet
 from .draw import draw_svg
 from .fit import FIT_METHODS, fit_head, head_top1, network_outputs
 from .junctions import JunctionTable
+from .report import write_report
 from .search import Candidate, SearchConfig, best_candidates, sample_network, search
 
 COLUMNS = ("rank", "name", "score", "junction_scores", "fragments", "flops", "params", "top1", "seconds")
@@ -334,7 +337,8 @@ def pool_config(model: ModelConfig, log: Callable[[str], None]) -> ModelConfig:
     return dataclasses.replace(model, num_classes=None, anchor_kwargs=tuple(own))
 
 
-def run(args: Namespace, defaults: dict[str, Any], log: Callable[[str], None] = print) -> int:
+def run(args: Namespace, defaults: dict[str, Any], log: Callable[[str], None] = print, argv: Sequence[str] = ()) -> int:
+    """compose.py with parsed ``args`` (``argv``: the command line as given, which report.html shows)."""
     from ..data.datasets import create_dataset, num_classes_of
     from ..data.loaders import sample_train_images
     from ..io.lock import hold_folder
@@ -364,7 +368,8 @@ def run(args: Namespace, defaults: dict[str, Any], log: Callable[[str], None] = 
     hold_folder(out_dir, "--output")  # one compose.py per results folder (snnet.io.lock)
     rows, pool_rows, chosen_export = evaluate_candidates(pool, table, chosen, (train, val, classes), args, log)
     write_outputs(rows, pool_rows, out_dir)
-    log(f"Wrote {out_dir / 'candidates.csv'}, pool.csv, pareto.png and svg/ ({len(rows)} drawings)")
+    report = write_report(out_dir, args, argv)
+    log(f"Wrote {out_dir / 'candidates.csv'}, pool.csv, pareto.png, svg/ ({len(rows)} drawings) and {report}")
     if chosen_export:
         export(chosen_export, args, val_ds, classes, log)
     return 0
@@ -374,4 +379,5 @@ def run(args: Namespace, defaults: dict[str, Any], log: Callable[[str], None] = 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.manual_seed(0)
     parser = build_compose_parser()
-    return run(parser.parse_args(argv), {a.dest: a.default for a in parser._actions})
+    argv = list(map(str, sys.argv[1:] if argv is None else argv))
+    return run(parser.parse_args(argv), {a.dest: a.default for a in parser._actions}, argv=argv)

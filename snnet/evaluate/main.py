@@ -17,7 +17,8 @@ only the trainer uses are ignored, unknown keys are errors). What happens:
 3. ``--measure-latency`` times each network alone at ``--latency-batch-size`` on the device.
 4. DIR gets ``stitches.csv``, ``stitches_res.txt`` (the official SN-Net JSON lines),
    ``pareto.csv`` and ``pareto.png`` (FLOPs vs top-1), and ``pareto_latency.csv``/``.png`` when
-   latency was measured; the frontier is printed.
+   latency was measured; the frontier is printed; ``report.html`` shows it all interactively
+   (:mod:`snnet.evaluate.report`; ``--report-only`` rewrites it from DIR's ``stitches.csv``).
 5. ``--budget-flops 2.5G`` / ``--budget-latency MS`` print the best network within budget;
    ``--export CFG_ID|best --export-path net.{pt,pt2,onnx}`` writes one network as a standalone
    model (:mod:`snnet.evaluate.export`). ``--export CFG_ID`` alone only exports (no data pass).
@@ -29,6 +30,7 @@ only the trainer uses are ignored, unknown keys are errors). What happens:
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from argparse import Namespace
 from contextlib import nullcontext
@@ -65,8 +67,9 @@ ChunkCallback = Callable[[int, int], None]
 def parse_eval_config(argv: Optional[Sequence[str]] = None) -> EvalConfig:
     """eval.py's command line (and ``-c`` config) as a checked, frozen :class:`EvalConfig`."""
     parser = build_eval_parser()
+    argv = tuple(map(str, sys.argv[1:] if argv is None else argv))
     args, _ = parse_args_with_config(parser, argv, extra_known_keys=train_keys())
-    return eval_config(args, defaults_of(parser, given_on_command_line(build_eval_parser(), argv)))
+    return eval_config(args, defaults_of(parser, given_on_command_line(build_eval_parser(), argv)), argv)
 
 
 def _export_only(a: Any) -> bool:
@@ -111,11 +114,21 @@ def _check_sizes(args: Any) -> None:
         raise ConfigError(f"--sweep-chunk must be >= 0 (0: all networks in one pass), got {args.sweep_chunk}")
 
 
-def eval_config(args: Namespace, defaults: Mapping[str, Any]) -> EvalConfig:
-    """Refuse bad combinations before any model or data is built; decide what eval.py does."""
+def eval_config(args: Namespace, defaults: Mapping[str, Any], argv: Sequence[str] = ()) -> EvalConfig:
+    """Refuse bad combinations before any model or data is built; decide what eval.py does
+    (``argv``: the command line as given, which report.html shows)."""
     from .pareto import parse_flops
 
     _check_sizes(args)
+    if args.report_only:
+        given = [f for f, on in (("--flops-only", args.flops_only), ("--compatibility", args.compatibility),
+                                 ("--budget-flops", args.budget_flops is not None),
+                                 ("--budget-latency", args.budget_latency is not None),
+                                 ("--export", args.export is not None)) if on]  # fmt: skip
+        if given:
+            raise ConfigError(f"--report-only only rewrites DIR/report.html from DIR/stitches.csv: drop {given[0]}")
+        if not args.out_dir:
+            raise ConfigError("--report-only needs --output DIR, the folder with the sweep's stitches.csv")
     if args.budget_latency is not None and not args.measure_latency:
         raise ConfigError("--budget-latency needs latencies: add --measure-latency")
     export_id, export_ids = export_choice(args)
@@ -137,7 +150,9 @@ def eval_config(args: Namespace, defaults: Mapping[str, Any]) -> EvalConfig:
         if export_id is not None or export_ids is not None:
             raise ConfigError("--export needs weights: drop --flops-only and pass --resume CKPT")
     check_output_paths(args)
-    if args.flops_only:
+    if args.report_only:
+        mode = EvalMode.REPORT_ONLY
+    elif args.flops_only:
         mode = EvalMode.FLOPS_ONLY
     elif export_id is not None or export_ids is not None:
         mode = EvalMode.EXPORT_ONLY
@@ -152,6 +167,7 @@ def eval_config(args: Namespace, defaults: Mapping[str, Any]) -> EvalConfig:
         export_ids=export_ids,
         budget_flops_value=budget,
         defaults=defaults,
+        argv=tuple(argv),
     )
 
 
@@ -205,13 +221,13 @@ def run(cfg: EvalConfig, info, on_chunk_saved: Sequence[ChunkCallback] = ()) -> 
     if cfg.checkpoint:
         ckpt = load_checkpoint_file(cfg.checkpoint)
         cfg = with_checkpoint_model(cfg, ckpt, log)
-        if cfg.mode != EvalMode.FLOPS_ONLY:
+        if cfg.mode not in (EvalMode.FLOPS_ONLY, EvalMode.REPORT_ONLY):
             cfg, from_checkpoint = with_checkpoint_data(cfg, ckpt)
             if from_checkpoint:
                 log(f"Data of the checkpoint's run: {cfg.dataset or cfg.data_dir} ({cfg.val_split})")
     trained_data = training_data(ckpt, cfg)  # preprocessing and class names saved with --export
     require_anchors(cfg.anchors, " or --resume CKPT")
-    if cfg.mode == EvalMode.FLOPS_ONLY:
+    if cfg.mode in (EvalMode.FLOPS_ONLY, EvalMode.REPORT_ONLY):
         return run_flops_only(cfg, info, out_dir, log)
     with_data = cfg.mode != EvalMode.EXPORT_ONLY
     net, dataset, compat_scores = load_model(cfg, info, ckpt, log, with_data=with_data)
@@ -230,12 +246,19 @@ def _flops_table(net: SNNet, ids: list[int]) -> list[dict[str, Any]]:
 
 
 def run_flops_only(cfg: EvalConfig, info, out_dir: Path, log: Callable[[str], None]) -> int:
-    """--flops-only: FLOPs and params (and latency) of every selected network; no data, no weights."""
+    """--flops-only: FLOPs and params (and latency) of every selected network; no data, no
+    weights. --report-only: DIR/report.html from DIR/stitches.csv with the same SN-Net."""
     from .pareto import format_table
+    from .report import rows_of_this_snnet, write_report
     from .results import result_rows, write_csv
 
     model = dataclasses.replace(ModelConfig.from_args(cfg), pretrained=False, anchor_checkpoints=None)
     net = build_snnet(model, seed=cfg.seed)
+    if cfg.mode == EvalMode.REPORT_ONLY:
+        if info.is_primary:
+            rows = rows_of_this_snnet(out_dir, net)
+            log(f"Wrote {write_report(rows, net, out_dir, cfg.argv, 'top1' not in rows[0])} ({len(rows)} networks)")
+        return 0
     ids = _select(cfg, net)
     if info.is_primary:
         hold_folder(out_dir, "--output")
@@ -243,8 +266,9 @@ def run_flops_only(cfg: EvalConfig, info, out_dir: Path, log: Callable[[str], No
         latency = cached_latencies(cfg, net.to(info.device), info, ids, None) if cfg.measure_latency else None
         rows = result_rows(rows, None, latency)
         write_csv(rows, out_dir / "stitches.csv")
+        report = write_report(rows, net, out_dir, cfg.argv, flops_only=True)
         log(format_table(rows, [k for k in ("cfg_id", "name", "flops", "params", "latency_ms") if k in rows[0]]))
-        log(f"\n{len(rows)} networks; wrote {out_dir / 'stitches.csv'}")
+        log(f"\n{len(rows)} networks; wrote {out_dir / 'stitches.csv'} and {report}")
     return 0
 
 
@@ -339,6 +363,7 @@ def run_sweep(
     results), the tables and frontier, the budget pick and its export (see :func:`run_export`),
     and ``compat.csv`` with the ``compat_scores`` of ``--compatibility``."""
     from .pareto import check_flops_budget, describe_pick, pick
+    from .report import write_report
     from .results import PartialResults, evaluation_description, result_rows, write_outputs
 
     primary = info.is_primary
@@ -382,6 +407,7 @@ def run_sweep(
     rows = result_rows(flops_rows, partial, latency)
     title = f"SN-Net over {' / '.join(net.config['anchors'])}: {len(rows)} networks"
     write_outputs(rows, out_dir, title, log)
+    log(f"Wrote {write_report(rows, net, out_dir, cfg.argv)} (open it in a browser)")
     if cfg.mode == EvalMode.COMPATIBILITY:
         from .compat import compat_rows, write_compat_csv
 

@@ -43,6 +43,7 @@ from ..train.main import resolve_args
 from .cells import CellRun, FrozenAnchors, build_cell, layer_state
 from .grid import Progress, SeedData, train_chunk
 from .outputs import finished_cells, open_lab_dir, save_cell, write_outputs
+from .report import write_report
 from .spec import Cell, LabSpec, expand_cells, gap_routes, load_lab_spec, parse_shard
 
 _logger = logging.getLogger("lab")
@@ -79,6 +80,7 @@ def build_lab_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: Optional[list[str]] = None, on_chunk_done: Optional[ChunkCallback] = None) -> int:
     """lab.py; ``on_chunk_done`` runs after each chunk's cells are saved."""
+    argv = list(map(str, sys.argv[1:] if argv is None else argv))
     opts = build_lab_parser().parse_args(argv)
     spec = load_lab_spec(opts.config)
     if opts.data_dir:  # where the data lives is the machine's, not the grid's: not in the fingerprint
@@ -93,7 +95,7 @@ def main(argv: Optional[list[str]] = None, on_chunk_done: Optional[ChunkCallback
     _logger.propagate = False
     _logger.addHandler(handler)
     try:
-        return run_lab(spec, opts, shard, info, on_chunk_done)
+        return run_lab(spec, opts, shard, info, on_chunk_done, argv)
     finally:
         _logger.removeHandler(handler)
         if dist.is_initialized():
@@ -140,7 +142,11 @@ def shard_lock(shard: tuple[int, int]) -> str:
     return LOCK_NAME if shard == (0, 1) else f"{LOCK_NAME}-shard-{shard[0]}-of-{shard[1]}"
 
 
-def run_lab(spec: LabSpec, opts: argparse.Namespace, shard: tuple[int, int], info: DistInfo, on_chunk_done) -> int:
+def run_lab(
+    spec: LabSpec, opts: argparse.Namespace, shard: tuple[int, int], info: DistInfo, on_chunk_done, argv=()
+) -> int:
+    """The shard's cells on this process, then (rank 0) the folder's outputs and report.html;
+    ``argv``: the command line as given, which the report shows."""
     base = base_args(spec)
     out_dir = Path(opts.output) / (opts.experiment or Path(spec.path).stem)
     check_lab_dir(out_dir, spec, opts, shard_lock(shard))
@@ -190,7 +196,16 @@ def run_lab(spec: LabSpec, opts: argparse.Namespace, shard: tuple[int, int], inf
         for part in gathered:
             records.update(part)
         write_outputs(out_dir, records)
-        _logger.info(f"lab: {len(records)}/{len(cells)} cells done; {out_dir}/cells.csv, trajectory.csv, plots")
+        about = [
+            ("config", spec.path),
+            ("anchors", " / ".join(names)),
+            ("training", f"{base.dataset or base.data_dir}, {base.epochs} epochs per cell, anchors frozen"),
+            ("folder", str(out_dir)),
+        ]
+        write_report(out_dir, records, len(cells), about, argv)
+        _logger.info(
+            f"lab: {len(records)}/{len(cells)} cells done; {out_dir}/cells.csv, trajectory.csv, plots, report.html"
+        )
     return 0
 
 
