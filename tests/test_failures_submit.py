@@ -23,6 +23,8 @@ from snnet import launch
 from snnet.io.lock import check_folder_free
 from snnet.train.main import main as train_main
 
+# eval.py --flops-only reads no data: without --workers (which it refuses as having no effect)
+FLOPS_ONLY = [a for a in TINY_DEIT_ARGS if a not in ("--workers", "0")] + ["--flops-only"]
 DEMO_LAB = REPO / "configs" / "lab" / "demo_digits.yaml"
 
 
@@ -44,7 +46,7 @@ def test_bad_submissions_are_one_line_and_submit_nothing(tmp_path, capsys):
         (submit(jobs, entry_args=train + ["--bogus"]), "train.py: unrecognized arguments: --bogus"),
         (submit(jobs, entry_args=TINY + ["--output", a_file]), "is a file, not a folder"),
         (submit(jobs, "--job", "eval", entry_args=["--bogus"]), "eval.py: unrecognized arguments: --bogus"),
-        (submit(jobs, "--job", "eval", entry_args=TINY_DEIT_ARGS + ["--flops-only", "--output", a_file]), "is a file"),
+        (submit(jobs, "--job", "eval", entry_args=FLOPS_ONLY + ["--output", a_file]), "is a file"),
         (submit(jobs, "--job", "lab", entry_args=["-c", tmp_path / "nope.yaml"]), "nope.yaml' does not exist"),
         (submit(jobs, "--job", "lab", entry_args=["-c", lab_config]), "unknown key 'adapterz'"),
         (submit(jobs, "--job", "lab", entry_args=["-c", DEMO_LAB, "--cell-shard", "0/2"]), "sets --cell-shard"),
@@ -66,7 +68,7 @@ def test_a_folder_another_process_writes_is_refused_before_submitting(tmp_path, 
         argv = submit(jobs, entry_args=TINY + ["--output", out, "--experiment", "run"])
         line = one_error_line(run_entry(launch.main, argv), capsys)
         assert "--output/--experiment is in use by another process" in line
-        argv = submit(jobs, "--job", "eval", entry_args=TINY_DEIT_ARGS + ["--flops-only", "--output", out / "run"])
+        argv = submit(jobs, "--job", "eval", entry_args=FLOPS_ONLY + ["--output", out / "run"])
         line = one_error_line(run_entry(launch.main, argv), capsys)
         assert "--output is in use by another process" in line
         assert hashes(out) == before and not jobs.exists()
