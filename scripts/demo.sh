@@ -9,7 +9,8 @@
 #      committed results/demo/ (identical only on the CPU model that made them).
 # Environment: PYTHON (default .venv/bin/python), DEMO_OUTPUT (run folders, default output/demo),
 # DEMO_RESULTS (tables and plot, default output/demo/results; results/demo refreshes the committed
-# files), DEMO_ARGS (extra train.py args, e.g. shorter runs in tests), DEMO_THREADS (CPU threads of
+# files), DEMO_ARGS (extra train.py args of every stage, e.g. shorter runs in tests), DEMO_SNNET_ARGS
+# (extra args of the SN-Net stage only, e.g. --ls-init-images, which the anchor runs refuse), DEMO_THREADS (CPU threads of
 # the single-process anchor runs and the sweep, default 2: the count that made results/demo on a
 # 2-core machine; train.py/eval.py default to 1, and the SN-Net stage runs 1 per torchrun worker).
 set -euo pipefail
@@ -18,6 +19,7 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=${DEMO_OUTPUT:-output/demo}
 RESULTS=${DEMO_RESULTS:-$OUT/results}
 read -r -a EXTRA <<< "${DEMO_ARGS:-}"
+read -r -a SNNET_EXTRA <<< "${DEMO_SNNET_ARGS:-}"
 THREADS=${DEMO_THREADS:-2}
 export PYTHON=$PY
 
@@ -52,7 +54,7 @@ done
 echo "== [2/3] SN-Net over the ${#ckpts[@]} anchors: least-squares init, then training on 2 processes"
 rm -rf "$OUT/snnet"
 ./distributed_train.sh 2 -c "$CONFIG" --anchor-checkpoints "${ckpts[@]}" \
-  --output "$OUT" --experiment snnet "${EXTRA[@]}"
+  --output "$OUT" --experiment snnet "${EXTRA[@]}" "${SNNET_EXTRA[@]}"
 
 echo "== [3/3] sweeping every network"
 "$PY" eval.py -c "$CONFIG" --resume "$OUT/snnet/last.pth.tar" --output "$RESULTS" --overwrite --threads "$THREADS"

@@ -22,7 +22,8 @@ def test_shortened_demo_runs_end_to_end(tmp_path):
         PYTHON=sys.executable,
         DEMO_OUTPUT=str(tmp_path / "out"),
         DEMO_RESULTS=str(tmp_path / "res"),
-        DEMO_ARGS="--epochs 1 --max-steps-per-epoch 3 --ls-init-images 20",
+        DEMO_ARGS="--epochs 1 --max-steps-per-epoch 3",
+        DEMO_SNNET_ARGS="--ls-init-images 20",
         OMP_NUM_THREADS="1",
     )
     proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
