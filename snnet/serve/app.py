@@ -21,8 +21,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batching import Batcher, Job
 from .controller import LatencyController
-from .inputs import Budget, Limits, RequestError, check_count, decode_image, json_images, parse_budget
-from .inputs import pick_budget_network
+from .inputs import (
+    Budget,
+    Limits,
+    RequestError,
+    check_count,
+    decode_image,
+    json_images,
+    parse_budget,
+    pick_budget_network,
+)
 from .metrics import ServeMetrics
 from .sources import ModelSource, network_entry
 

@@ -5,7 +5,8 @@ reads requests and writes answers never waits for the model.
 
 A request's network is decided when its batch is formed, not when it arrives: a request that
 arrived under heavy load is served by the network the controller chose for the queue it is in.
-A request with a budget keeps its budget's network, or the controller's when that is cheaper.
+A request with a budget gets its budget's network; while the controller sheds load (it serves
+below its top network) it gets the controller's network when that is cheaper.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ class Batcher:
 
     ``run(cfg_id, images)`` computes one batch's answers (one per image, in order);
     ``choose(queue_images)`` names the network of a batch whose requests carry no budget (the
-    controller, or always the same network); ``rank`` orders cfg_ids by cost, so that a budget
-    network and the controller's are compared; ``on_batch(cfg_id, images, seconds)`` is told of
+    controller, or always ``top``, the network served without load); ``rank`` orders cfg_ids by
+    cost, so that a budget network and the controller's are compared; ``on_batch(cfg_id, images, seconds)`` is told of
     every batch; ``tick()`` is called about every ``tick_s`` while idle (the controller moves up
     when load has fallen even if no request comes).
     """
@@ -58,13 +59,14 @@ class Batcher:
         self,
         run: Callable[[int, torch.Tensor], list],
         choose: Callable[[int], int],
+        top: int,
         rank: dict[int, int],
         max_batch_size: int,
         max_wait_ms: float,
         on_batch: Callable[[int, int, float], None] = lambda *_: None,
         tick_s: float = 0.25,
     ):
-        self.run, self.choose, self.rank = run, choose, rank
+        self.run, self.choose, self.top, self.rank = run, choose, top, rank
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.on_batch = on_batch
@@ -94,6 +96,8 @@ class Batcher:
     def _network(self, job: Job, current: int) -> int:
         if job.budget_cfg_id is None:
             return current
+        if current == self.top:  # no load to shed: the budget's network, even above the default
+            return job.budget_cfg_id
         return min(job.budget_cfg_id, current, key=lambda c: self.rank[c])
 
     def _take(self) -> Optional[tuple[int, list[Job]]]:

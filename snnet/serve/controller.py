@@ -40,6 +40,7 @@ class ControllerSettings:
     up_at: float = 0.6
     down_utilisation: float = 0.85
     up_utilisation: float = 0.6
+    min_rate_span_s: float = 0.5  # a rate is measured over this long at least
     smoothing: float = 0.3  # weight of the newest batch in the time-per-image average
 
 
@@ -106,6 +107,14 @@ class LatencyController:
             while window and window[0][0] < now - self.settings.window_s:
                 window.popleft()
 
+    def _rate(self, now: float) -> float:
+        """Images per second over the window, measured over the span the arrivals cover (not the
+        whole window: a burst that began a moment ago counts at its own rate)."""
+        if not self.arrivals:
+            return 0.0
+        span = max(now - self.arrivals[0][0], self.settings.min_rate_span_s)
+        return sum(n for _, n in self.arrivals) / span
+
     def _time_per_image(self, cfg_id: int) -> Optional[float]:
         if cfg_id in self.seconds_per_image:
             return self.seconds_per_image[cfg_id]
@@ -128,7 +137,7 @@ class LatencyController:
         with self._lock:
             now = self.clock()
             self._trim(now)
-            rate = sum(n for _, n in self.arrivals) / self.settings.window_s
+            rate = self._rate(now)
             p99 = 1000 * percentile([s for _, s in self.latencies], 0.99)
             s, slo = self.settings, self.settings.slo_ms
             util, latency = self._predict(self.index, queue, rate)

@@ -60,8 +60,9 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind(info[4])
         sock.listen(2048)
     except OSError as e:
-        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --port (0: a free one)")
-    sock.set_inheritable(True)
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --port (0: a free one)"
+        ) from None
     return sock
 
 
@@ -130,7 +131,7 @@ def build_state(cfg: Any, source, log=_log):
 
     choose = controller.choose if controller else (lambda queue: source.default_cfg_id)
     rank = {r["cfg_id"]: i for i, r in enumerate(sorted(source.rows, key=lambda r: (r["flops"], r["cfg_id"])))}
-    batcher = Batcher(run, choose, rank, cfg.max_batch_size, cfg.max_wait_ms, on_batch)
+    batcher = Batcher(run, choose, source.default_cfg_id, rank, cfg.max_batch_size, cfg.max_wait_ms, on_batch)
     limits = Limits(cfg.max_images, cfg.max_image_bytes, cfg.max_image_pixels)
     return ServerState(source, batcher, controller, metrics, limits, _transform(info), cfg.slo_ms)
 
@@ -144,6 +145,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .sources import load_source
 
     cfg = parse_serve_config(argv)
+    serving = False
+
+    def stop(sig, frame) -> None:
+        # before serving: stop at once; while serving uvicorn has its own handlers, and after it
+        # has answered the requests in flight it raises the signal again, to be ignored here
+        if not serving:
+            raise SystemExit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     set_cpu_threads(cfg.threads)
     sock = listen(cfg.host, cfg.port)  # before loading: a taken port fails at once
     source = load_source(cfg)
@@ -159,10 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     print(f"Listening on http://{host}:{port}", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    # uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish the requests in flight), then
-    # raises the signal again for the handlers it found: these make that a clean exit 0
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
+    serving = True  # uvicorn: stop accepting on SIGTERM/SIGINT, answer the requests in flight
     server.run(sockets=[sock])
     print("Stopped: every request in flight answered", flush=True)
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -12,6 +12,7 @@ class ServeMetrics:
     batch size histograms, queue length, requests in flight, the controller's network and switches."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series: a scrape shows the counts, not start times
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
