@@ -78,7 +78,7 @@ def anchors(d):
 def best(d):
     return max(r["top1"] for r in rows[d].values())
 changed = [c for c in rows[new] if c in rows[old] and rows[new][c]["top1"] != rows[old][c]["top1"]]
-print(f"Compared with the committed {old}/ (made on another CPU model or with other settings; see README):")
+print(f"Compared with the committed {old}/ (made on another CPU model or with other settings; see docs/demo.md):")
 print(f"  anchors top-1 {anchors(new)}% here vs {anchors(old)}% committed; frontier of {len(front[new])} vs "
       f"{len(front[old])} networks; best {best(new):.1f}% vs {best(old):.1f}%; top-1 differs for "
       f"{len(changed)} of {len(rows[new])} networks")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The stitching lab on scikit-learn's digits (README "The stitching lab"): a small CNN and a small
+# The stitching lab on scikit-learn's digits (docs/lab.md, "The stitching lab"): a small CNN and a small
 # ViT trained on the digits, then configs/lab/demo_digits.yaml's grid of CNN -> ViT and ViT -> CNN
 # cells (2 gaps each way x 3 adapter kinds x 2 seeds), each cell training its stitching layer
 # over the two frozen anchors.

@@ -10,6 +10,7 @@ from typing import Sequence
 from .core.junctions import CLASS_TOKEN_RULES, DEFAULT_CLASS_TOKEN, DEFAULT_PREFIX_TOKENS, PREFIX_TOKEN_RULES
 from .core.layers import STITCH_LAYER_KINDS
 from .core.stitches import STITCHING_RULES
+from .errors import OneLineArgumentParser
 from .train.network_sampling import SAMPLE_BY
 
 DROP_PATH_SCHEDULES = ("linear", "uniform")  # applied by snnet.run_config.build_snnet
@@ -97,14 +98,15 @@ def add_compile_args(group: argparse._ArgumentGroup) -> None:
                             "inductor when the flag is given alone)")
     group.add_argument("--torchcompile-mode", type=str, default=None, metavar="MODE",
                        help="torch.compile mode, e.g. reduce-overhead (CUDA graphs: the fastest SN-Net training on "
-                            "a GPU, see the README) or max-autotune")
+                            "a GPU, see docs/speed.md) or max-autotune")
     # fmt: on
 
 
 def build_train_parser() -> argparse.ArgumentParser:
     """train.py's parser; ``-c FILE.yaml`` sets its defaults (see :mod:`snnet.config`)."""
     # fmt: off
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
+        prog="train.py",
         description="Train an SN-Net (or, with one anchor, a plain timm model) the way timm's train.py trains.",
         formatter_class=DefaultsHelpFormatter,
     )
@@ -276,7 +278,8 @@ def build_train_parser() -> argparse.ArgumentParser:
 def build_eval_parser() -> argparse.ArgumentParser:
     """eval.py's parser; ``-c FILE.yaml`` sets its defaults, train.py configs included."""
     # fmt: off
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
+        prog="eval.py",
         description="Evaluate every network of an SN-Net from one pass over the data; Pareto frontier, "
                     "budget picking and export of one network.",
         formatter_class=DefaultsHelpFormatter,
@@ -323,8 +326,9 @@ def build_eval_parser() -> argparse.ArgumentParser:
                    help="print the most accurate network within this many FLOPs, e.g. 2.5G or 800M")
     g.add_argument("--budget-latency", type=float, default=None, metavar="MS",
                    help="print the most accurate network within this latency (needs --measure-latency)")
-    g.add_argument("--export", default=None, metavar="CFG_ID|best",
-                   help="write one network as a standalone model; 'best': the budget pick")
+    g.add_argument("--export", default=None, metavar="CFG_ID|best|frontier|ID,ID,...",
+                   help="write one network as a standalone model ('best': the budget pick), or several into one "
+                        "TorchScript file, each block once ('frontier': the sweep's Pareto frontier; or a list of cfg_ids)")
     g.add_argument("--export-path", default=None, metavar="PATH",
                    help="where to write it: .pt (TorchScript), .pt2 (torch.export) or .onnx")
     g.add_argument("--export-batch-size", type=int, default=2, metavar="N",
@@ -343,8 +347,9 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 def build_predict_parser() -> argparse.ArgumentParser:
     """predict.py's parser; ``-c FILE.yaml`` (a training config) sets its defaults."""
-    parser = argparse.ArgumentParser(
-        description="Top-5 classes of image files from one network of an SN-Net or an exported network."
+    parser = OneLineArgumentParser(
+        prog="predict.py",
+        description="Top-5 classes of image files from one network of an SN-Net or an exported network.",
     )
     parser.add_argument(
         "images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (searched recursively)"
@@ -366,7 +371,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
         "--stitch",
         default=None,
         metavar="CFG_ID|best",
-        help="the network: a cfg_id, or 'best' (most accurate of the sweep, within the budgets)",
+        help="the network: a cfg_id, or 'best' (most accurate of the sweep, within the budgets); with --exported "
+        "a file of several networks, a cfg_id it holds (default: its most accurate)",
     )
     g.add_argument(
         "--budget-flops", default=None, metavar="FLOPS", help="with --stitch best: most accurate within this"

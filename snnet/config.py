@@ -13,11 +13,11 @@ import argparse
 import dataclasses
 import difflib
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, OneLineArgumentParser
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -34,7 +34,7 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _config_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = OneLineArgumentParser(add_help=False)
     parser.add_argument("-c", "--config", default="", metavar="FILE", help="YAML file of argument defaults")
     return parser
 
@@ -207,3 +207,66 @@ def save_args_yaml(args: str | argparse.Namespace, path: str | Path) -> None:
     text = args if isinstance(args, str) else yaml.safe_dump(plain(args), sort_keys=True)
     with atomic_write(path, "w") as f:
         f.write(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """Option ``dest`` takes effect only when ``acts(values)``; given otherwise (a value other
+    than its default) it is refused: ``why`` says what it needs, e.g. "acts only with
+    --sample-by flops-groups (no grouped sampler runs)". ``flag`` when it is not ``--dest``."""
+
+    dest: str
+    acts: Callable[[Any], bool]
+    why: str
+    flag: str = ""
+
+
+def option_text(flag: str, value: Any) -> str:
+    """``--flag value`` as the command line writes it (a flag alone for true switches)."""
+    if value is True:
+        return flag
+    if value is False:  # a BooleanOptionalAction switched off
+        return "--no-" + flag[2:]
+    if isinstance(value, (list, tuple)):
+        return f"{flag} {' '.join(map(str, value))}"
+    if isinstance(value, Mapping):
+        return f"{flag} {' '.join(f'{k}={v}' for k, v in value.items())}"
+    return f"{flag} {value}"
+
+
+def refuse_without_effect(values: Any, rules: Iterable[Needs], defaults: Mapping[str, Any]) -> None:
+    """A :class:`ConfigError` for the first option of ``values`` (a run config or Namespace)
+    set away from its default in ``defaults`` (or left out of ``defaults``: given explicitly, see
+    :func:`given_on_command_line`) that its rule says cannot act: one line, naming the option,
+    its value and what it needs."""
+    for rule in rules:
+        value = getattr(values, rule.dest)
+        if (rule.dest not in defaults or not _is_unset(value, defaults[rule.dest])) and not rule.acts(values):
+            flag = rule.flag or "--" + rule.dest.replace("_", "-")
+            raise ConfigError(f"{option_text(flag, value)} has no effect: it {rule.why}; drop it")
+
+
+def _is_unset(value: Any, default: Any) -> bool:
+    """``value`` is the option's default (an empty list or mapping counts as an empty default)."""
+    empty = ([], {}, (), "", None)
+    return value == default or (value in empty[:4] and default in empty)
+
+
+def builtin_defaults(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Each option's default as the parser defines it (no ``-c`` config applied)."""
+    return {a.dest: a.default for a in parser._actions if a.dest not in (argparse.SUPPRESS, "help")}
+
+
+def given_on_command_line(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> set[str]:
+    """The ``dest`` of every option ``argv`` gives explicitly (even at its default value): the
+    command line parsed again with every default suppressed."""
+    import copy
+    import sys
+
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    _, remaining = _config_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    given, _ = probe.parse_known_args(remaining)
+    return set(vars(given)) - {"config"}

@@ -25,6 +25,7 @@ import functools
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable, Optional
 
@@ -63,6 +64,26 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sig, 0, 0, 0)
     if os.getppid() == 1:  # the parent died before prctl: nobody will send the signal
         os.kill(os.getpid(), sig)
+
+
+def die_with(pid: int, sig: int = signal.SIGKILL, interval_s: float = 0.5) -> None:
+    """Send ``sig`` to this process once process ``pid`` (not its parent: e.g. the ``submit.py``
+    that waits for a local job, whose controller submitit keeps alive on purpose) has ended, as
+    :func:`die_with_parent` does for the parent. A watcher thread polls every ``interval_s``."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), sig)
+                return
+            except PermissionError:  # alive, someone else's: pid reused after all, or not ours to watch
+                continue
+
+    threading.Thread(target=watch, name=f"die-with-{pid}", daemon=True).start()
 
 
 def set_cpu_threads(threads: Optional[int]) -> int:

@@ -8,11 +8,22 @@ reason. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import os
 import sys
 from typing import Callable, TypeVar
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad flag or value is one ``error: ...`` line (exit 2) as every
+    other refusal, not argparse's usage block; ``--help`` shows the usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 class SNNetError(Exception):
@@ -60,12 +71,16 @@ def describe_os_error(e: OSError) -> str:
 
 def exit_on_user_error(main: F) -> F:
     """Wrap a script's ``main`` so that an :class:`SNNetError` or an ``OSError`` ends it with one
-    clear line (exit code 2)."""
+    clear line (exit code 2), and the output folders it locked (:mod:`snnet.io.lock`) are
+    released however it ends."""
+
+    from .io.lock import released_locks
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            with released_locks():  # the output folders it held
+                return main(*args, **kwargs)
         except SNNetError as e:
             if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank refuses alike: one line
                 print(f"error: {e}", file=sys.stderr, flush=True)

@@ -42,8 +42,8 @@ from submitit import AutoExecutor, JobEnvironment
 from submitit.core.utils import DelayedSubmission
 from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 
-from .distributed import die_with_parent
-from .errors import ConfigError, exit_on_user_error
+from .distributed import die_with, die_with_parent
+from .errors import ConfigError, OneLineArgumentParser, exit_on_user_error
 
 _logger = logging.getLogger("submit")
 
@@ -51,7 +51,7 @@ JOBS = ("train", "eval", "lab")
 
 
 def build_submit_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="submit.py",
         description="Run train.py / eval.py / lab.py as a submitit job: submit.py [options] -- <their arguments>",
     )
@@ -89,12 +89,19 @@ def main(
     args = build_submit_parser().parse_args(argv[:split])
     entry_argv = argv[split + 1 :]
     check_args(args)
-    entry = (entries or {}).get(args.job) or default_entry(args.job, scripts_dir)
+    check_slurm_only(args, args.cluster or AutoExecutor.which())
+    entry = (entries or {}).get(args.job)
+    if entry is None:  # the real script: its arguments are checked before the job waits in a queue
+        entry = default_entry(args.job, scripts_dir)
+        check_entry_args(args, entry_argv)
     if args.job == "train":
         entry_argv, run_dir = pin_experiment(entry_argv)
         print(f"run folder: {run_dir}", flush=True)
     tasks = make_tasks(args, entry, entry_argv, step_callbacks)
     executor = make_executor(args)
+    if executor.cluster == "local":  # this command waits for the job: the job ends with it (SIGKILL too)
+        for task in tasks:
+            task.watch_pid = os.getpid()
     with executor.batch() if len(tasks) > 1 else contextlib.nullcontext():
         jobs = [executor.submit(task) for task in tasks]
     for job in jobs:
@@ -116,6 +123,47 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--array-tasks splits lab.py's cells: use it with --job lab, not --job {args.job}")
 
 
+SLURM_ONLY = ("partition", "account", "qos", "constraint", "signal_delay", "cpus_per_task")
+
+
+def check_slurm_only(args: argparse.Namespace, cluster: str) -> None:
+    """Refuse Slurm's options when the job runs on this machine (``cluster`` is submitit's choice:
+    ``--cluster``, or slurm when sbatch exists): the local executor would drop them silently."""
+    from .config import Needs, builtin_defaults, refuse_without_effect
+
+    why = f"is a Slurm setting and the job runs on this machine (--cluster {cluster})"
+    rules = [Needs(dest, lambda a: cluster == "slurm", why) for dest in SLURM_ONLY]
+    refuse_without_effect(args, rules, builtin_defaults(build_submit_parser()))
+
+
+def check_entry_args(args: argparse.Namespace, argv: list[str]) -> None:
+    """Refuse, before submitting, what the job's script would refuse at its start without data or
+    weights: its flags and config, an output folder that is a file or that another process is
+    writing (:mod:`snnet.io.lock`). train.py's are checked by :func:`pin_experiment`."""
+    from .io.lock import LOCK_NAME, check_folder_free
+    from .io.paths import check_output_dir
+
+    if args.job == "train":
+        return
+    if args.job == "eval":
+        from .evaluate.main import parse_eval_config
+
+        cfg = parse_eval_config(argv)
+        if cfg.out_dir:
+            check_folder_free(cfg.out_dir, "--output")
+    else:
+        from .lab.main import build_lab_parser, shard_lock
+        from .lab.spec import load_lab_spec
+
+        opts = build_lab_parser().parse_args(argv)
+        spec = load_lab_spec(opts.config)
+        out_dir = Path(opts.output) / (opts.experiment or Path(spec.path).stem)
+        check_output_dir(out_dir, "--output/--experiment")
+        k = args.array_tasks
+        for name in [LOCK_NAME] + [shard_lock((i, k)) for i in range(k)]:
+            check_folder_free(out_dir, "--output/--experiment", name)
+
+
 def default_entry(job: str, scripts_dir: Optional[Path]) -> Callable[..., int]:
     """The ``main`` a job runs: train -> snnet.train.main, eval -> snnet.evaluate.main, lab -> lab.py's."""
     if job == "train":
@@ -135,9 +183,12 @@ def default_entry(job: str, scripts_dir: Optional[Path]) -> Callable[..., int]:
 def pin_experiment(argv: list[str]) -> tuple[list[str], Path]:
     """train.py's arguments with ``--experiment`` named, and the run folder. The default name
     carries the date, and a requeued job must find the same folder to resume from; parsing here
-    also refuses bad arguments before the job waits in a queue."""
+    also refuses bad arguments, and a run folder that is a file or that another process is
+    writing (:mod:`snnet.io.lock`), before the job waits in a queue."""
     from .cli import build_train_parser
     from .config import parse_args_with_config
+    from .io.lock import check_folder_free
+    from .io.paths import check_output_dir
     from .run_config import require_anchors
     from .train.main import default_experiment
 
@@ -147,7 +198,10 @@ def pin_experiment(argv: list[str]) -> tuple[list[str], Path]:
     if not experiment:
         experiment = default_experiment(args)
         argv = argv + ["--experiment", experiment]
-    return argv, Path(args.output or "./output/train") / experiment
+    run_dir = Path(args.output or "./output/train") / experiment
+    check_output_dir(run_dir, "--output/--experiment")
+    check_folder_free(run_dir, "--output/--experiment")
+    return argv, run_dir
 
 
 def make_tasks(args: argparse.Namespace, entry: Callable, argv: list[str], step_callbacks: Sequence) -> list[Task]:
@@ -231,6 +285,7 @@ class Task(Checkpointable):
     ):
         self.entry, self.argv, self.kwargs = entry, list(argv), dict(kwargs or {})
         self.stop_at_step_boundary = stop_at_step_boundary
+        self.watch_pid: Optional[int] = None  # a local job's submit.py: the task ends with it
 
     def __call__(self) -> int:
         from .train.trainer import TrainingInterrupted
@@ -238,6 +293,8 @@ class Task(Checkpointable):
         job_env = JobEnvironment()
         if job_env.cluster != "debug":
             die_with_parent()  # a killed job controller (or slurmstepd) takes its tasks along
+        if self.watch_pid is not None:
+            die_with(self.watch_pid)  # submitit keeps a local job's controller alive on purpose
         dist_env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         sig = JobEnvironment._usr_sig()
         requeue = signal.getsignal(sig)  # submitit's handler: checkpoint(), then requeue (None in debug)
@@ -261,7 +318,9 @@ class Task(Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """The requeued job: the same entry and arguments (``--resume auto`` finds last.pth.tar)."""
-        return DelayedSubmission(Task(self.entry, self.argv, self.kwargs, self.stop_at_step_boundary))
+        task = Task(self.entry, self.argv, self.kwargs, self.stop_at_step_boundary)
+        task.watch_pid = self.watch_pid
+        return DelayedSubmission(task)
 
     def __repr__(self) -> str:
         return f"{getattr(self.entry, '__module__', self.entry)} {' '.join(self.argv)}"

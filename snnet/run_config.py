@@ -23,7 +23,7 @@ import torch
 
 from .anchors.base import set_uniform_drop_path
 from .cli import build_eval_parser, build_predict_parser, build_serve_parser, build_train_parser
-from .config import parse_kwargs
+from .config import Needs, option_text, parse_kwargs, refuse_without_effect
 from .core.junctions import DEFAULT_CLASS_TOKEN, DEFAULT_PREFIX_TOKENS
 from .core.model import SNNet, create_snnet
 from .errors import ConfigError
@@ -111,12 +111,18 @@ def build_snnet(
     num_classes: Optional[int] = None,
     pretrained: Optional[bool] = None,
     seed: Optional[int] = None,
+    check_effects: bool = True,
 ) -> SNNet:
     """The SN-Net ``model`` describes (a :class:`ModelConfig`, or a run config / parsed arguments
     whose model part is taken). ``num_classes`` / ``pretrained`` override the config's;
-    ``seed`` seeds torch first, so that untrained weights are the same on every process."""
+    ``seed`` seeds torch first, so that untrained weights are the same on every process.
+    ``check_effects``: refuse stitching options this SN-Net gives nothing to act on
+    (:func:`check_model_effects`); off for a net of the anchors alone that others add routes to
+    (the lab's shared anchors, compose.py's pool)."""
     cfg = model if isinstance(model, ModelConfig) else ModelConfig.from_args(model)
     require_anchors(cfg.anchors)
+    if check_effects:
+        refuse_without_effect(cfg, MODEL_RULES, MODEL_DEFAULTS)
     if seed is not None:
         torch.manual_seed(seed)
     net = create_snnet(
@@ -146,7 +152,83 @@ def build_snnet(
             set_uniform_drop_path(adapter.model, rate, adapter.name)
     if cfg.train_only == "stitching":
         net.freeze_anchors()
+    if check_effects:
+        check_model_effects(cfg, net)
     return net
+
+
+def idle_weight_options(model: ModelConfig, replaced_by: str = "") -> Optional[str]:
+    """A log line for anchor-weight options that load nothing the SN-Net keeps: ``replaced_by``
+    (a checkpoint holding every weight, e.g. ``--initial-checkpoint FILE``) replaces them, or an
+    ``--anchor-checkpoints`` file for every anchor replaces ``--pretrained``; None when all act."""
+    files = model.anchor_checkpoints or ()
+    given = [flag for flag, on in (("--pretrained", model.pretrained), ("--anchor-checkpoints", any(files))) if on]
+    if replaced_by and given:
+        return f"{' and '.join(given)}: not used, {replaced_by} holds every weight"
+    if model.pretrained and files and all(f is not None for f in files):
+        return "--pretrained: not used, every anchor loads its --anchor-checkpoints file instead of timm's weights"
+    return None
+
+
+def _sliding_windows(cfg: ModelConfig) -> bool:
+    """Whether the stitching rules run paired stitching's sliding window somewhere (equal stage
+    depths under the default rule), where --kernel-size and --stride act."""
+    return cfg.routes is None and cfg.stitching != "unpaired" and cfg.stitching != "two-way"
+
+
+# Model options judged from the config alone (the defaults: ModelConfig's, the parsers' own)
+MODEL_RULES = (
+    Needs("kernel_size", _sliding_windows, "sizes paired stitching's window, which --routes, --stitching unpaired "
+          "and two-way do not use"),
+    Needs("stride", _sliding_windows, "strides paired stitching's window, which --routes, --stitching unpaired and "
+          "two-way do not use"),
+    Needs("nearest", lambda m: m.routes is None and m.stitching != "two-way" and len(m.anchors) > 2,
+          "chooses which of three or more anchors pair up under the stitching rules (not --routes or two-way)"),
+    Needs("stages", lambda m: m.routes is None and m.stitching != "two-way",
+          "selects the stages the stitching rules stitch in, which --routes and two-way do not use"),
+    Needs("stitching", lambda m: m.routes is None, "is a stitching rule and --routes name the networks instead"),
+    Needs("lora_rank", lambda m: m.stitch_layer == "lora", "sizes lora layers: add --stitch-layer lora"),
+)  # fmt: skip
+MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+
+
+def check_model_effects(cfg: ModelConfig, net: SNNet) -> None:
+    """Refuse the stitching options that this built SN-Net gives nothing to act on: a layer kind
+    (or rank, stride, junction rule) with no stitching layer to apply it to, a LoRA rank that is
+    not lower than the layer it factors, a class-token / prefix-token rule no junction uses."""
+    junctions = [layer.junction for layer in net.stitch_layers]
+    if not junctions:
+        for dest in (
+            *("stitch_layer", "lora_rank", "stitch_stride", "class_token", "prefix_tokens", "train_only"),
+            *("official_forward", "kernel_size", "stride", "stages", "stitching"),
+        ):
+            value = getattr(cfg, dest)
+            if value != MODEL_DEFAULTS[dest]:
+                raise ConfigError(
+                    f"{option_text('--' + dest.replace('_', '-'), value)} has no effect: this SN-Net has no "
+                    f"stitching layer (one anchor, no --routes); drop it"
+                )
+    for i, layer in enumerate(net.stitch_layers):
+        if hasattr(layer, "lora_A") and cfg.lora_rank >= min(layer.lora_A.shape[1], layer.lora_B.shape[0]):
+            in_dim, out_dim = layer.lora_A.shape[1], layer.lora_B.shape[0]
+            raise ConfigError(
+                f"--lora-rank {cfg.lora_rank} is not lower than stitching layer {i} it factors ({in_dim} -> "
+                f"{out_dim}): a full-rank update is no low-rank one; use --lora-rank below {min(in_dim, out_dim)} "
+                f"or --stitch-layer linear"
+            )
+    makes_prefix = any(j.work.layout == "tokens" and j.work.prefix > (j.src.prefix if j.src.layout == "tokens" else 0)
+                       for j in junctions)  # fmt: skip
+    drops_prefix = any(j.dst.layout != "tokens" and j.src.layout == "tokens" and j.src.prefix > 0 for j in junctions)
+    for dest, used, what in (
+        ("class_token", makes_prefix, "makes the prefix tokens of a junction into tokens that lacks them"),
+        ("prefix_tokens", drops_prefix, "handles the prefix tokens of a junction from tokens into feature maps"),
+    ):
+        value = getattr(cfg, dest)
+        if junctions and not used and value != MODEL_DEFAULTS[dest]:
+            raise ConfigError(
+                f"--{dest.replace('_', '-')} {value} has no effect: it {what}, and no junction of this SN-Net is one; "
+                f"drop it"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +277,7 @@ class EvalMode(enum.Enum):
     """What eval.py does, decided once from its options."""
 
     FLOPS_ONLY = "flops-only"  # FLOPs and params of every network; no data, no weights
-    EXPORT_ONLY = "export"  # --export CFG_ID: write that network; no data pass
+    EXPORT_ONLY = "export"  # --export CFG_ID or CFG_ID,CFG_ID,...: write the network(s); no data pass
     SWEEP = "sweep"  # every selected network on the data, frontier, budget pick (and its export)
     COMPATIBILITY = "compatibility"  # LS-initialise an untrained SN-Net, score junctions, then sweep
 
@@ -210,6 +292,7 @@ TrainConfig.EXTRA_FIELDS = ()
 _EVAL_EXTRA = (
     ("mode", EvalMode, dataclasses.field(default=EvalMode.SWEEP)),
     ("export_id", Optional[int], dataclasses.field(default=None)),  # --export CFG_ID as a number
+    ("export_ids", Optional[tuple], dataclasses.field(default=None)),  # --export 3,12,40 as numbers
     ("budget_flops_value", Optional[float], dataclasses.field(default=None)),  # --budget-flops parsed
     # the values options had before the command line (parser + -c config): a checkpoint fills those
     ("defaults", Mapping[str, Any], dataclasses.field(default_factory=dict, compare=False, repr=False)),
@@ -228,6 +311,8 @@ ServeConfig = config_class(
 ServeConfig.EXTRA_FIELDS = ("defaults",)
 
 
-def defaults_of(parser: argparse.ArgumentParser) -> Mapping[str, Any]:
-    """Each option's default after ``-c`` set its own (call after parsing)."""
-    return MappingProxyType({a.dest: a.default for a in _options(parser)})
+def defaults_of(parser: argparse.ArgumentParser, given: Sequence[str] = ()) -> Mapping[str, Any]:
+    """Each option's default after ``-c`` set its own (call after parsing), leaving out the
+    options in ``given`` (those the command line names, even at their default value: a value
+    typed out is the user's, and e.g. a checkpoint's other stitching-layer kind must not replace it)."""
+    return MappingProxyType({a.dest: a.default for a in _options(parser) if a.dest not in given})

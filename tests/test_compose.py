@@ -307,8 +307,6 @@ def _pool_args(names=NAMES, kwargs=POOL["anchor_kwargs"]):
         *[" ".join(f"{k}={v}" for k, v in kw.items()) for kw in kwargs],
         "--dataset",
         "digits",
-        "--workers",
-        "0",
     ]
 
 

@@ -1,17 +1,24 @@
-"""Failure handling (issue 20): every refusal is one `error:` line with exit 2 and no traceback,
-no file that existed before is changed, files are written whole or not at all, and settings that
-would change nothing are refused or logged."""
+"""Failure handling (issues 20, 28): every refusal is one `error:` line with exit 2 and no
+traceback, no file that existed before is changed, files are written whole or not at all, one
+process per output folder, and settings that would change nothing are refused or logged.
+
+train.py, eval.py and predict.py here; lab.py, compose.py and submit.py in
+test_failures_lab.py, test_failures_compose.py and test_failures_submit.py, with the helpers below."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -52,6 +59,87 @@ def one_error_line(code: int, capsys) -> str:
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` and the SHA-256 of its bytes (folders of large files)."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@contextlib.contextmanager
+def locked_by_another_process(folder: Path, name: str = ".snnet.lock"):
+    """Another process holding ``folder``'s lock (an exclusive flock), as a running command does."""
+    hold = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(folder / name)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+class Payload:
+    """Unpickling it creates the marker file: a checkpoint carrying it must be refused unrun."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def full_disk(monkeypatch) -> None:
+    """Every fsync fails with ENOSPC from now on (how a full disk shows in an atomic write)."""
+
+    def fail(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fail)
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` read-only for real: mode 555, and for root (whom modes do not stop) the immutable
+    attribute; checked by trying to create a file in it."""
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    try:
+        with pytest.raises(OSError):
+            (folder / ".probe").write_text("")
+        yield folder
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+def sigkill_when(cmd: list, ready: Callable[[], bool], env: dict, timeout: float = 240) -> None:
+    """Run ``cmd`` and SIGKILL it as soon as ``ready()`` (polled); fails if it ends first."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"ended before the kill: {proc.stderr.read()[-2000:]}"
+            assert time.time() < deadline, "never got there"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +283,14 @@ def test_unreadable_exported_files_are_one_line(run, tmp_path, capsys):
     for name in ("garbage.onnx", "truncated.pt", "renamed.pt"):
         (tmp_path / f"{name}.json").write_text(good_json)
     (tmp_path / "other.onnx.json").write_text(good_json.replace("32", "64"))  # another input size
+    marker = tmp_path / "ran"
+    for name in ("payload.pt", "payload.pt2"):  # a pickle whose unpickling would create the marker
+        torch.save({"model": Payload(marker)}, tmp_path / name)
+        (tmp_path / f"{name}.json").write_text(good_json)
     capsys.readouterr()
     for name, message in (
+        ("payload.pt", "cannot be read as TorchScript"),
+        ("payload.pt2", "payload.pt2"),
         ("garbage.onnx", "cannot be read as ONNX"),
         ("truncated.pt", "cannot be read as TorchScript"),
         ("renamed.pt", "cannot be read as TorchScript"),
@@ -204,6 +298,21 @@ def test_unreadable_exported_files_are_one_line(run, tmp_path, capsys):
     ):
         line = one_error_line(run_entry(predict_main, ["--exported", tmp_path / name, image]), capsys)
         assert name in line and message in line, line
+    assert not marker.exists()  # the payload never ran
+
+
+@pytest.mark.slow
+def test_a_folder_another_process_writes_is_refused_before_any_work(run, tmp_path, capsys):
+    """train.py's run folder and eval.py's results folder: one process each (snnet.io.lock)."""
+    for entry, args, folder in (
+        (train_main, TRAIN + ["--output", run.parent, "--experiment", "run", "--epochs", "1"], run),
+        (eval_main, ["--resume", run / "last.pth.tar", "--output", tmp_path / "sweep"], tmp_path / "sweep"),
+    ):
+        with locked_by_another_process(folder):
+            before = snapshot(folder)
+            line = one_error_line(run_entry(entry, args), capsys)
+            assert "is in use by another process" in line and str(folder) in line, line
+            assert snapshot(folder) == before
 
 
 @pytest.mark.slow
@@ -343,11 +452,11 @@ def test_help_says_each_default_once():
 
 @pytest.mark.slow
 def test_readme_python_api_snippet_runs_as_written():
-    """The README's first Python block, run as written but for two substitutions the README states:
+    """docs/python-api.md's first Python block, run as written but for two substitutions it states:
     pretrained=True becomes False (no hub here; the weights change none of the numbers and names
     the snippet shows) and the 16 stand-in images become 4 (least squares through DeiT-B on 2 cores)."""
-    readme = (REPO / "README.md").read_text()
-    snippet = re.search(r"### Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
+    page = (REPO / "docs" / "python-api.md").read_text()
+    snippet = re.search(r"# Python API\n\n```python\n(.*?)```", page, re.S).group(1)
     assert "pretrained=True" in snippet
     shown = dict(re.findall(r"^(\S.*?)  # (\d+|'[^']*')", snippet, re.M))  # expression -> value in its comment
     namespace: dict = {}
@@ -356,7 +465,7 @@ def test_readme_python_api_snippet_runs_as_written():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        exec(compile(runnable, "README.md", "exec"), namespace)
+        exec(compile(runnable, "docs/python-api.md", "exec"), namespace)
     finally:
         torch.set_num_threads(threads)
     for expr, value in shown.items():

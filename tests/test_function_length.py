@@ -20,7 +20,8 @@ def _is_option_table_statement(node: ast.stmt) -> bool:
         return False
     func = value.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-    return name in ("add_argument", "add_argument_group", "ArgumentParser", "set_defaults") or name.startswith("add_")
+    parser_class = name.endswith("ArgumentParser")  # argparse's, or snnet.errors.OneLineArgumentParser
+    return parser_class or name in ("add_argument", "add_argument_group", "set_defaults") or name.startswith("add_")
 
 
 def long_functions(root: Path = PACKAGE) -> list[str]:

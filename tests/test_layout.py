@@ -78,3 +78,35 @@ def test_top_level_is_small_and_split_by_concern():
     packages = [p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()]
     assert len(modules) <= 12, sorted(modules)
     assert len(packages) >= 3, sorted(packages)
+
+
+def test_compose_and_evaluate_share_measures_not_each_other():
+    """compose/ uses evaluate's tools around the flow (pick: Pareto; ship: export, prediction
+    info) but no evaluate measure: CKA and the image sampling that both score on live below both
+    (core.measures, data.loaders), defined once; and evaluate never imports compose."""
+    graph = import_graph()
+    compose_to_evaluate = {t for m, ts in graph.items() if m.startswith("snnet.compose") for t in ts}
+    compose_to_evaluate = {t for t in compose_to_evaluate if t.startswith("snnet.evaluate")}
+    assert compose_to_evaluate <= {"snnet.evaluate.pareto", "snnet.evaluate.export", "snnet.evaluate.predict"}, (
+        compose_to_evaluate
+    )
+    assert not any(
+        t.startswith("snnet.compose") for m, ts in graph.items() if m.startswith("snnet.evaluate") for t in ts
+    )
+    for helper, home in (
+        ("def linear_cka(", "snnet/core/measures.py"),
+        ("def sample_train_images(", "snnet/data/loaders.py"),
+    ):
+        defined = [str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py") if helper in p.read_text()]
+        assert defined == [home], (helper, defined)
+    for user in ("snnet.compose.junctions", "snnet.evaluate.compat"):
+        assert "snnet.core.measures" in graph[user], user
+
+
+def test_no_module_over_500_lines():
+    long = {
+        str(p.relative_to(PACKAGE.parent)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 500
+    }
+    assert not long, long

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +157,85 @@ def test_bad_paths_fail_with_one_line(trained, tmp_path):
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert lines[0].startswith("error: ")
         assert re.search(message, lines[0]), lines[0]
+
+
+def swept_copy(sweep: Path, tmp_path: Path) -> Path:
+    """The fixture's sweep folder copied (its partial results: a rerun there needs no data pass)."""
+    out = tmp_path / "sweep"
+    shutil.copytree(sweep, out)
+    return out
+
+
+def read_sidecar(path: Path) -> dict:
+    return json.loads(Path(str(path) + ".json").read_text())
+
+
+def test_frontier_file_holds_pareto_csv_and_predicts_like_the_checkpoint(trained, tmp_path, capsys):
+    ckpt, sweep, images = trained
+    out, exported = swept_copy(sweep, tmp_path), tmp_path / "frontier.pt"
+    args = ["--resume", ckpt, "--output", out, "--log-interval", "0", "--export", "frontier"]
+    assert run_entry(eval_main, args + ["--export-path", exported]) == 0
+    frontier = read_results(out / "pareto.csv")
+    info = read_sidecar(exported)
+    assert [n["cfg_id"] for n in info["networks"]] == [r["cfg_id"] for r in frontier]
+    for n, r in zip(info["networks"], frontier):
+        assert n == {k: r[k] for k in ("cfg_id", "name", "flops", "params", "top1", "top5")} | {"latency_ms": None}
+    best = max(frontier, key=lambda r: r["top1"])
+    assert info["default_cfg_id"] == best["cfg_id"] == info["cfg_id"] and info["class_names"] == list("0123456789")
+    capsys.readouterr()
+    for r in frontier:
+        direct = predict_csv(["--resume", ckpt, "--stitch", r["cfg_id"], images / "3"], tmp_path / "a.csv")
+        shipped = predict_csv(["--exported", exported, "--stitch", r["cfg_id"], images / "3"], tmp_path / "b.csv")
+        assert [x["class_1"] for x in shipped] == [x["class_1"] for x in direct]
+        assert all(abs(float(a["prob_1"]) - float(b["prob_1"])) < 1e-5 for a, b in zip(direct, shipped))
+    plain = predict_csv(["--exported", exported, images / "3"], tmp_path / "c.csv")
+    assert f"through {exported} (cfg_id {best['cfg_id']}, {best['name']}) (the file's default network)" in (
+        capsys.readouterr().out
+    )
+    direct = predict_csv(["--resume", ckpt, "--stitch", best["cfg_id"], images / "3"], tmp_path / "a.csv")
+    assert [x["class_1"] for x in plain] == [x["class_1"] for x in direct]
+
+
+def test_list_export_orders_by_flops_and_refuses_ids_it_lacks(trained, tmp_path, capsys):
+    ckpt, sweep, images = trained
+    exported = tmp_path / "some.pt"
+    timing = ["--measure-latency", "--latency-warmup", "1", "--latency-repeats", "2"]
+    assert run_entry(eval_main, ["--resume", ckpt, "--export", "5,0,2", "--export-path", exported, *timing]) == 0
+    rows = {r["cfg_id"]: r for r in read_results(sweep / "stitches.csv")}
+    info = read_sidecar(exported)
+    by_flops = sorted((0, 2, 5), key=lambda c: (rows[c]["flops"], c))
+    assert [n["cfg_id"] for n in info["networks"]] == by_flops
+    for n in info["networks"]:
+        assert n["top1"] is None and n["top5"] is None and n["latency_ms"] > 0
+        assert (n["name"], n["flops"], n["params"]) == tuple(rows[n["cfg_id"]][k] for k in ("name", "flops", "params"))
+    assert info["default_cfg_id"] == by_flops[-1]  # no accuracies without a data pass: the costliest
+    capsys.readouterr()
+    assert run_entry(predict_main, ["--exported", exported, "--stitch", 3, images / "3"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"error: --stitch 3: '{exported}' does not hold that network; it holds cfg_ids " + ", ".join(map(str, by_flops))
+    ]
+
+
+def test_bad_exports_of_several_networks_write_nothing(trained, tmp_path, capsys):
+    ckpt, sweep, images = trained
+    target, link = tmp_path / "set.pt", tmp_path / "checkpoint.pt"
+    link.symlink_to(ckpt)  # the checkpoint under a .pt name
+    base = ["--resume", ckpt, "--output", tmp_path / "out", "--export-path"]
+    cases = [
+        (base + [target, "--export", "0,99"], r"cfg_id 99 does not exist: this SN-Net has cfg_ids 0\.\.11"),
+        (base + [target, "--export", "3,1,3"], "names a network twice"),
+        (base + [target, "--export", "3,x"], "is not a cfg_id"),
+        (base + [target, "--export", "frontier", "--flops-only"], "needs accuracies: drop --flops-only"),
+        (base + [link, "--export", "0,1"], "is the --resume checkpoint this command reads"),
+        (base + [tmp_path / "set.onnx", "--export", "frontier"], "one TorchScript file: use --export-path NAME.pt"),
+        (base + [tmp_path / "set.pt2", "--export", "0,1"], "one TorchScript file"),
+    ]
+    before = ckpt.read_bytes()
+    for args, message in cases:
+        capsys.readouterr()
+        assert run_entry(eval_main, args) == 2, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), lines
+        assert list(tmp_path.iterdir()) == [link], args
+    assert ckpt.read_bytes() == before

@@ -104,3 +104,26 @@ def create_anchor(
     elif hasattr(getattr(model, "patch_embed", None), "img_size"):
         size = (size[0], *model.patch_embed.img_size)
     return cls(model, model_name, size)
+
+
+def checkpoint_num_classes(model_name: str, path: str | Path, model_kwargs: Optional[dict[str, Any]] = None) -> int:
+    """The classifier size of the weights file ``path`` for ``model_name`` (0: the file has no
+    classifier), in any layout :func:`~snnet.io.checkpoint.load_model_weights` reads. Found by
+    building the model without a classifier (on the meta device: no memory, no init) and taking
+    the file's keys left over after the layout conversion that belong to timm's classifier."""
+    import torch
+
+    from ..io.checkpoint import convert_with_timm_filter, extract_state_dict, load_checkpoint_file
+
+    kwargs = {k: v for k, v in (model_kwargs or {}).items() if k != "num_classes"}
+    with torch.device("meta"):
+        headless = timm.create_model(model_name, **kwargs, num_classes=0)
+        classifier = set(timm.create_model(model_name, **kwargs, num_classes=2).state_dict()) - set(
+            headless.state_dict()
+        )
+    state = extract_state_dict(load_checkpoint_file(path))
+    if all(k.startswith("anchors.0.") for k in state):  # a one-anchor train.py run
+        state = {k[len("anchors.0.") :]: v for k, v in state.items()}
+    state, _ = convert_with_timm_filter(state, headless, strict=False)
+    sizes = [int(state[k].shape[0]) for k in sorted(classifier) if k in state and state[k].dim() == 2]
+    return sizes[0] if sizes else 0

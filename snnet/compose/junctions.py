@@ -30,8 +30,8 @@ from ..core.junctions import DEFAULT_CLASS_TOKEN, DEFAULT_PREFIX_TOKENS, feature
 from ..core.junctions import Junction as LayoutJunction
 from ..core.layers import to_rows
 from ..core.lstsq import augment, normal_equations_inverse, solve_with_inverse
+from ..core.measures import linear_cka
 from ..errors import IncompatibleAnchorsError
-from ..evaluate.compat import linear_cka
 
 Boundary = tuple[int, int]  # (pool network, boundary index)
 

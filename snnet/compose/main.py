@@ -23,10 +23,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from ..config import Needs, refuse_without_effect
 from ..core.flops import anchor_flops, count_flops, route_flops
 from ..core.model import SNNet
-from ..errors import ConfigError, exit_on_user_error
+from ..errors import ConfigError, OneLineArgumentParser, exit_on_user_error
 from ..io.checkpoint import atomic_write
+from ..run_config import ModelConfig
 from .build import compose_snnet
 from .draw import draw_svg
 from .fit import FIT_METHODS, fit_head, head_top1, network_outputs
@@ -41,7 +43,8 @@ def build_compose_parser() -> argparse.ArgumentParser:
     from ..cli import add_data_args, add_model_args
 
     # fmt: off
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
+        prog="compose.py",
         description="Compose networks from fragments of a pool of pretrained networks without training (StitchNet): "
                     "junctions scored by linear CKA after least-squares stitching, a k-NN classifier on the outputs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -87,6 +90,15 @@ NOT_FOR_COMPOSE = (
 )  # fmt: skip
 
 
+# compose.py's options that act only with others: given where they cannot act, refused
+COMPOSE_RULES = (
+    Needs("k_neighbors", lambda a: a.fit == "knn", "sizes the k-NN classifier: acts only with --fit knn"),
+    Needs("max_networks", lambda a: not a.sample, "keeps the best-scored networks and --sample keeps one random one"),
+    Needs("export_path", lambda a: a.export is not None, "says where --export writes: add --export RANK"),
+    Needs("workers", lambda a: False, "would start loading processes, and compose.py holds its batches in memory"),
+)  # fmt: skip
+
+
 def check_args(args: Namespace, defaults: dict[str, Any]) -> SearchConfig:
     """Refuse bad values before anything is built or written (one line each)."""
     if not args.anchors:
@@ -97,6 +109,7 @@ def check_args(args: Namespace, defaults: dict[str, Any]) -> SearchConfig:
                 f"--{dest.replace('_', '-')} does not apply to compose.py (it searches its own routes and joins "
                 f"them with linear least-squares layers): drop it"
             )
+    refuse_without_effect(args, COMPOSE_RULES, defaults)
     cfg = SearchConfig(args.threshold, args.total_threshold, args.max_depth, args.top_k, args.self_junctions)
     for flag, value, least in (
         ("--stitch-images", args.stitch_images, 1),
@@ -109,7 +122,38 @@ def check_args(args: Namespace, defaults: dict[str, Any]) -> SearchConfig:
             raise ConfigError(f"{flag} {value} must be at least {least}")
     if args.export is not None and args.export < 1:
         raise ConfigError(f"--export {args.export}: ranks start at 1 (the best-scored network)")
+    if args.export_path and args.export is None:
+        raise ConfigError("--export-path needs --export RANK")
+    check_outputs(args)
     return cfg
+
+
+def export_path(args: Namespace) -> Path:
+    """Where ``--export RANK`` writes."""
+    return Path(args.export_path or Path(args.out_dir) / f"network-{args.export}.pt")
+
+
+def check_outputs(args: Namespace) -> None:
+    """Refuse, before any work, outputs that cannot be written or would destroy an input (a pool
+    file), and a results folder another compose.py is writing."""
+    from ..evaluate.export import FORMATS
+    from ..io.lock import check_folder_free
+    from ..io.paths import check_not_an_input, check_output_dir, check_output_file
+
+    out_dir = Path(args.out_dir)
+    check_output_dir(out_dir, "--output")
+    check_folder_free(out_dir, "--output")
+    inputs = {f"pool file {c}": c for c in args.anchor_checkpoints or () if str(c).lower() != "none"}
+    outputs = {"--output": [out_dir / n for n in ("candidates.csv", "pool.csv", "pareto.png")]}
+    if args.export is not None:
+        path = export_path(args)
+        if path.suffix.lower() not in FORMATS:
+            raise ConfigError(f"--export-path '{path}' has an unknown suffix: use .pt (TorchScript), .pt2 or .onnx")
+        check_output_file(path, "--export-path")
+        outputs["--export-path"] = [path, Path(f"{path}.json")]
+    for flag, paths in outputs.items():
+        for path in paths:
+            check_not_an_input(path, flag, inputs)
 
 
 def load_batches(dataset, net: SNNet, batch_size: int, device: str, limit: int = 0, seed: int = 0) -> list:
@@ -250,7 +294,7 @@ def export(export: dict, args: Namespace, val_ds, classes: int, log: Callable) -
     from ..evaluate.predict import class_names, prediction_info, write_prediction_info
 
     net, cfg_id = export["net"].cpu().float(), export["cfg_id"]
-    path = Path(args.export_path or Path(args.out_dir) / f"network-{args.export}.pt")
+    path = export_path(args)
     report = export_network(net, cfg_id, path, head=export["head"].cpu())
     info = {**prediction_info(net, args.dataset, args.data_dir), "class_names": class_names(classes, val_ds)}
     info_path = write_prediction_info(report.path, info, cfg_id, report.name)
@@ -261,10 +305,40 @@ def export(export: dict, args: Namespace, val_ds, classes: int, log: Callable) -
     )
 
 
+def pool_config(model: ModelConfig, log: Callable[[str], None]) -> ModelConfig:
+    """The pool's model config with each network's classifier size taken from its weights file
+    (a network fine-tuned on 10 classes keeps its 10-class head; pool members may differ): no
+    classifier is part of a fragment, only the last fragment's head makes a composed network's
+    outputs, on which compose.py fits its own classifier for the dataset's classes. Networks
+    without a file keep ``--num-classes`` (default timm's). Said once in the log."""
+    from ..anchors.registry import checkpoint_num_classes
+
+    files = [c if c and str(c).lower() != "none" else None for c in model.anchor_checkpoints or ()]
+    model = dataclasses.replace(model, routes=())
+    if not any(files):
+        return model
+    own = [dict(k) for k in model.anchor_kwargs or [{}] * len(model.anchors)]
+    said = []
+    for i, (name, path) in enumerate(zip(model.anchors, files)):
+        if path is None:
+            own[i].setdefault("num_classes", model.num_classes)
+            continue
+        own[i]["num_classes"] = checkpoint_num_classes(name, path, {**model.model_kwargs, **own[i]})
+        said.append(f"{name} {own[i]['num_classes']}")
+    if len(said) < len(files):
+        said.append(f"the others {'timm default' if model.num_classes is None else model.num_classes} (--num-classes)")
+    elif model.num_classes is not None:
+        said.append(f"--num-classes {model.num_classes} not used")
+    log(f"pool heads: classifier sizes from the pool files: {', '.join(said)}")
+    own = [{k: v for k, v in kw.items() if v is not None} for kw in own]
+    return dataclasses.replace(model, num_classes=None, anchor_kwargs=tuple(own))
+
+
 def run(args: Namespace, defaults: dict[str, Any], log: Callable[[str], None] = print) -> int:
     from ..data.datasets import create_dataset, num_classes_of
-    from ..evaluate.compat import sample_train_images
-    from ..run_config import ModelConfig, build_snnet
+    from ..data.loaders import sample_train_images
+    from ..io.lock import hold_folder
+    from ..run_config import build_snnet
 
     cfg = check_args(args, defaults)
     train_ds = create_dataset(args.dataset, args.data_dir, "train")
@@ -272,7 +346,7 @@ def run(args: Namespace, defaults: dict[str, Any], log: Callable[[str], None] = 
     if args.stitch_images > len(train_ds):
         raise ConfigError(f"--stitch-images {args.stitch_images} is above the {len(train_ds)} training images")
     # the pool's networks only: junctions come from the search
-    pool = build_snnet(dataclasses.replace(ModelConfig.from_args(args), routes=())).to(args.device).eval()
+    pool = build_snnet(pool_config(ModelConfig.from_args(args), log), check_effects=False).to(args.device).eval()
     start = time.perf_counter()
     images = sample_train_images(pool, args.dataset, args.data_dir, args.stitch_images, args.seed)
     table = JunctionTable(pool.anchor_adapters, images, class_token=args.class_token, prefix_tokens=args.prefix_tokens)
@@ -287,7 +361,7 @@ def run(args: Namespace, defaults: dict[str, Any], log: Callable[[str], None] = 
     train = load_batches(train_ds, pool, args.batch_size, args.device, args.fit_images, args.seed)
     val = load_batches(val_ds, pool, args.batch_size, args.device)
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    hold_folder(out_dir, "--output")  # one compose.py per results folder (snnet.io.lock)
     rows, pool_rows, chosen_export = evaluate_candidates(pool, table, chosen, (train, val, classes), args, log)
     write_outputs(rows, pool_rows, out_dir)
     log(f"Wrote {out_dir / 'candidates.csv'}, pool.csv, pareto.png and svg/ ({len(rows)} drawings)")

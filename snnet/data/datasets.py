@@ -114,6 +114,10 @@ def create_dataset(
     validated on the same images.
     """
     if name == "digits":
+        if data_dir:
+            raise DataError(
+                f"--data-dir {data_dir} has no effect: --dataset digits is scikit-learn's embedded set; drop one"
+            )
         return load_digits_split(split)
     if name:
         raise DataError(f"unknown dataset '{name}': use --dataset digits, or --data-dir with an ImageFolder")

@@ -227,3 +227,13 @@ def build_loaders(train_ds, val_ds, args: Namespace, info: DistInfo, data_cfg: d
     )
     val_prep = Normalize(data_cfg["mean"], data_cfg["std"], info.device, args.channels_last)
     return sampler, train_loader, train_prep, val_loader, val_prep
+
+
+def sample_train_images(net: SNNet, dataset: str, data_dir: str | None, n_images: int, seed: int) -> torch.Tensor:
+    """``n_images`` training images as train.py's ``--ls-init`` takes them (drawn from ``seed``,
+    evaluation transform of the first anchor at the SN-Net's input size), one batch: the images
+    of eval.py's ``--compatibility`` scores and of compose.py's junction scores."""
+    from .datasets import create_dataset, ls_init_images
+
+    train_ds = create_dataset(dataset, data_dir, "train")
+    return ls_init_images(train_ds, n_images, data_config_for(net, train_ds), seed)

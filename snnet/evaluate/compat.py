@@ -3,7 +3,7 @@ what the back anchor expects there.
 
 For every stitch ``A[:j+1]>B[k:]`` of an untrained SN-Net, on a set of images:
 
-* ``cka``: linear Centered Kernel Alignment (Kornblith et al. 2019) between the front anchor's
+* ``cka``: linear Centered Kernel Alignment (:mod:`snnet.core.measures`) between the front anchor's
   features after block ``j`` and the back anchor's own features before block ``k``, with every
   image position (token / pixel) a sample, as the least-squares init sees them:
   ``||Cxy||_F^2 / (||Cxx||_F ||Cyy||_F)`` with ``C`` the centred (cross-)covariances.
@@ -26,45 +26,14 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from ..core.layers import to_rows
+from ..core.measures import RowMoments
 from ..core.model import SNNet
+from ..data.loaders import sample_train_images
 from ..errors import ConfigError
 from ..io.checkpoint import atomic_write
 from ..runtime import eval_mode
 
 COLUMNS = ("cfg_id", "name", "stage", "cka", "ls_residual", "ls_top1")
-
-
-class _Moments:
-    """Running float64 sums over rows: n, sum x, sum y, X^T X, Y^T Y, X^T Y."""
-
-    def __init__(self):
-        self.n = 0
-        self.sx = self.sy = self.xx = self.yy = self.xy = 0
-
-    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x, y = x.double(), y.double()
-        self.n += x.shape[0]
-        self.sx = self.sx + x.sum(0)
-        self.sy = self.sy + y.sum(0)
-        self.xx = self.xx + x.T @ x
-        self.yy = self.yy + y.T @ y
-        self.xy = self.xy + x.T @ y
-
-    def cka(self) -> float:
-        return linear_cka(self.n, self.sx, self.sy, self.xx, self.yy, self.xy)
-
-
-def linear_cka(
-    n: int, sx: torch.Tensor, sy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor, xy: torch.Tensor
-) -> float:
-    """Linear CKA of row matrices ``X``, ``Y`` from their sums: ``n`` rows, column sums ``sx``,
-    ``sy`` and the products ``X^T X``, ``Y^T Y``, ``X^T Y`` (float64), so that CKA of data seen
-    in batches, or of a linear map of ``X`` (snnet.compose), needs no rows."""
-    mx, my = sx / n, sy / n
-    cxx = xx - n * torch.outer(mx, mx)
-    cyy = yy - n * torch.outer(my, my)
-    cxy = xy - n * torch.outer(mx, my)
-    return float(cxy.pow(2).sum() / (cxx.norm() * cyy.norm()))
 
 
 @torch.no_grad()
@@ -84,7 +53,7 @@ def junction_scores(
     for s in stitched:
         needed[s.front].add(s.front_block + 1)
         needed[s.back].add(s.back_block)
-    moments = {s.cfg_id: _Moments() for s in stitched}
+    moments = {s.cfg_id: RowMoments() for s in stitched}
     residual = defaultdict(float)
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
     with eval_mode(net):
@@ -113,17 +82,6 @@ def ls_initialise_and_score(
     images = sample_train_images(net, dataset, data_dir, n_images, seed)
     net.init_stitching_layers(images)
     return junction_scores(net, images)
-
-
-def sample_train_images(net: SNNet, dataset: str, data_dir: str | None, n_images: int, seed: int) -> torch.Tensor:
-    """``n_images`` training images as train.py's ``--ls-init`` takes them (drawn from ``seed``,
-    evaluation transform of the first anchor at the SN-Net's input size), one batch."""
-    from ..data.datasets import create_dataset, ls_init_images
-    from ..data.loaders import data_config_for
-
-    train_ds = create_dataset(dataset, data_dir, "train")
-    cfg = data_config_for(net, train_ds)
-    return ls_init_images(train_ds, n_images, cfg, seed)
 
 
 def compat_rows(

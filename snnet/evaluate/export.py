@@ -21,7 +21,7 @@ import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -128,7 +128,14 @@ def standalone_network(net: SNNet, cfg_id: int) -> nn.Module:
         _clear_caches(m)
     adapters = {a: _rebind(net.anchor_adapters[a], m) for a, m in models.items()}
     module = StitchedNetwork(route, models, adapters, [net.stitch_layers[i].deployed() for i in route.layers])
+    p0 = next(module.parameters())
+    return keep_what_runs(module, models.values(), torch.randn(2, *net.input_size, device=p0.device, dtype=p0.dtype))
 
+
+def keep_what_runs(module: nn.Module, models: Iterable[nn.Module], x: torch.Tensor) -> nn.Module:
+    """``module`` in eval mode, with every module of ``models`` (copies it runs parts of) that its
+    forward on ``x`` never calls, and every parameter it never uses, removed (see
+    :func:`_prune_unused`)."""
     # Watch one forward: which modules are called, which parameters get a gradient. Train mode
     # so that eval-mode caches cannot hide a parameter; BatchNorm statistics restored after.
     saved = _zero_like_state(module)
@@ -139,8 +146,6 @@ def standalone_network(net: SNNet, cfg_id: int) -> nn.Module:
         module.train()
         for p in module.parameters():
             p.requires_grad_(True)
-        p0 = next(module.parameters())
-        x = torch.randn(2, *net.input_size, device=p0.device, dtype=p0.dtype)
         with torch.enable_grad():
             module(x).float().sum().backward()
     finally:
@@ -151,7 +156,7 @@ def standalone_network(net: SNNet, cfg_id: int) -> nn.Module:
         p.grad = None
         p.requires_grad_(flags[id(p)])
     module.load_state_dict(saved)
-    for m in models.values():
+    for m in models:
         _prune_unused(m, called, used)
         _clear_caches(m)
     return module.eval()
@@ -345,3 +350,42 @@ def onnx_forward(path: str | Path):
 def run_onnx(path: str | Path, x: torch.Tensor) -> torch.Tensor:
     """Outputs of an ONNX network on ``x`` (see :func:`onnx_forward`)."""
     return onnx_forward(path)(x)
+
+
+def export_choice(args: Any) -> tuple[Optional[int], Optional[tuple[int, ...]]]:
+    """``--export`` as ``(cfg_id, None)`` for one number, ``(None, ids)`` for a list of cfg_ids,
+    ``(None, None)`` for 'best', 'frontier' or no export; checks the export options."""
+    if args.export is None:
+        if args.export_path:
+            raise ConfigError("--export-path needs --export CFG_ID (or 'best' with a budget, or 'frontier')")
+        return None, None
+    if not args.export_path:
+        raise ConfigError("--export needs --export-path PATH (.pt, .pt2 or .onnx)")
+    suffix = Path(args.export_path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ConfigError(
+            f"--export-path '{args.export_path}' has an unknown suffix: use .pt (TorchScript), "
+            f".pt2 (torch.export) or .onnx"
+        )
+    text = str(args.export).strip()
+    if text == "best":
+        if args.budget_flops is None and args.budget_latency is None:
+            raise ConfigError("--export best exports the budget pick: add --budget-flops and/or --budget-latency")
+        return None, None
+    several = text == "frontier" or "," in text
+    if several and FORMATS[suffix] != "torchscript":
+        raise ConfigError(
+            f"--export {text} writes several networks into one TorchScript file: use --export-path NAME.pt "
+            f"(a torch.export program or an ONNX graph is one network; docs/evaluation.md says why)"
+        )
+    if text == "frontier":
+        return None, None
+    try:
+        ids = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--export '{args.export}' is not a cfg_id: pass a number, a list like 3,12,40, 'best' or 'frontier'"
+        ) from None
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"--export {text} names a network twice: give each cfg_id once")
+    return (ids[0], None) if len(ids) == 1 else (None, ids)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 from ..config import plain
 from ..core.model import SNNet
 from ..errors import CheckpointError
-from ..run_config import ModelConfig, build_snnet
+from ..run_config import ModelConfig, build_snnet, idle_weight_options
 
 # Model options a checkpoint's own ``args`` (or ``snnet_config``) fill in when the command line
 # and config leave them at their defaults (the trainer saves its arguments as plain data).
@@ -163,6 +163,9 @@ def build_trained_snnet(
     the anchors start as ``--pretrained`` / ``--anchor-checkpoints`` say); notes of an official
     checkpoint's import go to ``log``."""
     model = ModelConfig.from_args(cfg)
+    idle = idle_weight_options(model, "" if state is None else f"checkpoint {cfg.checkpoint}")
+    if idle:
+        log(idle)
     if state is None:
         return build_snnet(model, num_classes, seed=cfg.seed)  # untrained layers: the same on every rank
     model = dataclasses.replace(model, pretrained=False, anchor_checkpoints=None)  # the checkpoint holds every weight

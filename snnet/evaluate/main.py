@@ -21,6 +21,9 @@ only the trainer uses are ignored, unknown keys are errors). What happens:
 5. ``--budget-flops 2.5G`` / ``--budget-latency MS`` print the best network within budget;
    ``--export CFG_ID|best --export-path net.{pt,pt2,onnx}`` writes one network as a standalone
    model (:mod:`snnet.evaluate.export`). ``--export CFG_ID`` alone only exports (no data pass).
+   ``--export frontier --export-path nets.pt`` writes the frontier's networks into one TorchScript
+   file, each block once, and ``--export 3,12,40`` the listed ones, without a data pass
+   (:mod:`snnet.evaluate.export_frontier`).
 """
 
 from __future__ import annotations
@@ -36,14 +39,16 @@ import torch
 import torch.distributed as dist
 
 from ..cli import build_eval_parser
-from ..config import parse_args_with_config
+from ..config import Needs, given_on_command_line, parse_args_with_config, refuse_without_effect
 from ..core.compile import compiled_blocks
 from ..core.model import SNNet
 from ..core.stitches import parse_stitch_ids
 from ..distributed import is_distributed, on_primary
 from ..errors import ConfigError, DataError, exit_on_user_error
+from ..io.lock import check_folder_free, hold_folder
 from ..io.paths import check_output_dir
 from ..run_config import EvalConfig, EvalMode, ModelConfig, build_snnet, defaults_of, from_namespace, require_anchors
+from .export import export_choice
 from .latency import autocast_for, cached_latencies
 from .load import (
     build_trained_snnet,
@@ -61,7 +66,41 @@ def parse_eval_config(argv: Optional[Sequence[str]] = None) -> EvalConfig:
     """eval.py's command line (and ``-c`` config) as a checked, frozen :class:`EvalConfig`."""
     parser = build_eval_parser()
     args, _ = parse_args_with_config(parser, argv, extra_known_keys=train_keys())
-    return eval_config(args, defaults_of(parser))
+    return eval_config(args, defaults_of(parser, given_on_command_line(build_eval_parser(), argv)))
+
+
+def _export_only(a: Any) -> bool:
+    return a.export is not None and str(a.export) != "best"
+
+
+def _reads_data(a: Any) -> bool:
+    return not a.flops_only and not _export_only(a)
+
+
+# eval.py's options that act only with others, judged against the defaults after -c (a training
+# config's keys are the training run's, not this command's): given where they cannot act, refused
+EVAL_RULES = (
+    Needs("pretrained", lambda a: not a.flops_only, "loads weights and --flops-only loads none"),
+    Needs("anchor_checkpoints", lambda a: not a.flops_only, "loads weights and --flops-only loads none"),
+    Needs("seed", lambda a: not a.checkpoint and not a.flops_only,
+          "seeds an untrained SN-Net's layers and the --compatibility images (no --resume, no --flops-only)"),
+    Needs("workers", _reads_data, "loads data and --flops-only / --export CFG_ID read none"),
+    Needs("batch_size", _reads_data, "batches data and --flops-only / --export CFG_ID read none"),
+    Needs("val_split", _reads_data, "names the data and --flops-only / --export CFG_ID read none"),
+    Needs("sweep_chunk", _reads_data, "splits the sweep and --flops-only / --export CFG_ID run none"),
+    Needs("log_interval", _reads_data, "paces the sweep's progress and --flops-only / --export CFG_ID run none"),
+    Needs("stitches", lambda a: not _export_only(a), "selects the networks to sweep and --export CFG_ID sweeps none"),
+    Needs("budget_flops", lambda a: not _export_only(a), "picks from a sweep and --export CFG_ID sweeps none"),
+    Needs("compat_images", lambda a: a.compatibility, "acts only with --compatibility"),
+    Needs("latency_batch_size", lambda a: a.measure_latency, "acts only with --measure-latency"),
+    Needs("latency_warmup", lambda a: a.measure_latency, "acts only with --measure-latency"),
+    Needs("latency_repeats", lambda a: a.measure_latency, "acts only with --measure-latency"),
+    Needs("export_batch_size", lambda a: a.export is not None, "acts only with --export"),
+    Needs("onnx_opset", lambda a: str(a.export_path or "").lower().endswith(".onnx"),
+          "acts only with an --export-path ending .onnx"),
+    Needs("amp_dtype", lambda a: a.amp, "acts only with --amp"),
+    Needs("torchcompile_mode", lambda a: a.torchcompile, "acts only with --torchcompile"),
+)  # fmt: skip
 
 
 def _check_sizes(args: Any) -> None:
@@ -72,31 +111,6 @@ def _check_sizes(args: Any) -> None:
         raise ConfigError(f"--sweep-chunk must be >= 0 (0: all networks in one pass), got {args.sweep_chunk}")
 
 
-def _export_id(args: Any) -> Optional[int]:
-    """``--export CFG_ID`` as a number (None for 'best' or no export); checks the export options."""
-    from .export import FORMATS
-
-    if args.export is None:
-        if args.export_path:
-            raise ConfigError("--export-path needs --export CFG_ID (or 'best' with a budget)")
-        return None
-    if not args.export_path:
-        raise ConfigError("--export needs --export-path PATH (.pt, .pt2 or .onnx)")
-    if Path(args.export_path).suffix.lower() not in FORMATS:
-        raise ConfigError(
-            f"--export-path '{args.export_path}' has an unknown suffix: use .pt (TorchScript), "
-            f".pt2 (torch.export) or .onnx"
-        )
-    if str(args.export) == "best":
-        if args.budget_flops is None and args.budget_latency is None:
-            raise ConfigError("--export best exports the budget pick: add --budget-flops and/or --budget-latency")
-        return None
-    try:
-        return int(args.export)
-    except ValueError:
-        raise ConfigError(f"--export '{args.export}' is not a cfg_id: pass a number or 'best'") from None
-
-
 def eval_config(args: Namespace, defaults: Mapping[str, Any]) -> EvalConfig:
     """Refuse bad combinations before any model or data is built; decide what eval.py does."""
     from .pareto import parse_flops
@@ -104,7 +118,8 @@ def eval_config(args: Namespace, defaults: Mapping[str, Any]) -> EvalConfig:
     _check_sizes(args)
     if args.budget_latency is not None and not args.measure_latency:
         raise ConfigError("--budget-latency needs latencies: add --measure-latency")
-    export_id = _export_id(args)
+    export_id, export_ids = export_choice(args)
+    refuse_without_effect(args, EVAL_RULES, defaults)
     if args.compatibility and (args.checkpoint or args.flops_only):
         raise ConfigError(
             "--compatibility scores an untrained SN-Net (anchors from --pretrained or --anchor-checkpoints, "
@@ -115,18 +130,28 @@ def eval_config(args: Namespace, defaults: Mapping[str, Any]) -> EvalConfig:
     if args.flops_only:
         if args.budget_flops is not None or args.budget_latency is not None or str(args.export) == "best":
             raise ConfigError("budget picking needs accuracies: drop --flops-only")
-        if export_id is not None:
+        if str(args.export).strip() == "frontier":
+            raise ConfigError(
+                "--export frontier exports the sweep's Pareto frontier, which needs accuracies: drop --flops-only"
+            )
+        if export_id is not None or export_ids is not None:
             raise ConfigError("--export needs weights: drop --flops-only and pass --resume CKPT")
     check_output_paths(args)
     if args.flops_only:
         mode = EvalMode.FLOPS_ONLY
-    elif export_id is not None:
+    elif export_id is not None or export_ids is not None:
         mode = EvalMode.EXPORT_ONLY
     else:
         mode = EvalMode.COMPATIBILITY if args.compatibility else EvalMode.SWEEP
     budget = None if args.budget_flops is None else parse_flops(str(args.budget_flops))
     return from_namespace(
-        EvalConfig, args, mode=mode, export_id=export_id, budget_flops_value=budget, defaults=defaults
+        EvalConfig,
+        args,
+        mode=mode,
+        export_id=export_id,
+        export_ids=export_ids,
+        budget_flops_value=budget,
+        defaults=defaults,
     )
 
 
@@ -174,6 +199,8 @@ def run(cfg: EvalConfig, info, on_chunk_saved: Sequence[ChunkCallback] = ()) -> 
         log("warning: --amp with float16 on CPU is slow and coarse; --amp-dtype bfloat16 is the usual CPU choice")
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg.checkpoint, cfg.use_ema, cfg.flops_only)
     check_output_dir(out_dir, "--output")
+    if cfg.mode != EvalMode.EXPORT_ONLY:  # another eval.py writing DIR: refused before any work
+        check_folder_free(out_dir, "--output")
     ckpt = None
     if cfg.checkpoint:
         ckpt = load_checkpoint_file(cfg.checkpoint)
@@ -189,7 +216,7 @@ def run(cfg: EvalConfig, info, on_chunk_saved: Sequence[ChunkCallback] = ()) -> 
     with_data = cfg.mode != EvalMode.EXPORT_ONLY
     net, dataset, compat_scores = load_model(cfg, info, ckpt, log, with_data=with_data)
     if cfg.mode == EvalMode.EXPORT_ONLY:
-        return run_export(cfg, net, cfg.export_id, info, log, trained_data)
+        return run_export(cfg, net, info, log, trained_data)
     return run_sweep(cfg, net, dataset, info, out_dir, log, on_chunk_saved, trained_data, compat_scores)
 
 
@@ -211,7 +238,7 @@ def run_flops_only(cfg: EvalConfig, info, out_dir: Path, log: Callable[[str], No
     net = build_snnet(model, seed=cfg.seed)
     ids = _select(cfg, net)
     if info.is_primary:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        hold_folder(out_dir, "--output")
         rows = _flops_table(net, ids)
         latency = cached_latencies(cfg, net.to(info.device), info, ids, None) if cfg.measure_latency else None
         rows = result_rows(rows, None, latency)
@@ -274,12 +301,26 @@ def load_model(
     return net, dataset, scores
 
 
-def run_export(cfg: EvalConfig, net: SNNet, cfg_id: int, info, log: Callable[[str], None], trained_data: tuple) -> int:
-    """Write network ``cfg_id`` as a standalone model (rank 0); ``trained_data`` is the
-    ``(dataset, data_dir)`` whose preprocessing and class names go beside it."""
+def run_export(cfg: EvalConfig, net: SNNet, info, log: Callable[[str], None], trained_data: tuple) -> int:
+    """Write network ``cfg.export_id``, or networks ``cfg.export_ids`` into one file (timed on the
+    device first with ``--measure-latency``), as standalone models (rank 0); ``trained_data`` is
+    the ``(dataset, data_dir)`` whose preprocessing and class names go beside it."""
     _select(cfg, net)  # refuses a --stitches that selects nothing, as every mode does
-    if info.is_primary:
-        _export(cfg, net, cfg_id, log, trained_data)
+    if cfg.export_ids is not None:
+        from .export_frontier import check_network_ids, write_network_set
+        from .results import result_rows
+
+        check_network_ids(net, cfg.export_ids)  # before any timing or writing
+        latency = None
+        if cfg.measure_latency:
+            latency = cached_latencies(cfg, net.to(info.device).eval(), info, list(cfg.export_ids), None)
+        if info.is_primary:
+            rows = result_rows(_flops_table(net.cpu(), list(cfg.export_ids)), None, latency)
+            write_network_set(
+                net, rows, [r["cfg_id"] for r in rows], cfg.export_path, cfg.export_batch_size, trained_data, log
+            )
+    elif info.is_primary:
+        _export(cfg, net, cfg.export_id, log, trained_data)
     return 0
 
 
@@ -305,12 +346,17 @@ def run_sweep(
     flops_rows = _flops_table(net, ids) if primary else None  # before moving: fvcore traces on CPU
     if cfg.budget_flops_value is not None:  # fail before the data pass if nothing can fit
         on_primary(lambda: check_flops_budget(flops_rows, cfg.budget_flops_value), primary)
+    if str(cfg.export).strip() == "frontier":  # an SN-Net that cannot be exported so: refused before the data pass
+        from .export_frontier import check_network_ids
+
+        check_network_ids(net, [])
     net.to(info.device).eval()
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
     held: dict[str, Any] = {}
 
     def open_partial() -> list[int]:
+        hold_folder(out_dir, "--output")  # one eval.py per results folder (snnet.io.lock)
         held["partial"] = PartialResults(out_dir, evaluation_description(cfg, net, dataset), overwrite=cfg.overwrite)
         return [i for i in ids if i not in held["partial"].accuracy]
 
@@ -345,7 +391,13 @@ def run_sweep(
     if cfg.budget_flops_value is not None or cfg.budget_latency is not None:
         chosen = pick(rows, cfg.budget_flops_value, cfg.budget_latency)
         log("\n" + describe_pick(chosen, cfg.budget_flops_value, cfg.budget_latency))
-    if cfg.export is not None:
+    if str(cfg.export).strip() == "frontier":
+        from .export_frontier import write_network_set
+        from .pareto import pareto_frontier
+
+        frontier = [r["cfg_id"] for r in pareto_frontier(rows, "flops", "top1")]  # pareto.csv's networks
+        write_network_set(net.cpu(), rows, frontier, cfg.export_path, cfg.export_batch_size, trained_data, log)
+    elif cfg.export is not None:
         cfg_id = chosen["cfg_id"] if cfg.export_id is None else cfg.export_id
         _export(cfg, net.cpu(), cfg_id, log, trained_data)
     return 0

@@ -3,6 +3,7 @@
     python predict.py --resume CKPT --stitch 12 photo.jpg more_photos/
     python predict.py --resume CKPT --stitch best --budget-flops 2.5G --csv predictions.csv photos/
     python predict.py --exported deit-2.5g.pt photos/          # eval.py --export wrote deit-2.5g.pt.json
+    python predict.py --exported frontier.pt --stitch 12 photos/  # network 12 of eval.py --export frontier
 
 The images get the evaluation transform of ``eval.py`` (timm's resize / centre crop of the first
 anchor's data config at the SN-Net's input size; the digits: no crop), so predicting the
@@ -20,12 +21,14 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from ..config import Needs, given_on_command_line, parse_args_with_config, refuse_without_effect
 from ..errors import CheckpointError, ConfigError, DataError, exit_on_user_error
 from ..io.checkpoint import atomic_write
 from ..run_config import PredictConfig, defaults_of, from_namespace
@@ -37,7 +40,6 @@ INFO_SUFFIX = ".json"
 def parse_predict_config(argv: Optional[Sequence[str]] = None) -> PredictConfig:
     """predict.py's command line (and ``-c`` config) as a checked, frozen :class:`PredictConfig`."""
     from ..cli import build_predict_parser
-    from ..config import parse_args_with_config
 
     parser = build_predict_parser()
     args, _ = parse_args_with_config(parser, argv, extra_known_keys=train_keys())
@@ -51,13 +53,40 @@ def parse_predict_config(argv: Optional[Sequence[str]] = None) -> PredictConfig:
         raise ConfigError(
             "--resume needs --stitch CFG_ID or --stitch best (optionally with --budget-flops / --budget-latency)"
         )
-    if args.exported and args.stitch is not None:
-        raise ConfigError("an exported file is one network already: drop --stitch")
+    if args.exported and args.stitch is not None and not str(args.stitch).lstrip("-").isdigit():
+        raise ConfigError(
+            f"--stitch '{args.stitch}' with --exported: pass a cfg_id the file holds (its .json lists them), "
+            f"or no --stitch for the file's default network"
+        )
     if (args.budget_flops is not None or args.budget_latency is not None) and args.stitch != "best":
         raise ConfigError("--budget-flops / --budget-latency pick the network: use them with --stitch best")
     if args.top_k < 1 or args.batch_size < 1:
         raise ConfigError("--top-k and --batch-size must be >= 1")
-    return from_namespace(PredictConfig, args, defaults=defaults_of(parser))
+    defaults = defaults_of(parser, given_on_command_line(build_predict_parser(), argv))
+    refuse_without_effect(args, PREDICT_RULES, defaults)
+    return from_namespace(PredictConfig, args, defaults=defaults)
+
+
+def _from_checkpoint(a: Any) -> bool:
+    return bool(a.checkpoint)
+
+
+_EXPORTED = "describes the SN-Net of a checkpoint, and an --exported file is one network with its own preprocessing"
+# predict.py's options that act only with others, judged against the defaults after -c
+PREDICT_RULES = (
+    Needs("results", lambda a: a.stitch == "best", "finds the sweep --stitch best picks from: use --stitch best"),
+    Needs("use_ema", _from_checkpoint, "selects a checkpoint's EMA weights: use --resume CKPT"),
+    Needs("seed", lambda a: False, "would seed untrained layers, and predict.py runs trained networks only"),
+    Needs("workers", lambda a: False, "would start loading processes, and predict.py reads its images itself"),
+    *(
+        Needs(dest, _from_checkpoint, _EXPORTED)
+        for dest in (
+            "anchors", "pretrained", "anchor_checkpoints", "num_classes", "img_size", "model_kwargs", "anchor_kwargs",
+            "kernel_size", "stride", "nearest", "stages", "stitching", "stitch_layer", "stitch_stride", "lora_rank",
+            "routes", "class_token", "prefix_tokens", "official_forward", "dataset", "data_dir",
+        )
+    ),
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,12 +188,13 @@ def prediction_info(net, dataset_name: str, data_dir: Optional[str], split: str 
     return info
 
 
-def write_prediction_info(export_path: str | Path, info: dict[str, Any], cfg_id: int, name: str) -> Path:
-    """``<export_path>.json`` beside an exported network, for ``predict.py --exported`` (atomically)."""
+def write_prediction_info(export_path: str | Path, info: dict[str, Any], cfg_id: int, name: str, **extra: Any) -> Path:
+    """``<export_path>.json`` beside an exported file, for ``predict.py --exported`` (atomically);
+    ``extra``: more keys (a file of several networks: ``networks``, ``default_cfg_id``)."""
     from ..io.paths import write_text
 
     path = Path(str(export_path) + INFO_SUFFIX)
-    write_text(path, json.dumps({"cfg_id": cfg_id, "name": name, **info}, indent=1) + "\n")
+    write_text(path, json.dumps({"cfg_id": cfg_id, "name": name, **info, **extra}, indent=1) + "\n")
     return path
 
 
@@ -240,10 +270,15 @@ def _read_info(info_path: Path) -> dict[str, Any]:
     return info
 
 
-def load_exported(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
-    """A forward function of an eval.py --export file and the info saved beside it. A file that
-    does not load, or that refuses the input its ``.json`` describes, is a :class:`CheckpointError`."""
-    from .export import FORMATS, onnx_forward
+def load_exported(
+    path: str | Path, cfg_id: Optional[int] = None
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
+    """A forward function of an eval.py --export file and the info saved beside it, whose
+    ``cfg_id`` / ``name`` are the network the function runs: ``cfg_id`` (None: the file's default
+    network) of a file of several (``eval.py --export frontier``). A file that does not load, or
+    that refuses the input its ``.json`` describes, is a :class:`CheckpointError`; a ``cfg_id`` the
+    file does not hold a :class:`ConfigError` naming those it does."""
+    from .export import FORMATS
 
     path = Path(path)
     if not path.is_file():
@@ -258,24 +293,12 @@ def load_exported(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tens
             f"--export writes beside the file; export again with eval.py, or predict with --resume CKPT"
         )
     info = _read_info(info_path)
-    kind = {"torchscript": "TorchScript", "exported_program": "torch.export program", "onnx": "ONNX"}[fmt]
-    try:
-        if fmt == "torchscript":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-                module = torch.jit.load(str(path), map_location="cpu")
-        elif fmt == "exported_program":
-            module = torch.export.load(str(path)).module()
-        else:
-            module = onnx_forward(path)
-    except Exception as e:  # whatever the reader of a damaged or foreign file trips on
-        raise CheckpointError(
-            f"exported file '{path}' cannot be read as {kind} ({_first_line(e)}): export it again with eval.py --export"
-        ) from None
+    module = _load_module(path, fmt)
+    run = _network_runner(module, path, info_path, info, cfg_id)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         try:
-            out = module(x)
+            out = run(x)
         except Exception as e:  # e.g. a 224-px network given 32-px images by a mismatched .json
             raise CheckpointError(
                 f"exported file '{path}' refuses input {tuple(x.shape)} (the size {info_path} gives: "
@@ -289,6 +312,56 @@ def load_exported(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tens
         return out
 
     return forward, info
+
+
+def _load_module(path: Path, fmt: str):
+    """The model in ``path``: a TorchScript module, an exported program's module or an ONNX runner."""
+    from .export import onnx_forward
+
+    kind = {"torchscript": "TorchScript", "exported_program": "torch.export program", "onnx": "ONNX"}[fmt]
+    try:
+        if fmt == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+                return torch.jit.load(str(path), map_location="cpu")
+        if fmt == "exported_program":
+            reader_log = logging.getLogger("torch.export")  # logs a damaged file's traceback, then raises
+            reader_log.disabled = True
+            try:
+                return torch.export.load(str(path)).module()
+            finally:
+                reader_log.disabled = False
+        return onnx_forward(path)
+    except Exception as e:  # whatever the reader of a damaged or foreign file trips on
+        raise CheckpointError(
+            f"exported file '{path}' cannot be read as {kind} ({_first_line(e)}): export it again with eval.py --export"
+        ) from None
+
+
+def _network_runner(module, path: Path, info_path: Path, info: dict[str, Any], cfg_id: Optional[int]) -> Callable:
+    """``module``'s forward for network ``cfg_id``; sets ``info``'s ``cfg_id`` and ``name`` to it."""
+    networks = info.get("networks")
+    if networks is None:  # one network
+        if cfg_id is not None and cfg_id != info["cfg_id"]:
+            raise ConfigError(f"--stitch {cfg_id}: '{path}' holds one network, cfg_id {info['cfg_id']}: drop --stitch")
+        return module
+    held = [int(n["cfg_id"]) for n in networks]
+    try:
+        in_file = [int(c) for c in module.networks()]
+    except Exception:  # not a file of several networks: a .json of another export beside it
+        in_file = None
+    if in_file != held:
+        raise CheckpointError(
+            f"'{info_path}' lists networks {held} but '{path}' holds {in_file or 'one network'}: the file and its "
+            f".json do not belong together; export again with eval.py --export"
+        )
+    chosen = int(info["default_cfg_id"]) if cfg_id is None else cfg_id
+    if chosen not in held:
+        raise ConfigError(
+            f"--stitch {cfg_id}: '{path}' does not hold that network; it holds cfg_ids {', '.join(map(str, held))}"
+        )
+    info.update(cfg_id=chosen, name=networks[held.index(chosen)]["name"])
+    return lambda x: module(x, chosen)
 
 
 def _first_line(e: BaseException) -> str:
@@ -359,8 +432,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     inputs = {"checkpoint": args.checkpoint, "exported file": args.exported, "config": args.config}
     check_not_an_input(args.csv, "--csv", {**inputs, **{f"image {f}": f for f in files}})
     if args.exported:
-        forward, info = load_exported(args.exported)
-        what = f"{args.exported} (cfg_id {info['cfg_id']}, {info['name']})"
+        forward, info = load_exported(args.exported, None if args.stitch is None else int(args.stitch))
+        default = " (the file's default network)" if "networks" in info and args.stitch is None else ""
+        what = f"{args.exported} (cfg_id {info['cfg_id']}, {info['name']}){default}"
     else:
         net, info = load_snnet(args)
         cfg_id = choose_network(args, net)

@@ -26,7 +26,7 @@ from ..core.stitches import Stitch
 from ..errors import ConfigError
 from ..run_config import TrainConfig, build_snnet
 from ..train.recipe import build_loss, build_optimizer, build_scheduler
-from ..train.trainer import backward_and_step
+from ..train.step import backward_and_step
 from .spec import Cell
 
 

@@ -35,7 +35,9 @@ from ..core.routes import parse_route, route_name
 from ..data.datasets import create_dataset, ls_init_images, resolve_num_classes
 from ..data.loaders import build_loaders, data_config_for
 from ..distributed import DistInfo, init_distributed
-from ..errors import DataError, exit_on_user_error
+from ..errors import ConfigError, DataError, OneLineArgumentParser, exit_on_user_error
+from ..io.lock import LOCK_NAME, check_folder_free, hold_folder
+from ..io.paths import check_output_dir
 from ..run_config import TrainConfig, build_snnet, from_namespace
 from ..train.main import resolve_args
 from .cells import CellRun, FrozenAnchors, build_cell, layer_state
@@ -51,7 +53,8 @@ ChunkCallback = Callable[[list[int]], None]
 
 def build_lab_parser() -> argparse.ArgumentParser:
     # fmt: off
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
+        prog="lab.py",
         description="Train a grid of stitching cells (routes x adapters x lrs x seeds) over frozen anchors.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -64,6 +67,8 @@ def build_lab_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", default=False,
                         help="discard the folder's finished cells and start over")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the config's, else cuda if available)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="the dataset folder (train/ and val/), instead of the config's data_dir")
     parser.add_argument("--check-args", action="store_true", default=False,
                         help="only check the config and --cell-shard, then exit (distributed_train.sh does this "
                              "before starting the workers)")
@@ -76,6 +81,8 @@ def main(argv: Optional[list[str]] = None, on_chunk_done: Optional[ChunkCallback
     """lab.py; ``on_chunk_done`` runs after each chunk's cells are saved."""
     opts = build_lab_parser().parse_args(argv)
     spec = load_lab_spec(opts.config)
+    if opts.data_dir:  # where the data lives is the machine's, not the grid's: not in the fingerprint
+        spec = dataclasses.replace(spec, train={**spec.train, "data_dir": opts.data_dir})
     shard = parse_shard(opts.cell_shard)
     if opts.check_args:
         return 0
@@ -109,9 +116,34 @@ def cell_args(base: TrainConfig, cell: Cell, device: torch.device) -> TrainConfi
     return resolve_args(cfg, DistInfo(device=device))
 
 
+def check_lab_dir(out_dir: Path, spec: LabSpec, opts: argparse.Namespace, lock: str) -> None:
+    """Refuse, before any work, an output folder that is a file, one that another lab.py of the
+    same shard writes (or, with --overwrite, any lab.py), and an --overwrite that would delete
+    the config or an anchor checkpoint the lab reads."""
+    flag = "--output/--experiment"
+    check_output_dir(out_dir, flag)
+    for name in sorted(p.name for p in out_dir.glob(f"{LOCK_NAME}*")) if opts.overwrite else [lock]:
+        check_folder_free(out_dir, flag, name)
+    if not opts.overwrite:
+        return
+    inputs = {"config": spec.path, **{f"anchor checkpoint {c}": c for c in spec.train.get("anchor_checkpoints") or ()}}
+    for what, path in inputs.items():
+        if path and str(path).lower() != "none" and out_dir.resolve() in Path(path).resolve().parents:
+            raise ConfigError(
+                f"--overwrite would delete {out_dir}, which holds the {what} this lab reads: move it out, "
+                f"or choose another {flag}"
+            )
+
+
+def shard_lock(shard: tuple[int, int]) -> str:
+    """The lock file of a cell shard: array tasks of one grid share the folder, not their cells."""
+    return LOCK_NAME if shard == (0, 1) else f"{LOCK_NAME}-shard-{shard[0]}-of-{shard[1]}"
+
+
 def run_lab(spec: LabSpec, opts: argparse.Namespace, shard: tuple[int, int], info: DistInfo, on_chunk_done) -> int:
     base = base_args(spec)
     out_dir = Path(opts.output) / (opts.experiment or Path(spec.path).stem)
+    check_lab_dir(out_dir, spec, opts, shard_lock(shard))
     train_ds = create_dataset(base.dataset, base.data_dir, base.train_split, base.img_size)
     val_ds = create_dataset(base.dataset, base.data_dir, base.val_split, base.img_size)
     num_classes = resolve_num_classes(base.num_classes, train_ds)
@@ -123,7 +155,10 @@ def run_lab(spec: LabSpec, opts: argparse.Namespace, shard: tuple[int, int], inf
     depths = [a.num_blocks for a in frozen.adapters]
     routes = spec.routes or gap_routes(spec.gaps, names, depths)
     cells = expand_cells(spec, [route_name(parse_route(r, names, depths), names, depths) for r in routes])
+    check_cells_build(cells, base, frozen, info.device)
     open_lab_dir(out_dir, plain(spec.raw), cells, opts.overwrite, info.is_primary)
+    if info.is_primary:
+        hold_folder(out_dir, "--output/--experiment", shard_lock(shard))
     if info.distributed:
         dist.barrier()
     shard_cells = [c for c in cells if c.index % shard[1] == shard[0]]
@@ -159,6 +194,19 @@ def run_lab(spec: LabSpec, opts: argparse.Namespace, shard: tuple[int, int], inf
     return 0
 
 
+def check_cells_build(cells: list[Cell], base: TrainConfig, frozen: FrozenAnchors, device: torch.device) -> None:
+    """Build each route x adapter's stitching layers once over the frozen anchors (no anchor is
+    built or loaded again), so that an adapter that does not fit a route's layouts (a stride on a
+    kind that cannot stride, a grid-convolving kind where the tokens form no grid) is refused
+    before the lab folder is written, not when its chunk comes."""
+    from ..core.model import SNNet
+
+    for route, adapter in dict.fromkeys((c.route, c.adapter) for c in cells):
+        a = cell_args(base, next(c for c in cells if (c.route, c.adapter) == (route, adapter)), device)
+        SNNet(frozen.adapters, stitch_layer=a.stitch_layer, lora_rank=a.lora_rank, routes=[route],
+              class_token=a.class_token, prefix_tokens=a.prefix_tokens, stitch_stride=a.stitch_stride)  # fmt: skip
+
+
 def _front(route: str) -> str:
     return route.split(">")[0]
 
@@ -167,7 +215,7 @@ def _anchors_net(base: TrainConfig, num_classes: int):
     """An SN-Net over the lab config's anchors, loaded as train.py loads them: its anchors become
     the frozen copy every cell shares."""
     # the anchors alone (the cells add their routes)
-    return build_snnet(dataclasses.replace(base, routes=[], train_only="stitching"), num_classes)
+    return build_snnet(dataclasses.replace(base, routes=[], train_only="stitching"), num_classes, check_effects=False)
 
 
 class RunSetup:

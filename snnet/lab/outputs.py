@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 from ..config import plain
 from ..errors import ConfigError
 from ..io.checkpoint import atomic_write
+from ..io.paths import atomic_path
 from .spec import Cell
 
 CELL_COLUMNS = (
@@ -189,7 +190,8 @@ def plot_against(points: Sequence[dict[str, Any]], axis: str, path: Path) -> Non
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:  # a full disk keeps the previous plot
+        fig.savefig(tmp)
 
 
 def plot_matrix(points: Sequence[dict[str, Any]], adapter: str, path: Path) -> None:
@@ -219,4 +221,5 @@ def plot_matrix(points: Sequence[dict[str, Any]], adapter: str, path: Path) -> N
         ax.set_title(f"{adapter}: {pair}", fontsize=9)
         fig.colorbar(image, ax=ax, label="top-1 (%)")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:  # a full disk keeps the previous plot
+        fig.savefig(tmp)

@@ -25,8 +25,10 @@ from ..config import parse_args_with_config
 from ..data.loaders import max_workers
 from ..distributed import DistInfo, init_distributed, set_cpu_threads
 from ..errors import ConfigError, exit_on_user_error
+from ..io.lock import check_folder_free
 from ..io.paths import check_output_dir
 from ..run_config import TrainConfig, build_snnet, from_namespace, require_anchors
+from .effects import check_train_effects, needs_built_net
 from .network_sampling import check_sampling_args
 from .runlog import DeferredFileLog
 from .trainer import StepCallback, StopCheck, Trainer
@@ -75,8 +77,11 @@ def _run(
     exp = args.experiment or default_experiment(args)
     out_dir = Path(args.output or "./output/train") / exp
     check_output_dir(out_dir, "--output/--experiment")
+    check_folder_free(out_dir, "--output/--experiment")  # another train.py on it: refused before any work
     cfg = resolve_args(args, info)
     cfg, resume = resume_target(cfg, out_dir, info)
+    if cfg.no_resume_opt and not resume and info.is_primary:
+        _logger.info("--no-resume-opt: no checkpoint to resume in this run folder, so the run starts fresh anyway")
     return Trainer(cfg, info, out_dir, resume, step_callbacks, stop_check).fit()
 
 
@@ -93,7 +98,7 @@ def check_only(args: TrainConfig) -> int:
     info = DistInfo(world_size=int(os.environ.get("SNNET_CHECK_WORLD_SIZE", "1")))
     require_anchors(args.anchors)
     args = resolve_args(args, info)
-    if args.sample_by == "flops-groups":  # the groups need the networks' FLOPs: a random-weight SN-Net
+    if needs_built_net(args):  # FLOPs groups, layer sizes, junctions: judged on a random-weight SN-Net
         from .network_sampling import create_network_sampler
 
         net = build_snnet(args, num_classes=args.num_classes or 10, pretrained=False)
@@ -105,6 +110,7 @@ def check_only(args: TrainConfig) -> int:
     if args.experiment:
         out_dir = Path(args.output or "./output/train") / args.experiment
         check_output_dir(out_dir, "--output/--experiment")
+        check_folder_free(out_dir, "--output/--experiment")
         args, resume = resume_target(args, out_dir, info)
     if resume:
         from ..io.official_layout import looks_official
@@ -139,6 +145,8 @@ def resume_target(cfg: TrainConfig, out_dir: Path, info: DistInfo) -> tuple[Trai
 def _check_batch_options(args: Any, batch_size: int) -> None:
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if args.validation_batch_size is not None and args.validation_batch_size < 1:
+        raise ConfigError(f"--validation-batch-size must be >= 1, got {args.validation_batch_size}")
     if (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax) and batch_size % 2:
         raise ConfigError(f"Mixup/CutMix need an even per-process batch size, got --batch-size {batch_size}")
     if args.split_bn:
@@ -163,6 +171,7 @@ def _check_recipe_options(args: Any, info: DistInfo) -> None:
     if args.amp and args.amp_dtype == "float16" and info.device.type == "cpu":
         _logger.warning("--amp-dtype float16 on CPU runs without a GradScaler; bfloat16 is the usual CPU choice")
     check_sampling_args(args.sample_by, args.sample_weights, args.flops_gap, args.flops_sampling_k)
+    check_train_effects(args, info, _logger.info)
     check_optimizer_and_schedule(args.opt, args.sched)
     if args.ls_init_images < 1:
         raise ConfigError(f"--ls-init-images must be >= 1, got {args.ls_init_images}")

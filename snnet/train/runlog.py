@@ -40,13 +40,16 @@ class DeferredFileLog(logging.handlers.MemoryHandler):
 
 
 def start_run_files(logger: logging.Logger, out_dir: Path, args: Namespace, primary: bool) -> None:
-    """The run starts: create ``out_dir``, and on the primary process write ``args.yaml`` and
-    start ``train.log`` (with the lines logged so far)."""
+    """The run starts: create ``out_dir``, and on the primary process take the folder's lock (one
+    train.py per run folder, :mod:`snnet.io.lock`), write ``args.yaml`` and start ``train.log``
+    (with the lines logged so far)."""
     from ..config import save_args_yaml
+    from ..io.lock import hold_folder
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if not primary:
         return
+    hold_folder(out_dir, "--output/--experiment")
     save_args_yaml(args, out_dir / "args.yaml")
     for h in logger.handlers:
         if isinstance(h, DeferredFileLog) and h.target is None:

@@ -35,30 +35,38 @@ checkpoint on disk is the last good state.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from ..config import plain
-from ..core.compile import compile_blocks
-from ..core.stitches import parse_stitch_ids
 from ..data.loaders import build_loaders, data_config_for
-from ..distributed import DistInfo, GradAllReduce, broadcast_state
-from ..errors import CheckpointError, DataError, DivergenceError
-from ..run_config import TrainConfig, build_snnet
-from ..runtime import autocast_factory
+from ..distributed import DistInfo
+from ..errors import DivergenceError
+from ..run_config import TrainConfig
+from .build import (
+    build_ema,
+    build_model,
+    build_network_sampler,
+    compile_for_training,
+    load_datasets,
+    log_run_start,
+    ls_init,
+    ls_init_runs,
+    place_model,
+    steps_per_epoch,
+    validated_networks,
+    wrap_for_processes,
+)
 from .checkpoint import (
     CHECKPOINT_VERSION,
     check_same_schedule,
-    checkpoint_saver_class,
     cpu_copy,
     gather,
     load_weights,
@@ -66,18 +74,11 @@ from .checkpoint import (
     read_training_checkpoint,
     split_aux_bn,
 )
-from .metrics import PendingSteps, StepLog, summarize, validate
-from .network_sampling import create_network_sampler
-from .recipe import (
-    apply_split_bn,
-    build_loss,
-    build_optimizer,
-    build_scheduler,
-    build_teacher,
-    default_val_ids,
-)
+from .metrics import PendingSteps, summarize, validate
+from .outputs import RunOutputs
+from .recipe import build_loss, build_optimizer, build_scheduler
 from .rng import capture_rng_state, restore_rng_state, seed_everything
-from .runlog import start_run_files
+from .step import backward_and_step, build_precision
 
 _logger = logging.getLogger("train")
 
@@ -93,9 +94,11 @@ class TrainingInterrupted(Exception):
 
 
 class Trainer:
-    """Everything one process holds while training, built from train.py's resolved arguments;
-    :meth:`fit` trains to ``--epochs`` (or ``--stop-epoch``), :meth:`train_one_epoch` one epoch,
-    :meth:`step` one optimizer step. ``resume`` is a checkpoint to continue from ('' for none)."""
+    """Everything one process holds while training, built from train.py's resolved arguments
+    (the steps in :mod:`snnet.train.build`); :meth:`fit` trains to ``--epochs`` (or
+    ``--stop-epoch``), :meth:`train_one_epoch` one epoch, :meth:`step` one optimizer step. The run
+    folder's files are :attr:`outputs` (:mod:`snnet.train.outputs`). ``resume`` is a checkpoint
+    to continue from ('' for none)."""
 
     def __init__(
         self,
@@ -106,224 +109,49 @@ class Trainer:
         step_callbacks: Sequence[StepCallback] = (),
         stop_check: Optional[StopCheck] = None,
     ):
-        self.args, self.info, self.out_dir = args, info, out_dir
+        self.info, self.out_dir = info, out_dir
         self.step_callbacks = list(step_callbacks)
         self.stop_check = stop_check
         self.epoch = 0
         self.step_in_epoch = 0  # optimizer steps done in self.epoch
         self.global_step = 0
         self.saver_state = None
-        # The order matters: the model is built from the run seed (the same weights on every
-        # rank), then every process seeds its own randomness (drop-path, erasing, mixup) once.
-        train_ds, val_ds = self._datasets()
-        teacher = self._model()
-        seed_everything(self.args.seed + info.rank)
-        data_cfg = data_config_for(self.net, train_ds)
-        self._announce()
-        self._network_sampler()
-        if self.args.ls_init and not resume and not self.args.initial_checkpoint and self.net.layer_specs:
-            self._ls_init(train_ds, data_cfg)
-        self._place_model()
-        self._optimization()
-        self._loaders(train_ds, val_ds, data_cfg)
+        args, train_ds, val_ds = load_datasets(args)
+        args, net, teacher = build_model(args, info)
+        self.args, self.net = args, net
+        seed_everything(args.seed + info.rank)  # after the model: its weights are the run seed's on every rank
+        data_cfg = data_config_for(net, train_ds)
+        log_run_start(args, info, net, out_dir)
+        self.net_sampler = build_network_sampler(net, args, info)
+        if ls_init_runs(net, args, info, resume):
+            ls_init(net, args, info, train_ds, data_cfg)
+        place_model(net, args, info)
+        self.optimizer = build_optimizer(net, args)
+        self.net, self.optimizer, self.precision = build_precision(net, self.optimizer, args, info.device)
+        self.ema = build_ema(self.net, args)
+        self.mark_cudagraph_step = compile_for_training(self.net, args)
+        loaders = build_loaders(train_ds, val_ds, args, info, data_cfg)
+        self.data_sampler, self.train_loader, self.train_prep, self.val_loader, self.val_prep = loaders
+        self.steps_per_epoch = steps_per_epoch(self.data_sampler.num_samples, args)
+        self.scheduler = build_scheduler(self.optimizer, args, self.steps_per_epoch)
         if resume:
-            self.load(resume, resume_opt=not self.args.no_resume_opt)
+            self.load(resume, resume_opt=not args.no_resume_opt)
             if info.distributed:
                 dist.barrier()
         # the schedule is a function of (epoch, update): set the lr of every group (lr_scale included)
         self.scheduler.step(self.epoch)
         self.scheduler.step_update(self.global_step)
-        self._wrap_and_loss(teacher)
-        self._outputs(resume)
-
-    # -- construction, in order ---------------------------------------------------------------
-    def _datasets(self) -> tuple:
-        """The training and validation sets; the class count they give goes into the run config
-        (recorded in args.yaml and the checkpoints: eval.py reads it)."""
-        from ..data.datasets import create_dataset, resolve_num_classes
-
-        args = self.args
-        train_ds = create_dataset(args.dataset, args.data_dir, args.train_split, args.img_size, args.seed)
-        val_ds = create_dataset(args.dataset, args.data_dir, args.val_split, args.img_size, args.seed)
-        self.args = dataclasses.replace(args, num_classes=resolve_num_classes(args.num_classes, train_ds))
-        return train_ds, val_ds
-
-    def _model(self) -> Optional[nn.Module]:
-        """The SN-Net (from ``--initial-checkpoint``'s weights when given: an official SN-Net
-        checkpoint switches the official forward on, said in the log), split BN, and the teacher."""
-        args, initial = self.args, None
-        if args.initial_checkpoint:
-            from ..io.checkpoint import load_checkpoint_file
-            from ..io.official_layout import official_forward_of
-
-            initial = load_checkpoint_file(args.initial_checkpoint)
-            # SN-Net's checkpoints need its forward; SN-Netv2's run as snnet's (final norm applied)
-            official = official_forward_of(initial)
-            if official == "v2" and args.official_forward:
-                raise CheckpointError(
-                    f"{args.initial_checkpoint} is an official SN-Netv2 checkpoint, whose networks end with the "
-                    f"final norm: drop --official-forward (SN-Net's rule without it)"
-                )
-            if official == "v1" and not args.official_forward:
-                if self.info.is_primary:
-                    _logger.info(f"{args.initial_checkpoint} is an official SN-Net checkpoint: official forward on")
-                self.args = args = dataclasses.replace(args, official_forward=True)
-        self.net = build_snnet(args, args.num_classes, seed=args.seed)  # the same initial weights on every rank
-        if initial is not None:
-            from ..io.official import load_initial_weights
-
-            load_initial_weights(self.net, initial, args.initial_checkpoint, _logger.info)
-        if args.split_bn:
-            apply_split_bn(self.net)
-        return build_teacher(args, args.num_classes, self.info.device)  # before LS init: fail fast on missing weights
-
-    def _announce(self) -> None:
-        """The first log lines (rank 0; train.log holds them once the run starts, :meth:`_outputs`)."""
-        args, info, net = self.args, self.info, self.net
-        if not info.is_primary:
-            return
-        _logger.info(
-            f"Run folder {self.out_dir}; {info.world_size} process(es) on {info.device.type}, batch "
-            f"{args.batch_size} per process ({args.batch_size * info.world_size} global), lr {args.lr:.3g}"
-        )
-        _logger.info(
-            f"SN-Net over {net.config['anchors']}: {net.num_stitches} networks, "
-            f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters"
-        )
-
-    def _network_sampler(self) -> None:
-        """Which network each step trains. Made before LS init (seconds to minutes), so that a
-        refused sampling option fails fast; FLOPs are counted in eval mode on zeros, so the global
-        RNG stream is the same either way."""
-        args, info = self.args, self.info
-        self.net_sampler = create_network_sampler(
-            self.net,
-            args.sample_by,
-            args.seed,
-            info.rank,
-            args.sample_per_rank,
-            args.sample_weights,
-            args.flops_gap,
-            args.flops_sampling_k,
-        )
-
-    def _ls_init(self, train_ds, data_cfg: dict) -> None:
-        """Least-squares init of the stitching layers on rank 0 (broadcast in :meth:`_place_model`)."""
-        from ..data.datasets import ls_init_images
-
-        args, net = self.args, self.net
-        if args.ls_init_images > len(train_ds):
-            raise DataError(
-                f"--ls-init-images {args.ls_init_images} is larger than the training set "
-                f"({len(train_ds)} images): use at most {len(train_ds)}"
-            )
-        if not self.info.is_primary:
-            return
-        start = time.perf_counter()
-        images = ls_init_images(train_ds, args.ls_init_images, data_cfg, args.seed)
-        net.init_stitching_layers(
-            images, batch_size=args.ls_init_batch_size, combine=args.ls_init_combine, progress=True
-        )
-        _logger.info(
-            f"Least-squares init of {len(net.stitch_layers)} stitching layers on {len(images)} "
-            f"training images in {time.perf_counter() - start:.1f} s"
-        )
-
-    def _place_model(self) -> None:
-        """The net on the device (rank 0's LS-initialised weights on every rank)."""
-        self.net.to(self.info.device)
-        if self.args.channels_last:
-            self.net.to(memory_format=torch.channels_last)
-        if self.info.distributed:
-            broadcast_state(self.net)
-
-    def _optimization(self) -> None:
-        """Optimizer, precision (apex / autocast / GradScaler), EMA, compile."""
-        from timm.utils import ModelEmaV3
-
-        args, info = self.args, self.info
-        self.optimizer = build_optimizer(self.net, args)
-        self.apex_amp = None
-        if args.amp and args.amp_impl == "apex":  # legacy: NVIDIA apex AMP O1 (patches net in place)
-            from apex import amp as apex_amp  # checked in resolve_args
-
-            self.net, self.optimizer = apex_amp.initialize(self.net, self.optimizer, opt_level="O1")
-            self.apex_amp = apex_amp
-        self.amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
-        self.native_amp = args.amp and args.amp_impl == "native"
-        self.autocast = autocast_factory(self.native_amp, self.amp_dtype, info.device)
-        # GradScaler for float16 on CUDA only (bfloat16 and CPU autocast need none)
-        cuda_fp16 = self.native_amp and self.amp_dtype == torch.float16 and info.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if cuda_fp16 else None
-        self.ema = None
-        if args.model_ema:
-            self.ema = ModelEmaV3(
-                self.net,
-                decay=args.model_ema_decay,
-                use_warmup=args.model_ema_warmup,
-                device=torch.device("cpu") if args.model_ema_force_cpu else None,
-            )
-        # after the EMA's deep copy: a copy of a compiled module would call the original's forward
-        self.mark_cudagraph_step = None
-        if args.torchcompile:
-            compile_blocks(self.net, args.torchcompile, args.torchcompile_mode)
-            if args.torchcompile_mode == "reduce-overhead":  # a new iteration may overwrite the last one's outputs
-                self.mark_cudagraph_step = torch.compiler.cudagraph_mark_step_begin
-
-    def _loaders(self, train_ds, val_ds, data_cfg: dict) -> None:
-        """Data loaders, steps per epoch and the schedule over them."""
-        args = self.args
-        loaders = build_loaders(train_ds, val_ds, args, self.info, data_cfg)
-        self.data_sampler, self.train_loader, self.train_prep, self.val_loader, self.val_prep = loaders
-        full_steps = self.data_sampler.num_samples // args.batch_size
-        self.steps_per_epoch = min(full_steps, args.max_steps_per_epoch or full_steps)
-        if self.steps_per_epoch < 1:
-            raise DataError(
-                f"{self.data_sampler.num_samples} training images per process give no full batch of "
-                f"{args.batch_size}: lower --batch-size"
-            )
-        self.scheduler = build_scheduler(self.optimizer, args, self.steps_per_epoch)
-
-    def _wrap_and_loss(self, teacher: Optional[nn.Module]) -> None:
-        """Gradient averaging (DDP or our all-reduce), Mixup/CutMix, the loss, validated networks."""
-        args, info, net = self.args, self.info, self.net
-        if info.distributed and args.grad_sync == "ddp":
-            self.model = nn.parallel.DistributedDataParallel(
-                net, device_ids=[info.device.index] if info.device.type == "cuda" else None, find_unused_parameters=True
-            )
-            self.grad_sync = None  # DDP's own hooks
-        else:
-            self.model = net
-            self.grad_sync = GradAllReduce(net.parameters(), info.world_size, union=args.sample_per_rank)
+        self.model, self.grad_sync = wrap_for_processes(self.net, args, info)
         self.mixup_fn, self.criterion = build_loss(args, teacher, args.num_classes)
-        self.val_ids = (
-            list(range(net.num_stitches))
-            if args.val_stitches == "all"
-            else parse_stitch_ids(args.val_stitches, net.num_stitches)
-            if args.val_stitches
-            else default_val_ids(net)
-        )
-
-    def _outputs(self, resume: str) -> None:
-        """Checkpoint saver (its top-k list kept when resuming in the same folder), tensorboard, steps.jsonl."""
-        args, out_dir = self.args, self.out_dir
-        self.saver = checkpoint_saver_class()(
+        self.val_ids = validated_networks(self.net, args)
+        same_folder = bool(resume) and Path(resume).resolve().parent == out_dir.resolve()
+        self.outputs = RunOutputs(
+            out_dir,
+            args,
+            info,
             lambda metric: self.checkpoint_state(True, metric),
-            checkpoint_dir=str(out_dir),
-            recovery_dir=str(out_dir),
-            decreasing=args.eval_metric == "loss",
-            max_history=args.checkpoint_hist,
+            self.saver_state if same_folder else None,
         )
-        if self.saver_state and Path(resume).resolve().parent == out_dir.resolve():
-            self.saver.load_state_dict(self.saver_state)
-        # every check passed: the run starts (folder, args.yaml with the values the run uses, train.log)
-        start_run_files(_logger, out_dir, args, self.info.is_primary)
-        self.writer = None
-        if self.info.is_primary:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(out_dir))
-        self.step_log = StepLog(out_dir / "steps.jsonl")
         self.pending = PendingSteps()
         if self.epoch >= args.epochs:
             _logger.info(f"Nothing to do: {resume} already finished epoch {self.epoch - 1} of --epochs {args.epochs}")
@@ -331,10 +159,9 @@ class Trainer:
     # -- the epochs --------------------------------------------------------------------------
     def fit(self) -> int:
         """Train and validate each epoch up to ``--epochs`` (or ``--stop-epoch``); 0 when done."""
-        from timm.utils import distribute_bn, update_summary
+        from timm.utils import distribute_bn
 
         args, info, net = self.args, self.info, self.net
-        out_dir = self.out_dir
         if info.is_primary:
             _logger.info(
                 f"Training {args.epochs - self.epoch} epoch(s) of {self.steps_per_epoch} steps; "
@@ -350,7 +177,7 @@ class Trainer:
                         net.stitch_layers if net.anchors_frozen else net, info.world_size, args.dist_bn == "reduce"
                     )
                 per_net = validate(
-                    net, self.val_loader, self.val_prep, self.val_ids, self.autocast, args.max_val_batches
+                    net, self.val_loader, self.val_prep, self.val_ids, self.precision.autocast, args.max_val_batches
                 )
                 eval_metrics = summarize(per_net)
                 metric = eval_metrics[args.eval_metric]
@@ -362,32 +189,15 @@ class Trainer:
                         self.val_loader,
                         self.val_prep,
                         self.val_ids,
-                        self.autocast,
+                        self.precision.autocast,
                         args.max_val_batches,
                     )
                     eval_metrics.update(summarize(ema_net, "ema_"))
                     metric = eval_metrics["ema_" + args.eval_metric]
                 lr = self.optimizer.param_groups[0]["lr"]
-                if info.is_primary:
-                    desc = "  ".join(f"{cfg}: {v['top1']:.2f}" for cfg, v in per_net.items())
-                    _logger.info(
-                        f"Eval: {self.epoch}  mean top-1 {eval_metrics['top1']:.2f}  top-5 "
-                        f"{eval_metrics['top5']:.2f}  loss {eval_metrics['loss']:.4f}  per network top-1 [{desc}]"
-                    )
-                    update_summary(
-                        self.epoch,
-                        train_metrics,
-                        eval_metrics,
-                        filename=str(out_dir / "summary.csv"),
-                        lr=lr,
-                        write_header=not (out_dir / "summary.csv").exists(),
-                    )
-                    for k, v in eval_metrics.items():
-                        self.writer.add_scalar(f"eval/{k}", v, self.epoch)
-                    self.writer.add_scalar("train/epoch_loss", train_metrics["loss"], self.epoch)
-                    self.writer.flush()
+                self.outputs.write_epoch(self.epoch, per_net, train_metrics, eval_metrics, lr)
                 self.scheduler.step(self.epoch + 1, metric)
-                best = self.saver.save_checkpoint(self.epoch, metric=metric) if info.is_primary else None
+                best = self.outputs.save_epoch(self.epoch, metric) if info.is_primary else None
                 if not info.is_primary:
                     self.checkpoint_state(True, metric)  # the collective half of the save
                 if info.distributed:
@@ -395,9 +205,7 @@ class Trainer:
                 self.epoch += 1
                 self.step_in_epoch = 0
         finally:
-            self.step_log.close()
-            if self.writer is not None:
-                self.writer.close()
+            self.outputs.close()
         if info.is_primary and best and best[0] is not None:
             _logger.info(f"*** Best metric: {best[0]:.4f} (epoch {best[1]})")
         return 0
@@ -450,14 +258,14 @@ class Trainer:
                 now = time.perf_counter()
                 ips = n_since * x.shape[0] * info.world_size / max(now - t_last, 1e-9)
                 t_last, n_since = now, 0
-                _logger.info(
+                self.outputs.log_train(
                     f"Train: {self.epoch} [{self.step_in_epoch:>4d}/{steps} ({100.0 * self.step_in_epoch / steps:>3.0f}%)]  "
                     f"Loss: {global_loss:#.4g} ({self.loss_sum / self.loss_n:#.4g})  {ips:>7.1f} img/s  LR: {lr:.3e}  "
-                    f"Net: {cfg_id} {net.stitches[cfg_id].name}"
+                    f"Net: {cfg_id} {net.stitches[cfg_id].name}",
+                    global_loss,
+                    lr,
+                    self.global_step,
                 )
-                if self.writer is not None:
-                    self.writer.add_scalar("train/loss", global_loss, self.global_step)
-                    self.writer.add_scalar("train/lr", lr, self.global_step)
             if save_now and self.step_in_epoch < steps:
                 self.save_last()
             if self.step_in_epoch < steps and self.stop_check is not None and self.stop_check(self):
@@ -473,7 +281,7 @@ class Trainer:
         :class:`DivergenceError` naming the first such step (collective)."""
         records, first_bad = self.pending.read(self.info.world_size)
         for record in records[:first_bad]:
-            self.step_log.write(record)
+            self.outputs.step_log.write(record)
             self.loss_sum += record["global_loss"]
             self.loss_n += 1
         if first_bad is not None:
@@ -495,7 +303,7 @@ class Trainer:
             self.mark_cudagraph_step()
         if self.grad_sync is not None:
             self.grad_sync.begin(cfg_id)  # its buckets launch during backward
-        with self.autocast():
+        with self.precision.autocast():
             out = self.model(x)
             loss = self.criterion(x, out, y)
         for callback in self.step_callbacks:
@@ -510,19 +318,14 @@ class Trainer:
         self.scheduler.step_update(num_updates=self.global_step)
         return loss.detach()
 
-    # -- precision, backward, optimizer step -------------------------------------------------
     def backward_and_step(self, loss: torch.Tensor) -> None:
         """backward, gradient averaging over processes, clipping, optimizer step, grads to None."""
-        backward_and_step(loss, self.optimizer, self.args, self.scaler, self.apex_amp, self.grad_sync)
+        p = self.precision
+        backward_and_step(loss, self.optimizer, self.args, p.scaler, p.apex_amp, self.grad_sync)
 
     def save_last(self) -> None:
         """Step-level checkpoint: last.pth.tar inside an epoch (collective; rank 0 writes)."""
-        from ..io.checkpoint import save_checkpoint
-
-        state = self.checkpoint_state(epoch_complete=False)
-        if state is not None:
-            state["saver"] = plain(self.saver.state_dict())
-            save_checkpoint(state, self.out_dir / "last.pth.tar")
+        self.outputs.save_last(self.checkpoint_state(epoch_complete=False))
         if self.info.distributed:
             dist.barrier()
 
@@ -555,8 +358,8 @@ class Trainer:
         }
         if aux:
             state["aux_bn_state_dict"] = aux
-        if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
+        if self.precision.scaler is not None:
+            state["scaler"] = self.precision.scaler.state_dict()
         if self.ema is not None:
             state["state_dict_ema"] = split_aux_bn(self.ema.module.state_dict())[0]
         if metric is not None:
@@ -573,8 +376,8 @@ class Trainer:
             return
         info = self.info
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scaler is not None and "scaler" in ckpt:
-            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.precision.scaler is not None and "scaler" in ckpt:
+            self.precision.scaler.load_state_dict(ckpt["scaler"])
         self.epoch = int(ckpt["epoch"])
         self.global_step = int(ckpt["global_step"])
         if ckpt.get("epoch_complete", True):
@@ -610,38 +413,3 @@ class Trainer:
         if resume_opt:
             check_same_schedule(ckpt, path, self.args.epochs)
         self.load_state_dict(ckpt, path, resume_opt)
-
-
-def backward_and_step(
-    loss: torch.Tensor,
-    opt: torch.optim.Optimizer,
-    args: Any,
-    scaler: Optional[torch.amp.GradScaler] = None,
-    apex_amp=None,
-    grad_sync: Optional[GradAllReduce] = None,
-) -> None:
-    """One optimizer step from ``loss``: backward (scaled by ``scaler`` or apex when given), the
-    gradient all-reduce, ``--clip-grad``, the step, grads to None. The trainer's and the lab's
-    (:mod:`snnet.lab`) cells' steps, so that a lab cell trains exactly as train.py would."""
-    from timm.utils import dispatch_clip_grad
-
-    if apex_amp is not None:
-        with apex_amp.scale_loss(loss, opt) as scaled:
-            scaled.backward()
-    elif scaler is not None:
-        scaler.scale(loss).backward()
-    else:
-        loss.backward()
-    if grad_sync is not None:
-        grad_sync()
-    if args.clip_grad is not None:
-        if scaler is not None:
-            scaler.unscale_(opt)
-        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        dispatch_clip_grad(params, value=args.clip_grad, mode=args.clip_mode)
-    if scaler is not None:
-        scaler.step(opt)
-        scaler.update()
-    else:
-        opt.step()
-    opt.zero_grad(set_to_none=True)  # unused parameters keep grad None: the optimizer skips them
