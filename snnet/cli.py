@@ -401,7 +401,7 @@ def build_predict_parser() -> argparse.ArgumentParser:
 def build_serve_parser() -> argparse.ArgumentParser:
     """serve.py's parser; ``-c FILE.yaml`` (a training config) sets its defaults."""
     # fmt: off
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         description="HTTP inference server for a trained SN-Net (or a frontier file) that batches requests and "
                     "switches networks to hold a p99 latency target.",
         formatter_class=DefaultsHelpFormatter,
