@@ -399,3 +399,44 @@ def build_predict_parser() -> argparse.ArgumentParser:
     g.add_argument("-b", "--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
     g.add_argument("--device", default="cpu", help="cpu or cuda")
     return parser
+
+
+def build_serve_parser() -> argparse.ArgumentParser:
+    """serve.py's parser; ``-c FILE.yaml`` (a training config) sets its defaults."""
+    # fmt: off
+    parser = OneLineArgumentParser(
+        description="HTTP inference server for a trained SN-Net (or a frontier file) that batches requests and "
+                    "switches networks to hold a p99 latency target.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    parser.add_argument("-c", "--config", default="", metavar="FILE.yaml", help="the training config (optional)")
+    add_model_args(parser)
+    add_data_args(parser)
+    g = parser.add_argument_group("model source (one of)")
+    g.add_argument("--resume", "--checkpoint", dest="checkpoint", default="", metavar="CKPT",
+                   help="train.py checkpoint, served with the frontier of its eval.py sweep (--results)")
+    g.add_argument("--use-ema", action="store_true", default=False, help="the checkpoint's EMA weights")
+    g.add_argument("--results", default="", metavar="DIR",
+                   help="eval.py output folder with stitches.csv (default: eval.py's default for CKPT)")
+    g.add_argument("--exported", default="", metavar="FILE",
+                   help="a frontier file (eval.py --export frontier: TorchScript, every network, .json beside it)")
+    g = parser.add_argument_group("serving")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    g.add_argument("--port", type=int, default=8000, help="port to listen on (0: a free port, printed at start)")
+    g.add_argument("--max-batch-size", type=int, default=16, metavar="N", help="images per forward pass, at most")
+    g.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                   help="how long the first request of a batch waits for more of the same network")
+    g.add_argument("--slo-ms", type=float, default=None, metavar="P99",
+                   help="p99 latency target: move to cheaper frontier networks under load, back up when it falls "
+                        "(default: always the most accurate network)")
+    g.add_argument("--top-k", type=int, default=5, metavar="K", help="classes returned per image")
+    g.add_argument("--max-images", type=int, default=32, metavar="N", help="images per request, at most")
+    g.add_argument("--max-image-bytes", type=int, default=20_000_000, metavar="N", help="bytes per image, at most")
+    g.add_argument("--max-image-pixels", type=int, default=40_000_000, metavar="N",
+                   help="width x height per image, at most (checked before decoding)")
+    g.add_argument("--device", default="cpu", help="cpu or cuda")
+    g.add_argument("--add-latency-ms", type=float, default=0.0, metavar="MS",
+                   help="testing only: sleep MS x (network FLOPs / the largest's) per image in every forward, to "
+                        "emulate a heavier model on a small one")
+    # fmt: on
+    return parser

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from .anchors.base import set_uniform_drop_path
-from .cli import build_eval_parser, build_predict_parser, build_train_parser
+from .cli import build_eval_parser, build_predict_parser, build_serve_parser, build_train_parser
 from .config import Needs, option_text, parse_kwargs, refuse_without_effect
 from .core.junctions import DEFAULT_CLASS_TOKEN, DEFAULT_PREFIX_TOKENS
 from .core.model import SNNet, create_snnet
@@ -307,6 +307,11 @@ PredictConfig = config_class(
     "PredictConfig", build_predict_parser(), _EVAL_EXTRA[-1:], doc="predict.py's checked arguments (frozen)."
 )
 PredictConfig.EXTRA_FIELDS = ("defaults",)
+
+ServeConfig = config_class(
+    "ServeConfig", build_serve_parser(), _EVAL_EXTRA[-1:], doc="serve.py's checked arguments (frozen)."
+)
+ServeConfig.EXTRA_FIELDS = ("defaults",)
 
 
 def defaults_of(parser: argparse.ArgumentParser, given: Sequence[str] = ()) -> Mapping[str, Any]:

@@ -47,7 +47,7 @@ def readme_commands():
 
 def parser_flags() -> dict:
     """Each entry point's script name -> the option strings of its parser."""
-    from snnet.cli import build_eval_parser, build_predict_parser, build_train_parser
+    from snnet.cli import build_eval_parser, build_predict_parser, build_serve_parser, build_train_parser
     from snnet.compose.main import build_compose_parser
     from snnet.lab.main import build_lab_parser
     from snnet.launch import build_submit_parser
@@ -56,6 +56,7 @@ def parser_flags() -> dict:
         "train.py": build_train_parser,
         "eval.py": build_eval_parser,
         "predict.py": build_predict_parser,
+        "serve.py": build_serve_parser,
         "lab.py": build_lab_parser,
         "compose.py": build_compose_parser,
         "submit.py": build_submit_parser,

@@ -387,15 +387,23 @@ def predict(
     transform = _transform(info)
     prep = Normalize(info["mean"], info["std"], torch.device(device))
     names = info["class_names"]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         x, _ = prep(load_batch(chunk, transform), torch.zeros(len(chunk)))
-        probs = torch.softmax(forward(x).float(), dim=-1)
-        top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-        for f, p, i in zip(chunk, top.values.tolist(), top.indices.tolist()):
-            rows.append({"image": str(f), "indices": i, "classes": [names[c] for c in i], "probs": p})
+        for f, top in zip(chunk, top_classes(forward(x), names, top_k)):
+            rows.append({"image": str(f), **top})
     return rows
+
+
+def top_classes(logits: torch.Tensor, names: Sequence[str], top_k: int = 5) -> list[dict[str, Any]]:
+    """Per row of ``logits``: its top-k class ``indices``, ``classes`` (names) and ``probs`` (softmax)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    return [
+        {"indices": i, "classes": [names[c] for c in i], "probs": p}
+        for p, i in zip(top.values.tolist(), top.indices.tolist())
+    ]
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
