@@ -290,13 +290,14 @@ TrainConfig = config_class(
 )
 TrainConfig.EXTRA_FIELDS = ()
 
+# the values options had before the command line (parser + -c config): a checkpoint fills those
+_DEFAULTS_FIELD = ("defaults", Mapping[str, Any], dataclasses.field(default_factory=dict, compare=False, repr=False))
 _EVAL_EXTRA = (
     ("mode", EvalMode, dataclasses.field(default=EvalMode.SWEEP)),
     ("export_id", Optional[int], dataclasses.field(default=None)),  # --export CFG_ID as a number
     ("export_ids", Optional[tuple], dataclasses.field(default=None)),  # --export 3,12,40 as numbers
     ("budget_flops_value", Optional[float], dataclasses.field(default=None)),  # --budget-flops parsed
-    # the values options had before the command line (parser + -c config): a checkpoint fills those
-    ("defaults", Mapping[str, Any], dataclasses.field(default_factory=dict, compare=False, repr=False)),
+    _DEFAULTS_FIELD,
     # the command line as given: report.html shows it and builds its commands from it
     ("argv", tuple, dataclasses.field(default=(), compare=False, repr=False)),
 )
@@ -304,12 +305,12 @@ EvalConfig = config_class("EvalConfig", build_eval_parser(), _EVAL_EXTRA, doc="e
 EvalConfig.EXTRA_FIELDS = tuple(f[0] for f in _EVAL_EXTRA)
 
 PredictConfig = config_class(
-    "PredictConfig", build_predict_parser(), _EVAL_EXTRA[-1:], doc="predict.py's checked arguments (frozen)."
+    "PredictConfig", build_predict_parser(), (_DEFAULTS_FIELD,), doc="predict.py's checked arguments (frozen)."
 )
 PredictConfig.EXTRA_FIELDS = ("defaults",)
 
 ServeConfig = config_class(
-    "ServeConfig", build_serve_parser(), _EVAL_EXTRA[-1:], doc="serve.py's checked arguments (frozen)."
+    "ServeConfig", build_serve_parser(), (_DEFAULTS_FIELD,), doc="serve.py's checked arguments (frozen)."
 )
 ServeConfig.EXTRA_FIELDS = ("defaults",)
 
