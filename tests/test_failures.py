@@ -159,7 +159,10 @@ def test_refused_reruns_and_checks_leave_every_file_as_it_was(run, capsys):
     rerun = TRAIN + ["--output", run.parent, "--experiment", "run"]
     cases = [
         (["--num-classes", "12"], "shape mismatches (anchors.0.head.weight: checkpoint [10, 32] vs model [12, 32])"),
-        (["--stitch-layer", "lora"], "was trained with stitch_layer=linear but this run has stitch_layer=lora"),
+        (
+            ["--stitch-layer", "lora", "--lora-rank", "4"],
+            "was trained with stitch_layer=linear but this run has stitch_layer=lora",
+        ),
         (["--epochs", "3"], "follows a schedule of --epochs 1 (1 done)"),
         (["--sample-by", "flops-groups", "--flops-gap", "-1"], "--flops-gap must be >= 0"),
         (["--sample-by", "flops-groups", "--flops-gap", "1.0"], "puts all 12 networks"),
@@ -187,7 +190,7 @@ def test_launcher_refuses_before_any_worker_starts(run, tmp_path):
     """Under distributed_train.sh an argument error is one line (checked before torchrun starts)."""
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     before = snapshot(run.parent)
-    extra = ["--experiment", "run", "--stitch-layer", "lora"]  # a rerun refused by its checkpoint
+    extra = ["--experiment", "run", "--stitch-layer", "lora", "--lora-rank", "4"]  # a rerun refused by its checkpoint
     proc = subprocess.run(
         [str(REPO / "distributed_train.sh"), "2", *TRAIN, "--output", str(run.parent), *extra],
         capture_output=True,
