@@ -72,8 +72,8 @@ def parse_eval_config(argv: Optional[Sequence[str]] = None) -> EvalConfig:
     return eval_config(args, defaults_of(parser, given_on_command_line(build_eval_parser(), argv)), argv)
 
 
-def _export_only(a: Any) -> bool:
-    return a.export is not None and str(a.export) != "best"
+def _export_only(a: Any) -> bool:  # 'best' and 'frontier' pick from a sweep; ids export without one
+    return a.export is not None and str(a.export).strip() not in ("best", "frontier")
 
 
 def _reads_data(a: Any) -> bool:
