@@ -34,6 +34,7 @@ from ..config import plain
 from ..core.routes import parse_route, route_name
 from ..data.datasets import create_dataset, ls_init_images, resolve_num_classes
 from ..data.loaders import build_loaders, data_config_for
+from ..data.sources import DataOptions
 from ..distributed import DistInfo, init_distributed
 from ..errors import ConfigError, DataError, OneLineArgumentParser, exit_on_user_error
 from ..io.lock import LOCK_NAME, check_folder_free, hold_folder
@@ -150,8 +151,9 @@ def run_lab(
     base = base_args(spec)
     out_dir = Path(opts.output) / (opts.experiment or Path(spec.path).stem)
     check_lab_dir(out_dir, spec, opts, shard_lock(shard))
-    train_ds = create_dataset(base.dataset, base.data_dir, base.train_split, base.img_size)
-    val_ds = create_dataset(base.dataset, base.data_dir, base.val_split, base.img_size)
+    opts = DataOptions.from_args(base)
+    train_ds = create_dataset(base.dataset, base.data_dir, base.train_split, base.img_size, opts=opts, training=True)
+    val_ds = create_dataset(base.dataset, base.data_dir, base.val_split, base.img_size, opts=opts)
     num_classes = resolve_num_classes(base.num_classes, train_ds)
     anchors_net = _anchors_net(base, num_classes)
     data_cfg = data_config_for(anchors_net, train_ds)
