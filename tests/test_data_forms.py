@@ -1,0 +1,137 @@
+"""The same digits as an ImageFolder, a Hugging Face dataset (save_to_disk), WebDataset shards and
+torchvision's MNIST files (snnet.data.forms): the same images, labels and LS-init batch, the same
+sweep table, equal weights after training where the order is the same (the map-style forms), an
+exact resume and disjoint per-rank shares of the shards, and one ``error:`` line for bad input.
+The ImageFolder form is the reference each other form is compared with."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_DEIT_ARGS, run_entry
+from test_failures import one_error_line
+
+from snnet.data.datasets import create_dataset, ls_init_images, num_classes_of
+from snnet.data.forms import write_forms, write_shards
+from snnet.data.sources import DataOptions
+from snnet.evaluate.main import main as eval_main
+from snnet.evaluate.predict import class_names
+from snnet.train.main import main as train_main
+from snnet.train.trainer import TrainingInterrupted
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = TINY_DEIT_ARGS[2:]  # without --dataset digits
+RUN = ["--epochs", "2", "--max-steps-per-epoch", "3", "-b", "8", "--warmup-epochs", "0", "--lr", "1e-3"]
+CFG = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
+
+
+@pytest.fixture(scope="module")
+def forms(tmp_path_factory) -> dict[str, list[str]]:
+    """Each form's data flags (the HF cache in its own folder, as timm's --data-dir for hfds)."""
+    root = write_forms(tmp_path_factory.mktemp("forms"))
+    return {
+        "folder": ["--data-dir", str(root / "folder")],
+        "hfds": ["--dataset", f"hfds/{root / 'hfds'}", "--data-dir", str(root / "hf-cache")],
+        "torch": ["--dataset", "torch/mnist", "--data-dir", str(root / "torch")],
+        "wds": ["--dataset", f"wds/{root / 'wds'}"],
+    }
+
+
+def _open(flags: list[str], split: str, training: bool = False):
+    name = flags[flags.index("--dataset") + 1] if "--dataset" in flags else ""
+    data_dir = flags[flags.index("--data-dir") + 1] if "--data-dir" in flags else None
+    return create_dataset(name, data_dir, split, opts=DataOptions(), training=training)
+
+
+def _items(ds) -> list[tuple[int, bytes]]:
+    """(label, pixels) of every image, in the dataset's order."""
+    import numpy as np
+
+    return [(int(y), np.asarray(x).tobytes()) for x, y in (ds if hasattr(ds, "configure") else map(ds.__getitem__, range(len(ds))))]
+
+
+def test_every_form_holds_the_same_images_labels_classes_and_ls_init(forms):
+    ref = _open(forms["folder"], "train", True)
+    ref_items, ref_ls = _items(ref), ls_init_images(ref, 7, CFG, seed=3)
+    assert len(ref_items) == 40 and sorted({y for y, _ in ref_items}) == list(range(10))
+    for form in ("hfds", "torch"):  # map-style: the same images in the same order
+        ds = _open(forms[form], "train", True)
+        assert _items(ds) == ref_items, form
+        names = class_names(10, ds)  # torchvision's MNIST names its classes '0 - zero', ...
+        assert num_classes_of(ds) == 10 and [n.split(" ")[0] for n in names] == class_names(10, ref)
+        assert torch.equal(ls_init_images(ds, 7, CFG, seed=3), ref_ls), form
+    stream = _open(forms["wds"], "train", True)
+    assert sorted(_items(stream)) == sorted(ref_items)  # the same images, in shard order
+    assert num_classes_of(stream) == 10 and class_names(10, stream) == class_names(10, ref)
+    # a stream's LS-init images are its first ones in shard order: shard 0 holds images 0, 2, 4, ...
+    from timm.data import create_transform
+
+    eval_tf = create_transform(32, interpolation="bilinear", crop_pct=1.0, mean=CFG["mean"], std=CFG["std"])
+    first = torch.stack([eval_tf(ref[i][0]) for i in range(0, 14, 2)])
+    assert torch.equal(ls_init_images(stream, 7, CFG, seed=3), first)
+
+
+def _train(flags: list[str], out: Path, name: str, *extra) -> dict:
+    assert run_entry(train_main, [*TINY, *flags, *RUN, "--ls-init", "--ls-init-images", "8", *extra,
+                                  "--output", out, "--experiment", name]) == 0  # fmt: skip
+    return torch.load(out / name / "last.pth.tar", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _top1(flags: list[str], ckpt: Path, out: Path) -> dict[str, str]:
+    assert run_entry(eval_main, [*TINY, *flags, "--resume", ckpt, "--output", out, "-b", "16"]) == 0
+    with open(out / "stitches.csv") as f:
+        return {r["cfg_id"]: r["top1"] for r in csv.DictReader(f)}
+
+
+def test_training_and_the_sweep_agree_across_forms(forms, tmp_path):
+    ref = _train(forms["folder"], tmp_path, "folder")
+    for form in ("hfds", "torch"):  # same order, same augmentation seeds: equal weights
+        state = _train(forms[form], tmp_path, form)
+        assert all(torch.equal(ref[k], state[k]) for k in ref), form
+    ckpt = tmp_path / "folder" / "last.pth.tar"
+    table = _top1(forms["folder"], ckpt, tmp_path / "sweep-folder")
+    assert len(table) == 12 and len(set(table.values())) > 1  # a real table, not all equal
+    for form in ("hfds", "torch", "wds"):
+        assert _top1(forms[form], ckpt, tmp_path / f"sweep-{form}") == table, form
+
+
+def test_stream_training_resumes_exactly(forms, tmp_path):
+    """A stream run stopped at global step 4 (in its second epoch) and resumed equals the run that
+    was never stopped: the epoch's stream is read again and its first batch dropped."""
+    full = _train(forms["wds"], tmp_path, "full", "--workers", "1")
+    stop = functools.partial(train_main, stop_check=lambda t: t.global_step == 4)
+    args = [*TINY, *forms["wds"], *RUN, "--ls-init", "--ls-init-images", "8", "--workers", "1"]
+    with pytest.raises(TrainingInterrupted):
+        stop([str(a) for a in [*args, "--output", tmp_path, "--experiment", "split"]])
+    resumed = _train(forms["wds"], tmp_path, "split", "--workers", "1")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    steps = [json.loads(s) for s in (tmp_path / "split" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 7))
+
+
+@pytest.mark.parametrize("world,workers,shards", [(2, 1, 2), (2, 2, 4)])
+def test_each_rank_reads_its_own_shards(tmp_path, world, workers, shards):
+    write_shards(tmp_path, "val", [_tiny_png(i) for i in range(16)], [i % 10 for i in range(16)], shards)
+    seen = []
+    for rank in range(world):
+        stream = create_dataset("wds/x", tmp_path, "val-{000000..%06d}.tar|16" % (shards - 1))
+        stream.configure(False, 0, rank, world)
+        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
+        seen.append(sorted(int(x.getpixel((0, 0))[0]) for x, _ in loader))
+    assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(16)), seen
+
+
+def _tiny_png(value: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (4, 4), value).save(buf, format="PNG")
+    return buf.getvalue()
