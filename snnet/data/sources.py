@@ -131,8 +131,10 @@ def _torchvision(name: str, data_dir: Optional[str], split: str, opts: DataOptio
 
 
 def _hfds(name: str, data_dir: Optional[str], split: str, opts: DataOptions):
+    import datasets
     from timm.data import create_dataset
 
+    datasets.disable_progress_bars()  # a refusal is one line; the runs log their own progress
     keys = {k: v for k, v in (("input_key", opts.input_key), ("target_key", opts.target_key)) if v}
     try:
         ds = create_dataset(
@@ -146,12 +148,16 @@ def _hfds(name: str, data_dir: Optional[str], split: str, opts: DataOptions):
             f"and the image and label columns (--input-key/--target-key)"
         ) from None
     reader = ds.reader
-    columns = reader.dataset.column_names
-    for flag, key in (("--input-key", reader.image_key), ("--target-key", reader.label_key)):
-        if key not in columns:
-            raise DataError(f"{name} has no column '{key}' (columns: {', '.join(columns)}): pass {flag} <column>")
     if len(ds) == 0:
         raise DataError(f"split '{split}' of {name} is empty: pick another with --train-split/--val-split")
+    # timm casts the image column, which datasets does by adding a column of None when it is missing
+    first = reader.dataset[0]
+    missing = [(flag, k) for flag, k in (("--input-key", reader.image_key), ("--target-key", reader.label_key))
+               if first.get(k) is None]  # fmt: skip
+    if missing:
+        flag, key = missing[0]
+        columns = [c for c in reader.dataset.column_names if c != reader.image_key or first.get(c) is not None]
+        raise DataError(f"{name} has no column '{key}' (columns: {', '.join(columns)}): pass {flag} <column>")
     if not reader.class_to_idx:
         raise DataError(
             f"the labels of {name} ('{reader.label_key}') are not a ClassLabel column: encode them "

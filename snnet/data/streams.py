@@ -100,12 +100,17 @@ class ShardStream(torch.utils.data.IterableDataset):
         else:
             label = members["cls"][1].decode().strip()
         try:
-            int(label)
+            label = int(label)
         except ValueError:
             raise DataError(
                 f"{self.shards[0]}: label '{label}' is a string: write class indices (0..N-1) and the names with "
                 f"--class-map"
             ) from None
+        if self.classes and not 0 <= label < len(self.classes):
+            raise DataError(
+                f"{self.shards[0]}: label {label} is outside the classes 0..{len(self.classes) - 1}: fix the labels, "
+                f"or give all class names (--class-map)"
+            )
 
     def configure(self, is_training: bool, seed: int, rank: int = 0, world: int = 1, batch_size: int = 1):
         """What a pass depends on; the timm reader is built in the process that iterates."""
@@ -144,7 +149,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         n_classes = len(self.classes) if self.classes else None
         for i, (image, target) in enumerate(self._reader(worker, workers)):
             if n_classes is not None and not 0 <= int(target) < n_classes:
-                raise DataError(f"label {target} in {self.root} is outside 0..{n_classes - 1}: fix the shards' labels")
+                raise DataError(
+                    f"label {target} in {self.root} is outside the classes 0..{n_classes - 1}: fix the labels"
+                )
             if self.transform is not None:
                 with _seeded(_stream_seed(self.seed, self.epoch, self.rank, worker, i)):
                     image = self.transform(image)
