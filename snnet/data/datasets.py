@@ -112,19 +112,20 @@ def create_dataset(
     split: str,
     img_size: int | None = None,
     seed: int | None = None,
-    opts: DataOptions | None = None,
+    opts: DataOptions | Any = None,
     training: bool = False,
 ):
     """``name='digits'``: that split of the digits; a timm name (``torch/``, ``hfds/``, ``wds/``):
     timm's factory (:mod:`snnet.data.sources`); empty ``name``: the ImageFolder ``data_dir/split``.
 
-    ``opts`` are timm's dataset options (class map, image mode, columns, sample counts);
+    ``opts`` are timm's dataset options (class map, image mode, columns, sample counts), or a
+    run config holding them;
     ``training`` says the split is trained on (a stream then takes ``--train-num-samples``).
     ``img_size`` and ``seed`` never change the data. Resizing is the transform's job, and the
     digits split is always that of seed 0, so that runs with different training seeds are
     validated on the same images.
     """
-    opts = opts or DataOptions()
+    opts = opts if isinstance(opts, DataOptions) else DataOptions.from_args(opts or object())
     if name and name != "digits":
         return open_timm_dataset(name, None if data_dir is None else str(data_dir), split, opts, training)
     check_folder_options(opts)

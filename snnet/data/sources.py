@@ -82,7 +82,8 @@ def _check_option_use(name: str, opts: DataOptions) -> None:
             f"{flag} has no effect: it names a column of an hfds/ or wds/ dataset, not of {name or 'a folder'}"
         )
     if prefix != "wds" and (opts.train_num_samples or opts.val_num_samples):
-        raise DataError("--train-num-samples/--val-num-samples have no effect: they size a wds/ stream; drop them")
+        flag = "--train-num-samples" if opts.train_num_samples else "--val-num-samples"
+        raise DataError(f"{flag} has no effect: it sizes a wds/ stream, not {name or 'a folder'}; drop it")
     if prefix != "torch" and opts.dataset_download:
         raise DataError(
             f"--dataset-download has no effect: only torch/<name> datasets download, not {name or 'a folder'}"

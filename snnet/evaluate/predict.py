@@ -83,8 +83,13 @@ PREDICT_RULES = (
         for dest in (
             "anchors", "pretrained", "anchor_checkpoints", "num_classes", "img_size", "model_kwargs", "anchor_kwargs",
             "kernel_size", "stride", "nearest", "stages", "stitching", "stitch_layer", "stitch_stride", "lora_rank",
-            "routes", "class_token", "prefix_tokens", "official_forward", "dataset", "data_dir",
+            "routes", "class_token", "prefix_tokens", "official_forward", "dataset", "data_dir", "class_map",
+            "input_img_mode", "input_key", "target_key", "dataset_download", "dataset_trust_remote_code",
         )
+    ),
+    *(
+        Needs(dest, lambda a: False, "sizes a wds/ training or validation stream, and predict.py reads class names only")
+        for dest in ("train_num_samples", "val_num_samples")
     ),
 )  # fmt: skip
 

@@ -71,6 +71,8 @@ def build_lab_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the config's, else cuda if available)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="the dataset folder (train/ and val/), instead of the config's data_dir")
+    parser.add_argument("--dataset", default=None, metavar="NAME",
+                        help="the dataset (digits, torch/<name>, hfds/<path>, wds/<dir>), instead of the config's")
     parser.add_argument("--check-args", action="store_true", default=False,
                         help="only check the config and --cell-shard, then exit (distributed_train.sh does this "
                              "before starting the workers)")
@@ -86,6 +88,10 @@ def main(argv: Optional[list[str]] = None, on_chunk_done: Optional[ChunkCallback
     spec = load_lab_spec(opts.config)
     if opts.data_dir:  # where the data lives is the machine's, not the grid's: not in the fingerprint
         spec = dataclasses.replace(spec, train={**spec.train, "data_dir": opts.data_dir})
+    if opts.dataset:  # which data it is is the grid's: in the fingerprint, as if the config said it
+        spec = dataclasses.replace(
+            spec, train={**spec.train, "dataset": opts.dataset}, raw={**spec.raw, "dataset": opts.dataset}
+        )
     shard = parse_shard(opts.cell_shard)
     if opts.check_args:
         return 0
