@@ -187,3 +187,41 @@ def test_bad_data_is_one_error_line_and_writes_nothing(case, forms, bad, tmp_pat
     code = run_entry(train_main, [*TINY, *args, "--epochs", "1", "--output", tmp_path / "out"])
     assert fragment in one_error_line(code, capsys)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_docs_data_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    """docs/data.md's ```bash commands, in order, as written, from a folder that looks like the
+    repository root (its scripts and configs linked): the python ones in this process (each
+    script's main with the command's words), ``./distributed_train.sh`` as a real two-rank run."""
+    import os
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from snnet.data import forms as forms_module
+    from snnet.evaluate.predict import main as predict_main
+
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("train.py", "distributed_train.sh", "configs"):
+        (tmp_path / name).symlink_to(repo / name)
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```bash\n(.*?)```", (repo / "docs" / "data.md").read_text(), re.S)
+    commands = [c.strip() for c in "\n".join(blocks).replace("\\\n", " ").splitlines() if c.strip()]
+    mains = {"train.py": train_main, "eval.py": eval_main, "predict.py": predict_main}
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    for command in commands:
+        words = shlex.split(command)
+        if words[:3] == ["python", "-m", "snnet.data.forms"]:
+            monkeypatch.setattr(sys, "argv", words[2:])
+            forms_module.main()
+        elif words[0] == "python":
+            assert run_entry(mains[words[1]], words[2:]) == 0, command
+        else:
+            proc = subprocess.run(words, env=env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for run in ("folder", "hfds", "mnist", "wds", "wds-pattern", "wds-2ranks"):
+        assert (tmp_path / "output" / "train" / run / "last.pth.tar").is_file(), run
+    assert len((tmp_path / "output" / "eval-wds" / "stitches.csv").read_text().splitlines()) == 13
+    assert "top-" in capsys.readouterr().out.lower()  # predict.py's table
