@@ -54,6 +54,7 @@ def _write_folder(root: Path, split: str, pngs: Sequence[bytes], labels: Sequenc
 def _write_hfds(root: Path, splits: dict) -> None:
     import datasets
 
+    datasets.disable_progress_bars()  # the writers' callers print their own lines
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(c) for c in range(10)])}
     )

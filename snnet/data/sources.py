@@ -105,7 +105,8 @@ class TorchvisionImages(torch.utils.data.Dataset):
     def __init__(self, dataset, mode: str):
         self.dataset = dataset
         self.mode = mode
-        self.classes = list(dataset.classes)
+        classes = getattr(dataset, "classes", None)  # ImageNet's are tuples of synonyms: the first names it
+        self.classes = None if classes is None else [c[0] if isinstance(c, tuple) else c for c in classes]
         self.transform = None
 
     def __len__(self) -> int:

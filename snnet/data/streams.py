@@ -162,7 +162,7 @@ def first_images(stream: ShardStream, n: int) -> list:
     """The first ``n`` images of the split in shard order (no shuffle): a stream's LS-init images."""
     view = ShardStream.__new__(ShardStream)
     view.__dict__.update(stream.__dict__)
-    view.is_training, view.world, view.rank, view.epoch = False, 1, 0, 0
+    view.is_training, view.world, view.rank, view.epoch, view.transform = False, 1, 0, 0, None
     images = []
     for image, _ in view:
         images.append(image)
