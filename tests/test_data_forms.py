@@ -19,6 +19,7 @@ from test_failures import one_error_line
 from snnet.data.datasets import create_dataset, ls_init_images, num_classes_of
 from snnet.data.forms import write_forms, write_shards
 from snnet.data.sources import DataOptions
+from snnet.errors import DataError
 from snnet.evaluate.main import main as eval_main
 from snnet.evaluate.predict import class_names
 from snnet.train.main import main as train_main
@@ -129,6 +130,14 @@ def test_each_rank_reads_its_own_shards(tmp_path, world, workers, shards):
         loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
         seen.append(sorted(int(x.getpixel((0, 0))[0]) for x, _ in loader))
     assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(16)), seen
+
+
+def test_fewer_shards_than_loader_workers_is_refused(tmp_path):
+    write_shards(tmp_path, "val", [_tiny_png(i) for i in range(4)], [0, 1, 2, 3], 2)
+    stream = create_dataset("wds/x", tmp_path, "val-{000000..000001}.tar|4")
+    stream.configure(False, 0, 0, 2, workers=1)  # 2 shards, 2 ranks x 1 worker: fine
+    with pytest.raises(DataError, match=r"2 shard\(s\) for 2 rank\(s\) x 2 loader worker\(s\).*--workers 1"):
+        stream.configure(False, 0, 0, 2, workers=2)
 
 
 def _tiny_png(value: int) -> bytes:

@@ -85,7 +85,7 @@ def eval_loader(
     from timm.data.loader import fast_collate
 
     if isinstance(dataset, ShardStream):  # timm's reader gives each rank its shards
-        dataset.configure(False, 0, rank, world)
+        dataset.configure(False, 0, rank, world, workers=workers)
         return torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, num_workers=workers, collate_fn=fast_collate, pin_memory=pin_memory
         )
@@ -207,7 +207,7 @@ def build_loaders(train_ds, val_ds, args: Namespace, info: DistInfo, data_cfg: d
         use_prefetcher=True,  # uint8 out; normalisation and random erasing in BatchPrep
     )
     if isinstance(train_ds, ShardStream):  # the loader is its own "sampler": set_epoch, num_samples
-        train_ds.configure(True, args.seed, info.rank, info.world_size, args.batch_size)
+        train_ds.configure(True, args.seed, info.rank, info.world_size, args.batch_size, args.workers)
         sampler = train_loader = StreamLoader(train_ds, args.batch_size, args.workers, args.pin_mem)
     else:
         sampler, train_loader = _map_loader(train_ds, args, info)

@@ -112,10 +112,20 @@ class ShardStream(torch.utils.data.IterableDataset):
                 f"or give all class names (--class-map)"
             )
 
-    def configure(self, is_training: bool, seed: int, rank: int = 0, world: int = 1, batch_size: int = 1):
-        """What a pass depends on; the timm reader is built in the process that iterates."""
+    def configure(
+        self, is_training: bool, seed: int, rank: int = 0, world: int = 1, batch_size: int = 1, workers: int = 0
+    ):
+        """What a pass depends on; the timm reader is built in the process that iterates. Refuses
+        fewer shards than loader workers over all ranks (a worker without a shard reads nothing)."""
         if is_training and not self.num_samples:
             raise DataError(f"{self.root} split '{self.split}' has no sample count: pass --train-num-samples")
+        readers = world * max(1, workers)
+        if len(self.shards) < readers:
+            raise DataError(
+                f"split '{self.split}' has {len(self.shards)} shard(s) for {world} rank(s) x {max(1, workers)} loader "
+                f"worker(s): each needs one; use --workers {max(0, len(self.shards) // world)} or write "
+                f"at least {readers} shards"
+            )
         self.is_training, self.seed, self.rank, self.world, self.batch_size = is_training, seed, rank, world, batch_size
 
     def set_epoch(self, epoch: int) -> None:
