@@ -234,3 +234,19 @@ def test_docs_data_commands_run_as_written(tmp_path, monkeypatch, capsys):
         assert (tmp_path / "output" / "train" / run / "last.pth.tar").is_file(), run
     assert len((tmp_path / "output" / "eval-wds" / "stitches.csv").read_text().splitlines()) == 13
     assert "top-" in capsys.readouterr().out.lower()  # predict.py's table
+
+
+def test_compose_reads_every_form(forms, tmp_path):
+    """compose.py on each form: the map-style forms give the ImageFolder's candidates (all but the
+    timing column), the shards a table of its own (LS-init images are the stream's first ones)."""
+    from snnet.compose.main import main as compose_main
+
+    pool = ["--pool", *TINY[TINY.index("--anchors") + 1 : TINY.index("--workers")], "--img-size", "32"]
+    pool += ["--stitch-images", "8", "--fit-images", "20", "--max-networks", "3"]
+    tables = {}
+    for form in ("folder", "hfds", "torch", "wds"):
+        assert run_entry(compose_main, [*pool, *forms[form], "--output", tmp_path / form]) == 0, form
+        with open(tmp_path / form / "candidates.csv") as f:
+            tables[form] = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+    assert len(tables["folder"]) == 3 and tables["hfds"] == tables["folder"] and tables["torch"] == tables["folder"]
+    assert len(tables["wds"]) == 3
