@@ -250,3 +250,50 @@ def test_compose_reads_every_form(forms, tmp_path):
             tables[form] = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
     assert len(tables["folder"]) == 3 and tables["hfds"] == tables["folder"] and tables["torch"] == tables["folder"]
     assert len(tables["wds"]) == 3
+
+
+def test_lab_reads_every_form(forms, tmp_path):
+    """lab.py --dataset/--data-dir on each form, two seeds (one loader each over one dataset): the
+    map-style forms give the ImageFolder's cells (all but timings), the shards run."""
+    import yaml
+    from test_lab import RECIPE, ROUTES
+
+    from snnet.io.checkpoint import save_checkpoint
+    from snnet.lab.main import main as lab_main
+    from snnet.run_config import ModelConfig, build_snnet
+
+    net = build_snnet(ModelConfig(anchors=tuple(RECIPE["anchors"]), img_size=32, model_kwargs=RECIPE["model_kwargs"],
+                                  anchor_kwargs=tuple(RECIPE["anchor_kwargs"])), num_classes=10, seed=5)  # fmt: skip
+    paths = [str(tmp_path / f"anchor{i}.pth") for i in range(2)]
+    for model, path in zip(net.anchors, paths):
+        save_checkpoint({"state_dict": model.state_dict()}, path)
+    recipe = {k: v for k, v in RECIPE.items() if k != "dataset"} | {"ls_init_images": 8, "batch_size": 8}
+    grid = {"anchor_checkpoints": paths, "routes": ROUTES[:1], "adapters": ["linear"], "lrs": [2e-3], "seeds": [0, 1]}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({**recipe, **grid}))
+    cells = {}
+    for form in ("folder", "hfds", "wds"):
+        assert run_entry(lab_main, ["-c", tmp_path / "grid.yaml", *forms[form], "--output", tmp_path / form]) == 0
+        with open(tmp_path / form / "grid" / "cells.csv") as f:
+            cells[form] = [
+                {k: v for k, v in r.items() if "second" not in k and "time" not in k} for r in csv.DictReader(f)
+            ]
+    assert len(cells["folder"]) == 2 and cells["hfds"] == cells["folder"]
+    assert len(cells["wds"]) == 2
+
+
+def test_loaders_over_one_stream_keep_their_own_seeds(forms):
+    """lab.py builds one training loader per seed over one dataset: each stream keeps its seed."""
+    from snnet.cli import build_train_parser
+    from snnet.data.loaders import build_loaders
+    from snnet.distributed import DistInfo
+
+    train, val = _open(forms["wds"], "train", True), _open(forms["wds"], "validation")
+    loaders = []
+    for seed in (1, 2, 1):  # all built first, then read: a shared stream would read with the last seed
+        args = build_train_parser().parse_args(["-b", "8", "--workers", "0", "--seed", str(seed)])
+        loaders.append(build_loaders(train, val, args, DistInfo(), {**CFG, "hflip": 0.5})[1])
+    batches = []
+    for loader in loaders:
+        loader.set_epoch(0)
+        batches.append(next(iter(loader)))
+    assert torch.equal(batches[0][0], batches[2][0]) and not torch.equal(batches[0][0], batches[1][0])

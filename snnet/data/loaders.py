@@ -8,6 +8,7 @@ Evaluation and the trainer's validation read the data the same way: :func:`eval_
 
 from __future__ import annotations
 
+import copy
 import os
 from argparse import Namespace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -207,8 +208,9 @@ def build_loaders(train_ds, val_ds, args: Namespace, info: DistInfo, data_cfg: d
         use_prefetcher=True,  # uint8 out; normalisation and random erasing in BatchPrep
     )
     if isinstance(train_ds, ShardStream):  # the loader is its own "sampler": set_epoch, num_samples
-        train_ds.configure(True, args.seed, info.rank, info.world_size, args.batch_size, args.workers)
-        sampler = train_loader = StreamLoader(train_ds, args.batch_size, args.workers, args.pin_mem)
+        stream = copy.copy(train_ds)  # its own seed: lab.py builds one loader per seed over one dataset
+        stream.configure(True, args.seed, info.rank, info.world_size, args.batch_size, args.workers)
+        sampler = train_loader = StreamLoader(stream, args.batch_size, args.workers, args.pin_mem)
     else:
         sampler, train_loader = _map_loader(train_ds, args, info)
     # Validation reads the data as eval.py does: each rank its unpadded shard, in order.

@@ -157,9 +157,11 @@ def run_lab(
     base = base_args(spec)
     out_dir = Path(opts.output) / (opts.experiment or Path(spec.path).stem)
     check_lab_dir(out_dir, spec, opts, shard_lock(shard))
-    opts = DataOptions.from_args(base)
-    train_ds = create_dataset(base.dataset, base.data_dir, base.train_split, base.img_size, opts=opts, training=True)
-    val_ds = create_dataset(base.dataset, base.data_dir, base.val_split, base.img_size, opts=opts)
+    data_opts = DataOptions.from_args(base)
+    train_ds = create_dataset(
+        base.dataset, base.data_dir, base.train_split, base.img_size, opts=data_opts, training=True
+    )
+    val_ds = create_dataset(base.dataset, base.data_dir, base.val_split, base.img_size, opts=data_opts)
     num_classes = resolve_num_classes(base.num_classes, train_ds)
     anchors_net = _anchors_net(base, num_classes)
     data_cfg = data_config_for(anchors_net, train_ds)
