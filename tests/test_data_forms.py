@@ -67,8 +67,7 @@ def test_every_form_holds_the_same_images_labels_classes_and_ls_init(forms):
     for form in ("hfds", "torch"):  # map-style: the same images in the same order
         ds = _open(forms[form], "train", True)
         assert _items(ds) == ref_items, form
-        names = class_names(10, ds)  # torchvision's MNIST names its classes '0 - zero', ...
-        assert num_classes_of(ds) == 10 and [n.split(" ")[0] for n in names] == class_names(10, ref)
+        assert num_classes_of(ds) == 10  # names: torchvision's MNIST has its own ('0 - zero', ...)
         assert torch.equal(ls_init_images(ds, 7, CFG, seed=3), ref_ls), form
     stream = _open(forms["wds"], "train", True)
     assert sorted(_items(stream)) == sorted(ref_items)  # the same images, in shard order
@@ -297,3 +296,22 @@ def test_loaders_over_one_stream_keep_their_own_seeds(forms):
         loader.set_epoch(0)
         batches.append(next(iter(loader)))
     assert torch.equal(batches[0][0], batches[2][0]) and not torch.equal(batches[0][0], batches[1][0])
+
+
+def test_predict_names_come_from_each_form(forms):
+    """predict.py's class names (prediction_info, as written beside an export): the folder names,
+    the HF ClassLabel names, torchvision's MNIST names, the shards' _info.json classes."""
+    from snnet.evaluate.predict import prediction_info
+    from snnet.run_config import ModelConfig, build_snnet
+
+    args = TINY_DEIT_ARGS
+    net = build_snnet(ModelConfig(anchors=tuple(args[args.index("--anchors") + 1 : args.index("--anchors") + 3]),
+                                  img_size=32, model_kwargs={"patch_size": 4, "depth": 4},
+                                  anchor_kwargs=({"embed_dim": 32, "num_heads": 2}, {"embed_dim": 64, "num_heads": 4})),
+                      num_classes=10)  # fmt: skip
+    digits = [f"digit{c}" for c in range(10)]
+    for form, names in (("folder", digits), ("hfds", digits), ("wds", digits), ("torch", ["0 - zero", "1 - one"])):
+        flags = forms[form]
+        name = flags[flags.index("--dataset") + 1] if "--dataset" in flags else ""
+        info = prediction_info(net, name, flags[flags.index("--data-dir") + 1] if "--data-dir" in flags else None)
+        assert info["class_names"][: len(names)] == names, form

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 SPLITS = {"train": "train", "validation": "val"}  # HF/wds split name -> ImageFolder folder
+CLASSES = [f"digit{c}" for c in range(10)]  # names, not indices: a test can tell them from a fallback
 
 
 def digit_images(per_class: int, size: int, offset: int = 0) -> tuple[list[np.ndarray], list[int]]:
@@ -46,7 +47,7 @@ def _png(image: np.ndarray) -> bytes:
 
 def _write_folder(root: Path, split: str, pngs: Sequence[bytes], labels: Sequence[int]) -> None:
     for k, (png, c) in enumerate(zip(pngs, labels)):
-        path = root / SPLITS[split] / str(c) / f"{k:05d}.png"
+        path = root / SPLITS[split] / CLASSES[c] / f"{k:05d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(png)
 
@@ -56,7 +57,7 @@ def _write_hfds(root: Path, splits: dict) -> None:
 
     datasets.disable_progress_bars()  # the writers' callers print their own lines
     features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(c) for c in range(10)])}
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)}
     )
     parts = {
         split: datasets.Dataset.from_dict(
@@ -106,7 +107,7 @@ def write_forms(root: str | Path, per_class: int = 4, val_per_class: int = 2, si
         "validation": digit_images(val_per_class, size, offset=per_class),
     }
     pngs = {s: ([_png(i) for i in imgs], labels) for s, (imgs, labels) in raw.items()}
-    info: dict = {"name": "digits", "classes": [str(c) for c in range(10)], "splits": {}}
+    info: dict = {"name": "digits", "classes": CLASSES, "splits": {}}
     for split, (p, labels) in pngs.items():
         _write_folder(root / "folder", split, p, labels)
         info["splits"][split] = write_shards(root / "wds", split, p, labels, shards)
