@@ -56,9 +56,7 @@ def _write_hfds(root: Path, splits: dict) -> None:
     import datasets
 
     datasets.disable_progress_bars()  # the writers' callers print their own lines
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)}
-    )
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
     parts = {
         split: datasets.Dataset.from_dict(
             {"image": [{"bytes": p, "path": None} for p in pngs], "label": list(labels)}, features=features
