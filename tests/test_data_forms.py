@@ -180,6 +180,7 @@ BAD = {
     "string labels (hfds)": (["--dataset", "hfds/{bad}/hf-strings", "--data-dir", "{bad}/cache"],
                              "are not a ClassLabel column: encode them"),
     "column option on a folder": (["{folder}", "--target-key", "labels"], "--target-key has no effect"),
+    "class map on a torchvision set": (["{torch}", "--class-map", "m.txt"], "--class-map has no effect on torch/mnist"),
 }  # fmt: skip
 
 

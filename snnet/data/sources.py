@@ -84,6 +84,8 @@ def _check_option_use(name: str, opts: DataOptions) -> None:
     if prefix != "wds" and (opts.train_num_samples or opts.val_num_samples):
         flag = "--train-num-samples" if opts.train_num_samples else "--val-num-samples"
         raise DataError(f"{flag} has no effect: it sizes a wds/ stream, not {name or 'a folder'}; drop it")
+    if prefix == "torch" and opts.class_map:
+        raise DataError(f"--class-map has no effect on {name}: its classes are torchvision's; drop it")
     if prefix != "torch" and opts.dataset_download:
         raise DataError(
             f"--dataset-download has no effect: only torch/<name> datasets download, not {name or 'a folder'}"
