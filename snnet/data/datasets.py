@@ -1,6 +1,7 @@
-"""Datasets: scikit-learn's handwritten digits (the offline default) and ImageFolder.
+"""Datasets: scikit-learn's handwritten digits (the offline default), ImageFolder, and timm's
+named datasets (``torch/``, ``hfds/``, ``wds/``: :mod:`snnet.data.sources`).
 
-Both yield ``(PIL RGB image, int target)`` and carry a settable ``transform``, so timm's
+All yield ``(PIL RGB image, int target)`` and carry a settable ``transform``, so timm's
 transforms and loaders (``timm.data.create_transform`` / ``create_loader``) apply to the digits
 exactly as they apply to ImageNet. The loaders train.py and eval.py use are :mod:`snnet.data.loaders`.
 """
