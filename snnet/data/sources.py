@@ -61,8 +61,8 @@ def check_name(name: str) -> None:
     prefix = prefix_of(name)
     if prefix in ("hfids", "tfds"):
         raise DataError(
-            f"--dataset {name}: streaming '{prefix}/' datasets need the network; save the data with "
-            f"save_to_disk and use hfds/<path>, or write WebDataset shards and use wds/<dir>"
+            f"--dataset {name}: snnet does not read '{prefix}/' (hfids streams from the hub, tfds needs "
+            f"TensorFlow): save the data with save_to_disk and use hfds/<path>, or write shards and use wds/<dir>"
         )
     if prefix not in PREFIXES:
         raise DataError(
