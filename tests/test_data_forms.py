@@ -316,3 +316,17 @@ def test_predict_names_come_from_each_form(forms):
         name = flags[flags.index("--dataset") + 1] if "--dataset" in flags else ""
         info = prediction_info(net, name, flags[flags.index("--data-dir") + 1] if "--data-dir" in flags else None)
         assert info["class_names"][: len(names)] == names, form
+
+
+def test_hf_columns_are_named_by_input_and_target_key(forms, tmp_path):
+    """An HF dataset whose columns are ``img`` and ``labels`` (as beans' ``labels``) reads as the
+    folder does with --input-key img --target-key labels."""
+    import datasets
+
+    hfds = forms["hfds"][1].split("/", 1)[1]
+    renamed = datasets.load_from_disk(hfds).rename_columns({"image": "img", "label": "labels"})
+    renamed.save_to_disk(str(tmp_path / "renamed"))
+    opts = DataOptions(input_key="img", target_key="labels")
+    ds = create_dataset(f"hfds/{tmp_path / 'renamed'}", tmp_path / "cache", "train", opts=opts)
+    assert _items(ds) == _items(_open(forms["folder"], "train"))
+    assert class_names(10, ds) == [f"digit{c}" for c in range(10)]
