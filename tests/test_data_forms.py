@@ -330,3 +330,13 @@ def test_hf_columns_are_named_by_input_and_target_key(forms, tmp_path):
     ds = create_dataset(f"hfds/{tmp_path / 'renamed'}", tmp_path / "cache", "train", opts=opts)
     assert _items(ds) == _items(_open(forms["folder"], "train"))
     assert class_names(10, ds) == [f"digit{c}" for c in range(10)]
+
+
+def test_class_map_renumbers_a_folders_classes(forms, tmp_path):
+    """--class-map (timm's: one class name per line, index = line) on a folder: labels follow the map."""
+    names = [f"digit{c}" for c in reversed(range(10))]
+    (tmp_path / "map.txt").write_text("\n".join(names) + "\n")
+    ref = _open(forms["folder"], "train")
+    ds = create_dataset("", forms["folder"][1], "train", opts=DataOptions(class_map=str(tmp_path / "map.txt")))
+    assert [(9 - y, x) for y, x in _items(ds)] == _items(ref)
+    assert class_names(10, ds) == names
