@@ -37,7 +37,7 @@ def _stream_seed(*keys: int) -> int:
 
 class ShardStream(torch.utils.data.IterableDataset):
     """One split of WebDataset shards (``root``, timm's ``split`` string) as an iterable dataset of
-    ``(image, int label)`` with a settable ``transform``, classes when known, and per-rank length.
+    ``(image, int label)`` with a settable ``transform``, classes when known, and a length.
 
     :meth:`configure` sets what a pass depends on (training or not, seed, rank, world size,
     batch size); :meth:`set_epoch` the epoch.
@@ -132,8 +132,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        """Samples per rank (timm's estimate: the whole split over the ranks)."""
-        return -(-self.num_samples // self.world)
+        """Samples in the whole split (as a map-style dataset's length: eval.py checks its counts
+        against it); a rank's share is :attr:`StreamLoader.num_samples`."""
+        return self.num_samples
 
     def _reader(self, worker: int, workers: int):
         """timm's ReaderWds for this rank and worker, with seeds of (seed, epoch, rank, worker)."""
@@ -196,7 +197,8 @@ class StreamLoader:
 
     @property
     def num_samples(self) -> int:
-        return len(self.stream)
+        """Training samples per rank per epoch (timm's: the split over the ranks, rounded up)."""
+        return -(-len(self.stream) // self.stream.world)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.stream.set_epoch(epoch)
