@@ -105,18 +105,25 @@ def test_training_and_the_sweep_agree_across_forms(forms, tmp_path):
         assert _top1(forms[form], tmp_path / f"sweep-{form}") == table, form
 
 
-def test_stream_training_resumes_exactly(forms, tmp_path):
+def test_stream_training_resumes_exactly(forms, tmp_path, capsys):
     """A stream run stopped at global step 4 (in its second epoch) and resumed equals the run that
-    was never stopped: the epoch's stream is read again and its first batch dropped."""
+    was never stopped: the epoch's stream is read again and its first batch dropped. Resumed with
+    other --workers (another stream), the run says so."""
     full = _train(forms["wds"], tmp_path, "full", "--workers", "1")
     stop = functools.partial(train_main, stop_check=lambda t: t.global_step == 4)
     args = [*TINY, *forms["wds"], *RUN, "--ls-init", "--ls-init-images", "8", "--workers", "1"]
     with pytest.raises(TrainingInterrupted):
         stop([str(a) for a in [*args, "--output", tmp_path, "--experiment", "split"]])
+    with pytest.raises(TrainingInterrupted):  # the same stop, to be resumed with another --workers
+        stop([str(a) for a in [*args, "--output", tmp_path, "--experiment", "other"]])
+    capsys.readouterr()
     resumed = _train(forms["wds"], tmp_path, "split", "--workers", "1")
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     steps = [json.loads(s) for s in (tmp_path / "split" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, 7))
+    assert "another stream" not in capsys.readouterr().out
+    _train(forms["wds"], tmp_path, "other", "--workers", "0")
+    assert "read its shards with --workers 1, this run has 0" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("world,workers,shards", [(2, 1, 2), (2, 2, 4)])
