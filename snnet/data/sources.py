@@ -138,13 +138,21 @@ def _hfds(name: str, data_dir: Optional[str], split: str, opts: DataOptions):
     import datasets
     from timm.data import create_dataset
 
+    from huggingface_hub.utils import logging as hub_logging
+
     datasets.disable_progress_bars()  # a refusal is one line; the runs log their own progress
+    hub_logging.set_verbosity_error()  # the hub's retry warnings too: the refusal below says it
     keys = {k: v for k, v in (("input_key", opts.input_key), ("target_key", opts.target_key)) if v}
     try:
         ds = create_dataset(
             name, root=data_dir, split=split, class_map=_class_map(opts), input_img_mode=opts.input_img_mode,
             trust_remote_code=opts.dataset_trust_remote_code, **keys,
         )  # fmt: skip
+    except ConnectionError as e:  # a hub name with no network (and not in the cache)
+        raise DataError(
+            f"cannot reach the Hugging Face hub for {name} ({type(e).__name__}): save the dataset with save_to_disk "
+            f"where there is a network and pass hfds/<that folder>, or fill the cache (--data-dir) first"
+        ) from None
     except (FileNotFoundError, ValueError, KeyError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(
