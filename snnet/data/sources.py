@@ -136,9 +136,8 @@ def _torchvision(name: str, data_dir: Optional[str], split: str, opts: DataOptio
 
 def _hfds(name: str, data_dir: Optional[str], split: str, opts: DataOptions):
     import datasets
-    from timm.data import create_dataset
-
     from huggingface_hub.utils import logging as hub_logging
+    from timm.data import create_dataset
 
     datasets.disable_progress_bars()  # a refusal is one line; the runs log their own progress
     hub_logging.set_verbosity_error()  # the hub's retry warnings too: the refusal below says it
