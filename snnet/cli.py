@@ -84,7 +84,23 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data-dir", default=None, metavar="DIR",
                        help="ImageFolder root with train/ and val/ (timm layout)")
     group.add_argument("--dataset", default="", metavar="NAME",
-                       help="'digits' for scikit-learn's handwritten digits (offline); empty for --data-dir")
+                       help="'digits' (scikit-learn's, offline); timm's names: torch/<name>, hfds/<name or path>, "
+                            "wds/<dir>; empty for an ImageFolder --data-dir (docs/data.md)")
+    group.add_argument("--class-map", default="", metavar="FILE",
+                       help="class names, one per line (index = line), as timm's: remaps a folder's or hfds labels")
+    group.add_argument("--input-img-mode", default="RGB", metavar="MODE", help="image mode the images are read in")
+    group.add_argument("--input-key", default=None, metavar="KEY",
+                       help="image column (hfds, default image) or shard extension (wds, default jpg;png;webp)")
+    group.add_argument("--target-key", default=None, metavar="KEY",
+                       help="label column (hfds, default label; e.g. labels for beans) or json field (wds)")
+    group.add_argument("--train-num-samples", type=int, default=None, metavar="N",
+                       help="training images in a wds/ split (default: from its _info.json)")
+    group.add_argument("--val-num-samples", type=int, default=None, metavar="N",
+                       help="validation images in a wds/ split (default: from its _info.json)")
+    group.add_argument("--dataset-download", action="store_true", default=False,
+                       help="let a torch/<name> dataset download itself when not on disk")
+    group.add_argument("--dataset-trust-remote-code", action="store_true", default=False,
+                       help="let an hfds/ dataset run its loading script (refused otherwise)")
     group.add_argument("--workers", "-j", type=int, default=2, metavar="N", help="data loading processes")
     group.add_argument("--threads", type=int, default=None, metavar="N",
                        help="CPU threads per process (default: $OMP_NUM_THREADS if set, else 1)")

@@ -49,6 +49,29 @@ CASES = {
         ],
         ["ratio cached / recomputed (candidates per second):", "identical scores: yes"],
     ),
+    "bench_data.py": (
+        [
+            "--per-class",
+            "8",
+            "--size",
+            "32",
+            "--img-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--shards",
+            "2",
+            "--repeats",
+            "1",
+        ],  # fmt: skip
+        [
+            "| WebDataset shards |",
+            "| HF dataset (save_to_disk) |",
+            "same images per epoch: yes; same label counts: yes",
+        ],
+    ),
     "bench_flops_table.py": (["--anchors", "levit_128s", "levit_192"], ["identical counts: yes"]),
     "bench_ls_combine.py": (
         ["-c", "configs/demo_digits.yaml", "--ls-init-images", "20"],

@@ -213,6 +213,31 @@ ROWS = [
             ("dataset", ["--dataset", "digits"]), ("data_dir", ["--data-dir", "d"]),
         )
     ),
+    # -- timm's dataset options (snnet/data/sources.py): refused where the dataset kind has no use for them
+    *(
+        row(entry, dest, [*flag, *where], f"refused: {message}")
+        for entry, where in (("train", ["--output", "{out}"]), ("eval", ["--resume", "{ckpt}", "--stitches", "0"]),
+                             ("compose", ["--dataset", "digits"]))
+        for dest, flag, message in (
+            ("class_map", ["--class-map", "m.txt"], "--class-map/--input-img-mode have no effect on --dataset digits"),
+            ("input_img_mode", ["--input-img-mode", "L"], "--class-map/--input-img-mode have no effect on --dataset digits"),
+            ("input_key", ["--input-key", "img"], "--input-key has no effect: it names a column of an hfds/ or wds/"),
+            ("target_key", ["--target-key", "labels"], "--target-key has no effect: it names a column"),
+            ("train_num_samples", ["--train-num-samples", "9"], "--train-num-samples has no effect: it sizes a wds/ stream"),
+            ("val_num_samples", ["--val-num-samples", "9"], "--val-num-samples has no effect: it sizes a wds/ stream"),
+            ("dataset_download", ["--dataset-download"], "--dataset-download has no effect: only torch/<name>"),
+            ("dataset_trust_remote_code", ["--dataset-trust-remote-code"], "--dataset-trust-remote-code has no effect"),
+        )
+    ),
+    *(
+        row("predict", dest, ["x.png", "--exported", "n.pt", *flag], f"refused: {flag[0]}")
+        for dest, flag in (
+            ("class_map", ["--class-map", "m.txt"]), ("input_img_mode", ["--input-img-mode", "L"]),
+            ("input_key", ["--input-key", "img"]), ("target_key", ["--target-key", "labels"]),
+            ("train_num_samples", ["--train-num-samples", "9"]), ("val_num_samples", ["--val-num-samples", "9"]),
+            ("dataset_download", ["--dataset-download"]), ("dataset_trust_remote_code", ["--dataset-trust-remote-code"]),
+        )
+    ),
     # -- compose.py (snnet/compose/main.py: COMPOSE_RULES, NOT_FOR_COMPOSE)
     row("compose", "k_neighbors", ["--fit", "linear", "--k-neighbors", "3"], "refused: --k-neighbors 3 has no effect: it sizes the k-NN classifier"),
     row("compose", "max_networks", ["--sample", "--max-networks", "3"], "refused: --max-networks 3 has no effect"),
@@ -264,7 +289,7 @@ ALWAYS_ACTS = {
         "fit_images", "out_dir", "export", "batch_size", "device",
     },
     "submit": {"cluster", "job", "nodes", "ngpus", "timeout", "job_dir", "array_tasks"},
-    "lab": {"config", "output", "experiment", "cell_shard", "overwrite", "device", "check_args", "data_dir"},
+    "lab": {"config", "output", "experiment", "cell_shard", "overwrite", "device", "check_args", "data_dir", "dataset"},
 }  # fmt: skip
 
 # Known to act only sometimes, refusal still to be written (issue 28 item 2 follow-up).

@@ -17,6 +17,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import itertools
 import sys
 import time
 from argparse import Namespace
@@ -163,9 +164,13 @@ def load_batches(dataset, net: SNNet, batch_size: int, device: str, limit: int =
     """The (normalised images, targets) batches of ``dataset`` under eval.py's transform, held in
     memory: every composed network is fitted and evaluated on the same tensors."""
     from ..data.loaders import Normalize, data_config_for, eval_loader, eval_transform
+    from ..data.streams import ShardStream
 
     cfg = data_config_for(net, dataset)
     dataset.transform = eval_transform(cfg)
+    if 0 < limit < len(dataset) and isinstance(dataset, ShardStream):  # no random access: the first images
+        prep = Normalize(cfg["mean"], cfg["std"], torch.device(device))
+        return [prep(x, y) for x, y in itertools.islice(eval_loader(dataset, batch_size), -(-limit // batch_size))]
     if 0 < limit < len(dataset):
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
         dataset = torch.utils.data.Subset(dataset, sorted(order.tolist()))
@@ -293,13 +298,17 @@ def write_outputs(rows: list[dict], pool_rows: list[dict], out_dir: Path) -> Non
 def export(export: dict, args: Namespace, val_ds, classes: int, log: Callable) -> None:
     """The chosen network with its fitted head, through eval.py's export, and the info beside it
     that predict.py --exported reads (preprocessing, the dataset's class names)."""
+    from ..data.sources import DataOptions
     from ..evaluate.export import export_network
     from ..evaluate.predict import class_names, prediction_info, write_prediction_info
 
     net, cfg_id = export["net"].cpu().float(), export["cfg_id"]
     path = export_path(args)
     report = export_network(net, cfg_id, path, head=export["head"].cpu())
-    info = {**prediction_info(net, args.dataset, args.data_dir), "class_names": class_names(classes, val_ds)}
+    info = {
+        **prediction_info(net, args.dataset, args.data_dir, opts=DataOptions.from_args(args)),
+        "class_names": class_names(classes, val_ds),
+    }
     info_path = write_prediction_info(report.path, info, cfg_id, report.name)
     log(
         f"Exported rank {args.export} ({report.name}) with its {args.fit} classifier to {report.path} "
@@ -341,18 +350,20 @@ def run(args: Namespace, defaults: dict[str, Any], log: Callable[[str], None] = 
     """compose.py with parsed ``args`` (``argv``: the command line as given, which report.html shows)."""
     from ..data.datasets import create_dataset, num_classes_of
     from ..data.loaders import sample_train_images
+    from ..data.sources import DataOptions
     from ..io.lock import hold_folder
     from ..run_config import build_snnet
 
     cfg = check_args(args, defaults)
-    train_ds = create_dataset(args.dataset, args.data_dir, "train")
-    val_ds = create_dataset(args.dataset, args.data_dir, "validation")
+    opts = DataOptions.from_args(args)
+    train_ds = create_dataset(args.dataset, args.data_dir, "train", opts=opts, training=True)
+    val_ds = create_dataset(args.dataset, args.data_dir, "validation", opts=opts)
     if args.stitch_images > len(train_ds):
         raise ConfigError(f"--stitch-images {args.stitch_images} is above the {len(train_ds)} training images")
     # the pool's networks only: junctions come from the search
     pool = build_snnet(pool_config(ModelConfig.from_args(args), log), check_effects=False).to(args.device).eval()
     start = time.perf_counter()
-    images = sample_train_images(pool, args.dataset, args.data_dir, args.stitch_images, args.seed)
+    images = sample_train_images(pool, args.dataset, args.data_dir, args.stitch_images, args.seed, opts)
     table = JunctionTable(pool.anchor_adapters, images, class_token=args.class_token, prefix_tokens=args.prefix_tokens)
     chosen = choose(table, cfg, args)
     log(

@@ -1,6 +1,7 @@
-"""Datasets: scikit-learn's handwritten digits (the offline default) and ImageFolder.
+"""Datasets: scikit-learn's handwritten digits (the offline default), ImageFolder, and timm's
+named datasets (``torch/``, ``hfds/``, ``wds/``: :mod:`snnet.data.sources`).
 
-Both yield ``(PIL RGB image, int target)`` and carry a settable ``transform``, so timm's
+All yield ``(PIL RGB image, int target)`` and carry a settable ``transform``, so timm's
 transforms and loaders (``timm.data.create_transform`` / ``create_loader``) apply to the digits
 exactly as they apply to ImageNet. The loaders train.py and eval.py use are :mod:`snnet.data.loaders`.
 """
@@ -18,6 +19,8 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..errors import DataError
+from .sources import DataOptions, _class_map, check_folder_options, open_timm_dataset
+from .streams import ShardStream, first_images
 
 _VAL_SPLITS = ("val", "validation")
 
@@ -76,7 +79,7 @@ def load_digits_split(split: str, *, seed: int = 0, val_fraction: float = 0.2) -
     return DigitsDataset(train if split == "train" else val)
 
 
-def _image_folder(data_dir: str | Path, split: str):
+def _image_folder(data_dir: str | Path, split: str, opts: DataOptions):
     """``data_dir/<split>`` (class sub-folders of images) as a timm ``ImageDataset``."""
     from timm.data import ImageDataset
 
@@ -89,7 +92,7 @@ def _image_folder(data_dir: str | Path, split: str):
             f"train/ and val/ (ImageFolder layout) or use --dataset digits"
         )
     try:
-        dataset = ImageDataset(str(folder))
+        dataset = ImageDataset(str(folder), class_map=_class_map(opts), input_img_mode=opts.input_img_mode)
     except RuntimeError as e:  # timm's reader refuses a folder without images
         raise DataError(
             f"no images found in '{folder}' ({str(e).splitlines()[0]}): put each class's images in "
@@ -105,41 +108,60 @@ def _image_folder(data_dir: str | Path, split: str):
 
 
 def create_dataset(
-    name: str | None, data_dir: str | Path | None, split: str, img_size: int | None = None, seed: int | None = None
+    name: str | None,
+    data_dir: str | Path | None,
+    split: str,
+    img_size: int | None = None,
+    seed: int | None = None,
+    opts: DataOptions | Any = None,
+    training: bool = False,
 ):
-    """``name='digits'``: that split of the digits; empty ``name``: the ImageFolder ``data_dir/split``.
+    """``name='digits'``: that split of the digits; a timm name (``torch/``, ``hfds/``, ``wds/``):
+    timm's factory (:mod:`snnet.data.sources`); empty ``name``: the ImageFolder ``data_dir/split``.
 
+    ``opts`` are timm's dataset options (class map, image mode, columns, sample counts), or a
+    run config holding them;
+    ``training`` says the split is trained on (a stream then takes ``--train-num-samples``).
     ``img_size`` and ``seed`` never change the data. Resizing is the transform's job, and the
     digits split is always that of seed 0, so that runs with different training seeds are
     validated on the same images.
     """
+    opts = opts if isinstance(opts, DataOptions) else DataOptions.from_args(opts or object())
+    if name and name != "digits":
+        return open_timm_dataset(name, None if data_dir is None else str(data_dir), split, opts, training)
+    check_folder_options(opts)
     if name == "digits":
         if data_dir:
             raise DataError(
                 f"--data-dir {data_dir} has no effect: --dataset digits is scikit-learn's embedded set; drop one"
             )
+        if opts.class_map or opts.input_img_mode != "RGB":
+            raise DataError("--class-map/--input-img-mode have no effect on --dataset digits (RGB, classes 0..9)")
         return load_digits_split(split)
-    if name:
-        raise DataError(f"unknown dataset '{name}': use --dataset digits, or --data-dir with an ImageFolder")
     if not data_dir:
         raise DataError(
             "no data given: pass --data-dir /path/to/imagenet (train/ and val/ folders) or --dataset digits"
         )
-    return _image_folder(data_dir, split)
+    return _image_folder(data_dir, split, opts)
 
 
 def num_classes_of(dataset) -> int:
     """Number of classes of a digits split or a timm ``ImageDataset`` folder."""
-    if hasattr(dataset, "classes"):
+    if getattr(dataset, "classes", None):
         return len(dataset.classes)
     reader = getattr(dataset, "reader", None)
     if reader is not None and hasattr(reader, "class_to_idx"):
         return len(reader.class_to_idx)
-    raise DataError(f"cannot tell the class count of a {type(dataset).__name__}: pass --num-classes")
+    raise DataError(
+        f"cannot tell the class count of a {type(dataset).__name__} (WebDataset shards without class names): "
+        f"pass --num-classes or --class-map"
+    )
 
 
 def resolve_num_classes(requested: Optional[int], dataset) -> int:
     """``--num-classes`` if given, else the dataset's; refuse a classifier too small for the labels."""
+    if requested is not None and getattr(dataset, "classes", 1) is None:
+        return requested  # a stream without class names: the classifier size given is taken
     found = num_classes_of(dataset)
     if requested is None:
         return found
@@ -188,8 +210,7 @@ def sample_images(
     if n < 1:
         raise DataError(f"--ls-init-images {n} is not a positive number of images: use at least 1")
     _, crop_pct = _defaults_for(dataset, None, crop_pct)
-    view = copy.copy(dataset)  # a shallow copy: own transform, shared images
-    view.transform = create_transform(
+    transform = create_transform(
         img_size,
         is_training=False,
         interpolation=interpolation,
@@ -197,6 +218,10 @@ def sample_images(
         mean=_or_imagenet(mean, IMAGENET_DEFAULT_MEAN),
         std=_or_imagenet(std, IMAGENET_DEFAULT_STD),
     )
+    if isinstance(dataset, ShardStream):  # no random access: the first n in shard order (docs/data.md)
+        return torch.stack([transform(image) for image in first_images(dataset, n)])
+    view = copy.copy(dataset)  # a shallow copy: own transform, shared images
+    view.transform = transform
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
     return torch.stack([view[i][0] for i in order.tolist()])
 

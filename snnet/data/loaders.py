@@ -8,6 +8,7 @@ Evaluation and the trainer's validation read the data the same way: :func:`eval_
 
 from __future__ import annotations
 
+import copy
 import os
 from argparse import Namespace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -16,10 +17,12 @@ import torch
 
 from .datasets import DigitsDataset
 from .samplers import EpochSampler, SeededSamples
+from .streams import ShardStream, StreamLoader
 
 if TYPE_CHECKING:
     from ..core.model import SNNet
     from ..distributed import DistInfo
+    from .sources import DataOptions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,6 +85,11 @@ def eval_loader(
     persist from one pass (chunk) to the next, as in timm's ``create_loader``."""
     from timm.data.loader import fast_collate
 
+    if isinstance(dataset, ShardStream):  # timm's reader gives each rank its shards
+        dataset.configure(False, 0, rank, world, workers=workers)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, num_workers=workers, collate_fn=fast_collate, pin_memory=pin_memory
+        )
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -180,7 +188,6 @@ def build_loaders(train_ds, val_ds, args: Namespace, info: DistInfo, data_cfg: d
     """The training sampler, loader and batch preparation, and the validation loader and
     normalisation, as train.py's arguments set them."""
     from timm.data import create_transform
-    from timm.data.loader import fast_collate
 
     img = data_cfg["input_size"]
     if args.aa:
@@ -200,18 +207,12 @@ def build_loaders(train_ds, val_ds, args: Namespace, info: DistInfo, data_cfg: d
         std=data_cfg["std"],
         use_prefetcher=True,  # uint8 out; normalisation and random erasing in BatchPrep
     )
-    sampler = EpochSampler(train_ds, info.world_size, info.rank, args.seed, args.batch_size)
-    train_loader = torch.utils.data.DataLoader(
-        SeededSamples(train_ds, args.seed),
-        batch_size=args.batch_size,
-        sampler=sampler,
-        num_workers=args.workers,
-        collate_fn=fast_collate,
-        pin_memory=args.pin_mem,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG untouched by the loader
-        persistent_workers=args.workers > 0,
-    )
+    if isinstance(train_ds, ShardStream):  # the loader is its own "sampler": set_epoch, num_samples
+        stream = copy.copy(train_ds)  # its own seed: lab.py builds one loader per seed over one dataset
+        stream.configure(True, args.seed, info.rank, info.world_size, args.batch_size, args.workers)
+        sampler = train_loader = StreamLoader(stream, args.batch_size, args.workers, args.pin_mem)
+    else:
+        sampler, train_loader = _map_loader(train_ds, args, info)
     # Validation reads the data as eval.py does: each rank its unpadded shard, in order.
     val_ds.transform = eval_transform(data_cfg)
     val_loader = eval_loader(val_ds, args.validation_batch_size, args.workers, info.rank, info.world_size, args.pin_mem)
@@ -229,11 +230,32 @@ def build_loaders(train_ds, val_ds, args: Namespace, info: DistInfo, data_cfg: d
     return sampler, train_loader, train_prep, val_loader, val_prep
 
 
-def sample_train_images(net: SNNet, dataset: str, data_dir: str | None, n_images: int, seed: int) -> torch.Tensor:
+def _map_loader(train_ds, args: Namespace, info: DistInfo):
+    """The seeded, resumable sampler and loader of a map-style training set."""
+    from timm.data.loader import fast_collate
+
+    sampler = EpochSampler(train_ds, info.world_size, info.rank, args.seed, args.batch_size)
+    train_loader = torch.utils.data.DataLoader(
+        SeededSamples(train_ds, args.seed),
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        collate_fn=fast_collate,
+        pin_memory=args.pin_mem,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG untouched by the loader
+        persistent_workers=args.workers > 0,
+    )
+    return sampler, train_loader
+
+
+def sample_train_images(
+    net: SNNet, dataset: str, data_dir: str | None, n_images: int, seed: int, opts: DataOptions | None = None
+) -> torch.Tensor:
     """``n_images`` training images as train.py's ``--ls-init`` takes them (drawn from ``seed``,
     evaluation transform of the first anchor at the SN-Net's input size), one batch: the images
     of eval.py's ``--compatibility`` scores and of compose.py's junction scores."""
     from .datasets import create_dataset, ls_init_images
 
-    train_ds = create_dataset(dataset, data_dir, "train")
+    train_ds = create_dataset(dataset, data_dir, "train", opts=opts, training=True)
     return ls_init_images(train_ds, n_images, data_config_for(net, train_ds), seed)

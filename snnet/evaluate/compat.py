@@ -75,11 +75,11 @@ def junction_scores(
 
 
 def ls_initialise_and_score(
-    net: SNNet, dataset: str, data_dir: str | None, n_images: int, seed: int
+    net: SNNet, dataset: str, data_dir: str | None, n_images: int, seed: int, opts: Any = None
 ) -> dict[int, dict[str, float]]:
     """Least-squares init of every stitching layer on ``n_images`` training images (as train.py's
     ``--ls-init``: same sampling from ``seed``, same transform), then :func:`junction_scores` on them."""
-    images = sample_train_images(net, dataset, data_dir, n_images, seed)
+    images = sample_train_images(net, dataset, data_dir, n_images, seed, opts)
     net.init_stitching_layers(images)
     return junction_scores(net, images)
 

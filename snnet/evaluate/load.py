@@ -5,6 +5,7 @@ switched on, and said so)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -133,12 +134,16 @@ def with_checkpoint_data(cfg: Any, ckpt: dict) -> tuple[Any, bool]:
     return dataclasses.replace(cfg, **updates), True
 
 
-def training_data(ckpt: Optional[dict], cfg: Any) -> tuple[str, Optional[str]]:
-    """The dataset of ``cfg``, else the one the checkpoint was trained on (its saved arguments)."""
+def training_data(ckpt: Optional[dict], cfg: Any) -> tuple[str, Optional[str], str, Any]:
+    """The dataset of ``cfg``, else the one the checkpoint was trained on (its saved arguments):
+    name, folder, validation split and timm's dataset options (class map, columns: the class names)."""
+    from ..data.sources import DataOptions
+
     saved = ckpt.get("args") if ckpt is not None and isinstance(ckpt.get("args"), dict) else {}
     if cfg.dataset or cfg.data_dir:
-        return cfg.dataset, cfg.data_dir
-    return saved.get("dataset") or "", saved.get("data_dir")
+        return cfg.dataset, cfg.data_dir, getattr(cfg, "val_split", "validation"), DataOptions.from_args(cfg)
+    opts = DataOptions.from_args(argparse.Namespace(**saved))
+    return saved.get("dataset") or "", saved.get("data_dir"), saved.get("val_split") or "validation", opts
 
 
 def classifier_size(net: SNNet, state: dict) -> Optional[int]:

@@ -285,7 +285,7 @@ def load_model(
     if with_data:
         from ..data.datasets import create_dataset, resolve_num_classes
 
-        dataset = create_dataset(cfg.dataset, cfg.data_dir, cfg.val_split, cfg.img_size, cfg.seed)
+        dataset = create_dataset(cfg.dataset, cfg.data_dir, cfg.val_split, cfg.img_size, cfg.seed, cfg)
         num_classes = resolve_num_classes(num_classes, dataset)
     net = build_trained_snnet(cfg, num_classes, state, log)
     have = getattr(net.anchors[0], "num_classes", None)
@@ -304,7 +304,7 @@ def load_model(
                 "anchors, which says nothing about trained ones: pass the anchors' weights"
             )
         scores = on_primary(
-            lambda: ls_initialise_and_score(net, cfg.dataset, cfg.data_dir, cfg.compat_images, cfg.seed),
+            lambda: ls_initialise_and_score(net, cfg.dataset, cfg.data_dir, cfg.compat_images, cfg.seed, cfg),
             info.is_primary,
         )
         log(f"Least-squares init and junction scores on {cfg.compat_images} training images")

@@ -83,8 +83,13 @@ PREDICT_RULES = (
         for dest in (
             "anchors", "pretrained", "anchor_checkpoints", "num_classes", "img_size", "model_kwargs", "anchor_kwargs",
             "kernel_size", "stride", "nearest", "stages", "stitching", "stitch_layer", "stitch_stride", "lora_rank",
-            "routes", "class_token", "prefix_tokens", "official_forward", "dataset", "data_dir",
+            "routes", "class_token", "prefix_tokens", "official_forward", "dataset", "data_dir", "class_map",
+            "input_img_mode", "input_key", "target_key", "dataset_download", "dataset_trust_remote_code",
         )
+    ),
+    *(
+        Needs(dest, lambda a: False, "sizes a wds/ training or validation stream, and predict.py reads class names only")
+        for dest in ("train_num_samples", "val_num_samples")
     ),
 )  # fmt: skip
 
@@ -170,14 +175,16 @@ def class_names(num_classes: int, dataset) -> list[str]:
     return [str(i) for i in range(num_classes)]
 
 
-def prediction_info(net, dataset_name: str, data_dir: Optional[str], split: str = "validation") -> dict[str, Any]:
+def prediction_info(
+    net, dataset_name: str, data_dir: Optional[str], split: str = "validation", opts: Any = None
+) -> dict[str, Any]:
     """What running one network on images needs besides its weights: the evaluation transform's
     settings and the class names (from the dataset when it can be opened)."""
     from ..data.datasets import create_dataset
     from ..data.loaders import data_config_for
 
     try:
-        dataset = create_dataset(dataset_name, data_dir, split) if (dataset_name or data_dir) else None
+        dataset = create_dataset(dataset_name, data_dir, split, opts=opts) if (dataset_name or data_dir) else None
     except DataError:  # the data is not on this machine: fall back to class indices
         dataset = None
     cfg = data_config_for(net, dataset)

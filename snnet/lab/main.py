@@ -34,6 +34,7 @@ from ..config import plain
 from ..core.routes import parse_route, route_name
 from ..data.datasets import create_dataset, ls_init_images, resolve_num_classes
 from ..data.loaders import build_loaders, data_config_for
+from ..data.sources import DataOptions
 from ..distributed import DistInfo, init_distributed
 from ..errors import ConfigError, DataError, OneLineArgumentParser, exit_on_user_error
 from ..io.lock import LOCK_NAME, check_folder_free, hold_folder
@@ -70,6 +71,8 @@ def build_lab_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the config's, else cuda if available)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="the dataset folder (train/ and val/), instead of the config's data_dir")
+    parser.add_argument("--dataset", default=None, metavar="NAME",
+                        help="the dataset (digits, torch/<name>, hfds/<path>, wds/<dir>), instead of the config's")
     parser.add_argument("--check-args", action="store_true", default=False,
                         help="only check the config and --cell-shard, then exit (distributed_train.sh does this "
                              "before starting the workers)")
@@ -85,6 +88,10 @@ def main(argv: Optional[list[str]] = None, on_chunk_done: Optional[ChunkCallback
     spec = load_lab_spec(opts.config)
     if opts.data_dir:  # where the data lives is the machine's, not the grid's: not in the fingerprint
         spec = dataclasses.replace(spec, train={**spec.train, "data_dir": opts.data_dir})
+    if opts.dataset:  # which data it is is the grid's: in the fingerprint, as if the config said it
+        spec = dataclasses.replace(
+            spec, train={**spec.train, "dataset": opts.dataset}, raw={**spec.raw, "dataset": opts.dataset}
+        )
     shard = parse_shard(opts.cell_shard)
     if opts.check_args:
         return 0
@@ -150,8 +157,11 @@ def run_lab(
     base = base_args(spec)
     out_dir = Path(opts.output) / (opts.experiment or Path(spec.path).stem)
     check_lab_dir(out_dir, spec, opts, shard_lock(shard))
-    train_ds = create_dataset(base.dataset, base.data_dir, base.train_split, base.img_size)
-    val_ds = create_dataset(base.dataset, base.data_dir, base.val_split, base.img_size)
+    data_opts = DataOptions.from_args(base)
+    train_ds = create_dataset(
+        base.dataset, base.data_dir, base.train_split, base.img_size, opts=data_opts, training=True
+    )
+    val_ds = create_dataset(base.dataset, base.data_dir, base.val_split, base.img_size, opts=data_opts)
     num_classes = resolve_num_classes(base.num_classes, train_ds)
     anchors_net = _anchors_net(base, num_classes)
     data_cfg = data_config_for(anchors_net, train_ds)

@@ -35,9 +35,11 @@ def load_datasets(args: TrainConfig) -> tuple[TrainConfig, Any, Any]:
     """The training and validation sets, and the run config with the class count they give
     (recorded in args.yaml and the checkpoints: eval.py reads it)."""
     from ..data.datasets import create_dataset, resolve_num_classes
+    from ..data.sources import DataOptions
 
-    train_ds = create_dataset(args.dataset, args.data_dir, args.train_split, args.img_size, args.seed)
-    val_ds = create_dataset(args.dataset, args.data_dir, args.val_split, args.img_size, args.seed)
+    opts = DataOptions.from_args(args)
+    train_ds = create_dataset(args.dataset, args.data_dir, args.train_split, args.img_size, args.seed, opts, True)
+    val_ds = create_dataset(args.dataset, args.data_dir, args.val_split, args.img_size, args.seed, opts)
     return dataclasses.replace(args, num_classes=resolve_num_classes(args.num_classes, train_ds)), train_ds, val_ds
 
 

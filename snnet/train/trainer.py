@@ -398,9 +398,23 @@ class Trainer:
                 )
             per_rank = self.net_sampler.per_rank
             self.net_sampler.load_state_dict(samplers[0] if not per_rank else samplers[info.rank % len(samplers)])
+        self._warn_other_stream(ckpt, source)
         self.saver_state = ckpt.get("saver")
         where = f"epoch {self.epoch}" + (f" after step {self.step_in_epoch}" if self.step_in_epoch else "")
         _logger.info(f"Resumed from {source}: continuing at {where} (global step {self.global_step})")
+
+    def _warn_other_stream(self, ckpt: dict, source: str) -> None:
+        """A WebDataset stream's order depends on the loader workers: resumed inside an epoch with
+        other ``--workers``, the rest of that epoch comes from another stream (docs/data.md)."""
+        from ..data.streams import StreamLoader
+
+        saved = (ckpt.get("args") or {}).get("workers")
+        stream = isinstance(self.data_sampler, StreamLoader)
+        if stream and self.step_in_epoch and saved is not None and saved != self.args.workers and self.info.is_primary:
+            _logger.warning(
+                f"checkpoint {source} read its shards with --workers {saved}, this run has {self.args.workers}: "
+                f"the rest of epoch {self.epoch} comes from another stream (resume with --workers {saved} to repeat it)"
+            )
 
     def checkpoint_state(self, epoch_complete: bool, metric: Optional[float] = None) -> Optional[dict]:
         """:meth:`state_dict` (the checkpoint saver's callback)."""
