@@ -106,10 +106,13 @@ def test_bad_submissions_fail_with_one_line_before_anything_is_submitted(tmp_pat
 
 
 def test_slurm_job_script_asks_for_the_nodes_gpus_and_requeue_signal(tmp_path, monkeypatch, capsys):
-    """On Slurm, submit.py writes an sbatch script (read here from a stand-in sbatch on PATH) and returns."""
+    """On Slurm, submit.py writes an sbatch script (read here from a stand-in sbatch on PATH) and
+    returns. What a one-node CPU cluster cannot show (tests/test_slurm.py runs the rest on a real
+    one): 2 nodes of 8 GPUs, a GPU partition, account, QOS, constraint."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sinfo").write_text("#!/bin/sh\necho gpu\necho cpu\n")  # the cluster's partitions
     (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/job.sh\necho "Submitted batch job 4242"\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
