@@ -71,6 +71,16 @@ PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP Ove
 """
 
 
+# tests/slurm.conf, the documented example: what this writes on a 2-CPU machine named "myhost"
+# (the tests pick free ports; the example names two fixed ones).
+EXAMPLE = dict(host="myhost", node="myhost", addr="127.0.0.1", user="root", ctld_port=6917, slurmd_port=6918,
+               folder="/tmp/snnet-slurm", cpus=2, memory_mb=21000, partition=PARTITION)  # fmt: skip
+
+
+def example_config() -> str:
+    return TEMPLATE.format(**EXAMPLE)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

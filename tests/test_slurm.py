@@ -15,6 +15,7 @@ import contextlib
 import io
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -68,12 +69,9 @@ def jobs(slurm_cluster, tmp_path_factory):
     lab_config.write_text(yaml.safe_dump(lab_recipe(tmp)))
     commands = {
         "one": submit_cmd(tmp / "submitit", entry_args=TRAIN + ["--output", tmp / "out", "--experiment", "one"]),
-        "two": submit_cmd(
-            tmp / "submitit",
-            "--tasks-per-node",
-            "2",
-            entry_args=TRAIN + ["--output", tmp / "out", "--experiment", "two"],
-        ),
+        # docs/slurm.md's CPU-only command as written (its submit.py options; this test's job arguments)
+        "two": [sys.executable, "submit.py", *documented_cpu_options(), "--job-dir", str(tmp / "submitit" / "%j"), "--"]
+        + [str(a) for a in TRAIN + ["--output", tmp / "out", "--experiment", "two"]],
         "lab": submit_cmd(
             tmp / "submitit",
             "--job",
@@ -100,6 +98,14 @@ def jobs(slurm_cluster, tmp_path_factory):
         printed[k] = stdout
         ids[k] = job_ids(stdout) if k == "lab" else job_ids(stdout)[0]
     return dict(ids=ids, printed=printed, tmp=tmp, env=env, commands=commands, cluster=slurm_cluster)
+
+
+def documented_cpu_options() -> list[str]:
+    """submit.py's options in docs/slurm.md's command for a CPU-only cluster (before its `--`)."""
+    text = (REPO / "docs" / "slurm.md").read_text().replace("\\\n", " ")
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("python submit.py --device cpu")]
+    words = shlex.split(line)
+    return words[2 : words.index("--")]
 
 
 def lab_recipe(tmp: Path) -> dict:

@@ -233,3 +233,11 @@ def test_debug_cluster_trains_in_this_process(tmp_path, one_thread):
     assert [r["step"] for r in read_steps(run)] == [1, 2]
     assert (run / "last.pth.tar").is_file() and (run / "train.log").is_file()
     assert "RANK" not in os.environ and "MASTER_PORT" not in os.environ
+
+
+def test_example_slurm_conf_is_what_the_test_cluster_writes():
+    """tests/slurm.conf (docs/slurm.md's one-machine example) is tests/slurm_cluster.py's template
+    on a 2-CPU machine "myhost": the example and the tested configuration stay one."""
+    from slurm_cluster import example_config
+
+    assert (TESTS / "slurm.conf").read_text() == example_config()
