@@ -313,9 +313,13 @@ def test_bad_slurm_submissions_are_one_line_and_submit_nothing(jobs, tmp_path, c
     for options, message in cases:
         argv = CPU + ["--job-dir", str(tmp_path / "jobs" / "%j"), *options, "--", *map(str, train)]
         assert message in one_error_line(run_entry(launch.main, argv), capsys), options
+    path = os.environ["PATH"]
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch anywhere
     argv = CPU + ["--job-dir", str(tmp_path / "jobs" / "%j"), "--", *map(str, train)]
     assert "there is no Slurm on this machine" in one_error_line(run_entry(launch.main, argv), capsys)
+    monkeypatch.setenv("PATH", path)
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "no-such-slurm.conf"))  # Slurm's programs, no cluster
+    assert "Slurm does not answer" in one_error_line(run_entry(launch.main, argv), capsys)
     monkeypatch.undo()
     assert jobs["cluster"].run("squeue", "-h", "-o", "%i").stdout == before
     assert not (tmp_path / "jobs").exists() and not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ workers that die with their launcher."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -135,6 +136,14 @@ def test_slurm_job_script_asks_for_the_nodes_gpus_and_requeue_signal(tmp_path, m
     ):
         assert line in script, (line, script)
     assert "submitit.core._submit" in script and "srun" in script
+    # --ngpus 0 (as --device cpu): no GPU request at all, N tasks per node, the script on the CPU
+    options = ["--cluster", "slurm", "--nodes", "2", "--ngpus", "0", "--tasks-per-node", "3", "--partition", "cpu"]
+    assert launch.main(options + ["--job-dir", str(tmp_path / "cpu"), "--"] + [str(a) for a in TINY]) == 0
+    script = (tmp_path / "job.sh").read_text()
+    assert "#SBATCH --ntasks-per-node=3" in script and "#SBATCH --nodes=2" in script and "gpu" not in script
+    (pickled,) = (tmp_path / "cpu").glob("*_submitted.pkl")
+    task = pickle.loads(pickled.read_bytes()).function
+    assert task.argv[task.argv.index("--device") + 1] == "cpu"
 
 
 def _children(pid: int) -> list[int]:
