@@ -171,6 +171,9 @@ def check_slurm(args: argparse.Namespace) -> None:
         )
     if shutil.which("sbatch") is None:
         raise ConfigError("--cluster slurm: there is no Slurm on this machine (no sbatch on PATH): use --cluster local")
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():  # Slurm's programs would retry it for a minute
+        raise ConfigError(f"--cluster slurm: SLURM_CONF={conf} is not a file: point it at the cluster's slurm.conf")
     try:
         proc = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:

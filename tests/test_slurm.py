@@ -85,8 +85,7 @@ def jobs(slurm_cluster, tmp_path_factory):
              for k, c in commands.items()}  # fmt: skip
     ids, printed = {}, {}
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
+        use_env(mp, env)
         for name in INTERRUPTED:
             hook = HoldFirstRun(from_step=3, fast_marker=str(tmp / f"fast-{name}"))
             options = ["--timeout", "1", "--signal-delay", "5"] if name == "timelimit" else []
@@ -98,6 +97,15 @@ def jobs(slurm_cluster, tmp_path_factory):
         printed[k] = stdout
         ids[k] = job_ids(stdout) if k == "lab" else job_ids(stdout)[0]
     return dict(ids=ids, printed=printed, tmp=tmp, env=env, commands=commands, cluster=slurm_cluster)
+
+
+def use_env(mp: pytest.MonkeyPatch, env: dict) -> None:
+    """This process's environment as the jobs': the test cluster's SLURM_CONF, tests/ on PYTHONPATH."""
+    for k in list(os.environ):
+        if k not in env:  # e.g. SLURM_* of a job the suite itself runs in
+            mp.delenv(k)
+    for k, v in env.items():
+        mp.setenv(k, v)
 
 
 def documented_cpu_options() -> list[str]:
@@ -191,6 +199,7 @@ def test_preemption_signal_saves_requeues_and_resumes_to_the_same_weights(jobs):
     assert restarts(jobs["cluster"], job_id) == 1
     logs = job_logs(jobs["tmp"], job_id)
     assert "stopped at global step 3" in logs and "this job is preempted" in logs, logs[-3000:]
+    assert f"Requeued job {job_id} (3 remaining timeouts)" in logs  # a preemption is not a time-out
     assert_same_weights_as_uninterrupted(jobs, "preempt")
 
 
@@ -213,8 +222,7 @@ def test_scancel_then_the_same_submit_command_resumes(jobs, monkeypatch):
     jobs["cluster"].run("scancel", job_id)
     assert wait_done(jobs["cluster"], job_id) == "CANCELLED"
     (jobs["tmp"] / "fast-cancel").touch()  # the new job's first run goes at full speed
-    for k, v in jobs["env"].items():
-        monkeypatch.setenv(k, v)
+    use_env(monkeypatch, jobs["env"])
     hook = HoldFirstRun(from_step=3, fast_marker=str(jobs["tmp"] / "fast-cancel"))
     argv = CPU + ["--job-dir", jobs["tmp"] / "submitit" / "%j", "--"]
     again = hooked_submit(argv + TRAIN + ["--output", jobs["tmp"] / "out", "--experiment", "cancel"], hook)
@@ -292,7 +300,8 @@ def test_time_limit_requeues_and_resumes_to_the_same_weights(jobs):
     assert "#SBATCH --time=1" in (jobs["tmp"] / "submitit" / job_id / f"{job_id}_submission.sh").read_text()
     assert_completed(jobs, job_id)
     assert restarts(jobs["cluster"], job_id) >= 1
-    assert "this job is timed-out" in job_logs(jobs["tmp"], job_id)
+    logs = job_logs(jobs["tmp"], job_id)
+    assert "this job is timed-out" in logs and f"Requeued job {job_id} (2 remaining timeouts)" in logs, logs[-3000:]
     assert_same_weights_as_uninterrupted(jobs, "timelimit")
 
 
@@ -301,8 +310,7 @@ def test_bad_slurm_submissions_are_one_line_and_submit_nothing(jobs, tmp_path, c
     from conftest import run_entry
     from test_failures import one_error_line
 
-    for k, v in jobs["env"].items():
-        monkeypatch.setenv(k, v)
+    use_env(monkeypatch, jobs["env"])
     before = jobs["cluster"].run("squeue", "-h", "-o", "%i").stdout
     train = TRAIN + ["--output", tmp_path / "out"]
     cases = [
@@ -319,7 +327,10 @@ def test_bad_slurm_submissions_are_one_line_and_submit_nothing(jobs, tmp_path, c
     assert "there is no Slurm on this machine" in one_error_line(run_entry(launch.main, argv), capsys)
     monkeypatch.setenv("PATH", path)
     monkeypatch.setenv("SLURM_CONF", str(tmp_path / "no-such-slurm.conf"))  # Slurm's programs, no cluster
-    assert "Slurm does not answer" in one_error_line(run_entry(launch.main, argv), capsys)
+    assert "SLURM_CONF=" in one_error_line(run_entry(launch.main, argv), capsys)
+    (tmp_path / "empty.conf").write_text("")
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "empty.conf"))
+    assert "Slurm does not answer (sinfo: " in one_error_line(run_entry(launch.main, argv), capsys)
     monkeypatch.undo()
     assert jobs["cluster"].run("squeue", "-h", "-o", "%i").stdout == before
     assert not (tmp_path / "jobs").exists() and not (tmp_path / "out").exists()
