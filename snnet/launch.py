@@ -128,17 +128,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--device cpu asks for no GPUs: leave out --ngpus {args.ngpus} (or use --ngpus 0)")
     if args.device == "cuda" and args.ngpus == 0:
         raise ConfigError("--device cuda needs GPUs: use --ngpus N >= 1, or --device cpu")
-    if args.ngpus is None:
-        args.ngpus = 0 if args.device == "cpu" else 1
-    if args.ngpus and args.tasks_per_node not in (None, args.ngpus):
+    ngpus, tasks = gpus_and_tasks(args)
+    if ngpus and args.tasks_per_node not in (None, ngpus):
         raise ConfigError(
-            f"--tasks-per-node {args.tasks_per_node} with --ngpus {args.ngpus}: a GPU job runs one task per GPU "
+            f"--tasks-per-node {args.tasks_per_node} with --ngpus {ngpus}: a GPU job runs one task per GPU "
             "(leave out --tasks-per-node, or use --device cpu)"
         )
-    args.tasks_per_node = args.ngpus or args.tasks_per_node or 1
     if args.cluster in ("local", "debug") and args.nodes > 1:
         raise ConfigError(f"--cluster {args.cluster} runs on this machine: use --nodes 1, or --cluster slurm")
-    if args.cluster == "debug" and args.tasks_per_node > 1:
+    if args.cluster == "debug" and tasks > 1:
         raise ConfigError(
             "--cluster debug runs one task in this process: use --ngpus 1 / --tasks-per-node 1, or --cluster local"
         )
@@ -146,10 +144,17 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--array-tasks splits lab.py's cells: use it with --job lab, not --job {args.job}")
 
 
+def gpus_and_tasks(args: argparse.Namespace) -> tuple[int, int]:
+    """GPUs and tasks per node: --ngpus GPUs (1 unless --device cpu) and one task each; no GPUs:
+    --tasks-per-node tasks (1)."""
+    ngpus = args.ngpus if args.ngpus is not None else (0 if args.device == "cpu" else 1)
+    return ngpus, ngpus or args.tasks_per_node or 1
+
+
 def resolve_device(args: argparse.Namespace, argv: list[str]) -> list[str]:
     """The job script's arguments on a CPU job (--device cpu, or --ngpus 0): ``--device cpu`` added
     when they do not name a device, refused when they name another."""
-    if args.ngpus:
+    if gpus_and_tasks(args)[0]:
         return argv
     named = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--device"]
     named += [a.split("=", 1)[1] for a in argv if a.startswith("--device=")]
@@ -301,7 +306,7 @@ def make_executor(args: argparse.Namespace) -> AutoExecutor:
             name=f"snnet-{args.job}",
             timeout_min=args.timeout,
             nodes=args.nodes,
-            tasks_per_node=args.tasks_per_node,
+            tasks_per_node=gpus_and_tasks(args)[1],
             cpus_per_task=args.cpus_per_task,
             slurm_signal_delay_s=args.signal_delay,
             slurm_array_parallelism=args.array_tasks,
@@ -309,8 +314,8 @@ def make_executor(args: argparse.Namespace) -> AutoExecutor:
             # bash would end on it, and the job with it, before the tasks save and requeue
             slurm_setup=["trap 'true' USR2"],
         )
-        if args.ngpus:  # a CPU-only cluster refuses any GPU request, even of 0
-            params["gpus_per_node"] = args.ngpus
+        if gpus_and_tasks(args)[0]:  # a CPU-only cluster refuses any GPU request, even of 0
+            params["gpus_per_node"] = gpus_and_tasks(args)[0]
         for key in ("partition", "account", "qos", "constraint"):
             if getattr(args, key):
                 params[f"slurm_{key}"] = getattr(args, key)
