@@ -110,7 +110,7 @@ def config_values(folder: Path) -> dict:
         ctld_port=free_port(),
         slurmd_port=free_port(),
         folder=str(folder),
-        cpus=os.cpu_count(),
+        cpus=len(os.sched_getaffinity(0)),  # nproc: the CPUs this process may use
         memory_mb=memory_mb(),
         partition=PARTITION,
     )
