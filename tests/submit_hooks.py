@@ -38,7 +38,7 @@ class StandInLab:
     def __call__(self, argv: list[str]) -> int:
         parser = argparse.ArgumentParser()
         parser.add_argument("--cell-shard")
-        i, k = map(int, parser.parse_args(argv).cell_shard.split("/"))
+        i, k = map(int, parser.parse_known_args(argv)[0].cell_shard.split("/"))  # and --device cpu
         folder = Path(self.folder)
         with open(folder / f"attempts-{i}", "a") as f:
             f.write("x")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from submit_hooks import HoldFirstRun
+from submit_hooks import HoldFirstRun, StandInLab
 from test_lab import RECIPE, ROUTES
 from test_train import REPO, TINY, load, read_steps
 
@@ -53,11 +53,16 @@ def job_ids(stdout: str) -> list[str]:
 
 def hooked_submit(argv: list[str], hook: HoldFirstRun) -> str:
     """submit.py in this process (snnet.launch.main) with a test-only step callback; the job id."""
+    (job_id,) = submit_here(argv, step_callbacks=[hook])
+    return job_id
+
+
+def submit_here(argv: list, **kwargs) -> list[str]:
+    """snnet.launch.main (what submit.py runs) in this process, with test-only ``kwargs``; the job ids."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert launch.main([str(a) for a in argv], step_callbacks=[hook]) == 0, out.getvalue()
-    (job_id,) = job_ids(out.getvalue())
-    return job_id
+        assert launch.main([str(a) for a in argv], **kwargs) == 0, out.getvalue()
+    return job_ids(out.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +96,10 @@ def jobs(slurm_cluster, tmp_path_factory):
             options = ["--timeout", "1", "--signal-delay", "5"] if name == "timelimit" else []
             argv = CPU + ["--job-dir", tmp / "submitit" / "%j", *options, "--"]
             ids[name] = hooked_submit(argv + TRAIN + ["--output", tmp / "out", "--experiment", name], hook)
+        (tmp / "standin").mkdir()
+        lab = StandInLab(cells=5, folder=str(tmp / "standin"))  # preempts itself after its first cell
+        argv = CPU + ["--job-dir", tmp / "submitit" / "%j", "--job", "lab", "--array-tasks", "2", "--"]
+        ids["standin"] = submit_here(argv, entries={"lab": lab})
     for k, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
@@ -291,6 +300,20 @@ def test_lab_job_array_writes_every_cell_once(jobs):
         (cells,) = re.findall(r"training \d+ cell\(s\) ([\d, ]+):", log)[-1:]
         trained[i] = [int(c) for c in cells.split(",")]
     assert trained == {0: [0, 2], 1: [1, 3]}  # each cell by one job, once
+
+
+def test_a_preempted_lab_array_job_is_requeued_with_its_shard_and_keeps_its_cells(jobs):
+    """Each job of a `--job lab --array-tasks 2` array (a lab.py stand-in, tests/submit_hooks.py)
+    gets the preemption signal after its first cell: Slurm requeues it with the same --cell-shard,
+    and it skips the cell it wrote."""
+    folder = jobs["tmp"] / "standin"
+    for job_id in jobs["ids"]["standin"]:
+        assert_completed(jobs, job_id)
+        assert restarts(jobs["cluster"], job_id) == 1
+    shards = {c: (folder / f"cell-{c}.done").read_text() for c in range(5)}
+    assert shards == {0: "0/2", 1: "1/2", 2: "0/2", 3: "1/2", 4: "0/2"}
+    assert sorted((folder / "computed").read_text().split()) == ["0", "1", "2", "3", "4"]  # none twice
+    assert [(folder / f"attempts-{i}").read_text() for i in (0, 1)] == ["xx", "xx"]
 
 
 def test_time_limit_requeues_and_resumes_to_the_same_weights(jobs):

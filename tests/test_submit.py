@@ -1,6 +1,7 @@
-"""submit.py on submitit: 2 local tasks train like torchrun's workers, a preempted job saves its
-step and is requeued to the same weights, lab.py's cells as a job array, the Slurm script, and
-workers that die with their launcher."""
+"""submit.py on submitit's local executor: 2 local tasks train like torchrun's workers, a preempted
+job saves its step and is requeued to the same weights, workers that die with their launcher; the
+sbatch script of what one machine cannot show (2 GPU nodes). The jobs on a real Slurm, a lab job
+array among them, are tests/test_slurm.py's."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from submit_hooks import Heartbeat, SignalOnceAtStep, StandInLab
+from submit_hooks import Heartbeat, SignalOnceAtStep
 from test_train import PYTHON, REPO, TINY, load, read_steps
 
 from snnet import launch
@@ -74,18 +75,6 @@ def test_preempted_local_job_saves_its_step_is_requeued_and_ends_with_the_same_w
     assert a["global_step"] == b["global_step"] == 2 * STEPS
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
-
-
-@pytest.mark.slow
-def test_lab_cells_as_a_job_array_each_task_its_shard_finished_cells_kept_on_requeue(tmp_path, tasks_import_tests):
-    lab = StandInLab(cells=5, folder=str(tmp_path))
-    argv = submit_argv(tmp_path / "jobs", "--job", "lab", "--ngpus", "1", "--array-tasks", "2")
-    assert launch.main(argv, entries={"lab": lab}) == 0
-    shards = {c: (tmp_path / f"cell-{c}.done").read_text() for c in range(5)}
-    assert shards == {0: "0/2", 1: "1/2", 2: "0/2", 3: "1/2", 4: "0/2"}
-    computed = (tmp_path / "computed").read_text().split()
-    assert sorted(computed) == ["0", "1", "2", "3", "4"]  # no finished cell computed again
-    assert [(tmp_path / f"attempts-{i}").read_text() for i in (0, 1)] == ["xx", "xx"]  # each requeued once
 
 
 def test_bad_submissions_fail_with_one_line_before_anything_is_submitted(tmp_path, capsys):
