@@ -1,5 +1,6 @@
 """submit.py on a real one-node Slurm (tests/slurm_cluster.py, CPU only): 1- and 2-task training
-jobs, an eval job, a lab job array, and a training job interrupted four ways (a preemption
+jobs, an eval job, a lab.py job array, a preempted job array (a lab.py stand-in), bad
+submissions, and a training job interrupted four ways (a preemption
 signal, its time limit, ``scontrol requeue``, ``scancel`` and the same command again), each
 ending with the weights of the uninterrupted job. The jobs are submitted together by one module
 fixture and run at once (the partition lets 4 jobs share a CPU); each test then waits for its own.
