@@ -7,7 +7,7 @@ STAMP := $(VENV)/.snnet-installed
 DEMO_OUT ?= output/demo/results
 
 # Debian packages whose real programs the tests drive (each test module says which it needs).
-SYSTEM_DEPS ?= chromium chromium-driver
+SYSTEM_DEPS ?= chromium chromium-driver slurm-wlm munge
 
 .PHONY: venv lint system-deps test test-fast demo clean
 

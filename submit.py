@@ -4,9 +4,10 @@
     python submit.py --nodes 2 --ngpus 8 --partition gpu -- -c configs/deit_ti_s_b.yaml --data-dir /data/imagenet
     python submit.py --cluster local --nodes 1 --ngpus 2 -- <train.py arguments>
     python submit.py --job eval --ngpus 8 -- <eval.py arguments>
+    python submit.py --device cpu --tasks-per-node 2 --cpus-per-task 1 -- <train.py arguments>   # a CPU-only cluster
 
 A preempted or timed-out training job saves its current step and is requeued; the requeued job
-resumes exactly. See ``snnet/launch.py`` and the README section "On a Slurm cluster".
+resumes exactly. See ``snnet/launch.py`` and docs/slurm.md.
 """
 
 import sys

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian packages the test suite uses for real parts (a one-node Slurm, a headless browser).
+# Debian packages the test suite uses for real parts (a one-node Slurm: slurm-wlm, munge; a headless browser).
 # Installs the missing ones when run as root with apt-get; otherwise prints one line saying how.
 # Usage: scripts/system_deps.sh PACKAGE...
 set -euo pipefail

@@ -59,7 +59,12 @@ def build_submit_parser() -> argparse.ArgumentParser:
                    help="slurm; local (tasks on this machine); debug (in this process). Default: slurm when sbatch exists, else local")  # fmt: skip
     p.add_argument("--job", choices=JOBS, default="train", help="the script the job runs (default train)")
     p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
-    p.add_argument("--ngpus", type=int, default=1, help="GPUs per node, one task (process) each (default 1)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                   help="cpu: no GPUs, --tasks-per-node gloo tasks per node (also passed to the job's script); default cuda")  # fmt: skip
+    p.add_argument("--ngpus", type=int, default=None,
+                   help="GPUs per node, one task (process) each (default 1; 0 or --device cpu: none)")  # fmt: skip
+    p.add_argument("--tasks-per-node", type=int, default=None,
+                   help="tasks (processes) per node: --ngpus with GPUs, else default 1")  # fmt: skip
     p.add_argument("--cpus-per-task", type=int, default=8, help="Slurm CPUs per task (default 8)")
     p.add_argument("--partition", help="Slurm partition")
     p.add_argument("--account", help="Slurm account")
@@ -89,7 +94,11 @@ def main(
     args = build_submit_parser().parse_args(argv[:split])
     entry_argv = argv[split + 1 :]
     check_args(args)
-    check_slurm_only(args, args.cluster or AutoExecutor.which())
+    entry_argv = resolve_device(args, entry_argv)
+    cluster = args.cluster or AutoExecutor.which()
+    check_slurm_only(args, cluster)
+    if cluster == "slurm":
+        check_slurm(args)
     entry = (entries or {}).get(args.job)
     if entry is None:  # the real script: its arguments are checked before the job waits in a queue
         entry = default_entry(args.job, scripts_dir)
@@ -102,8 +111,7 @@ def main(
     if executor.cluster == "local":  # this command waits for the job: the job ends with it (SIGKILL too)
         for task in tasks:
             task.watch_pid = os.getpid()
-    with executor.batch() if len(tasks) > 1 else contextlib.nullcontext():
-        jobs = [executor.submit(task) for task in tasks]
+    jobs = submit_tasks(executor, tasks)
     for job in jobs:
         print(f"job {job.job_id}: logs {Path(job.paths.stdout).parent}/{job.job_id}_<task>_log.out/.err", flush=True)
     if executor.cluster == "slurm":
@@ -112,15 +120,89 @@ def main(
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for name in ("nodes", "ngpus", "array_tasks", "timeout"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name, low in (("nodes", 1), ("ngpus", 0), ("tasks_per_node", 1), ("array_tasks", 1), ("timeout", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    if args.device == "cpu" and args.ngpus:
+        raise ConfigError(f"--device cpu asks for no GPUs: leave out --ngpus {args.ngpus} (or use --ngpus 0)")
+    if args.device == "cuda" and args.ngpus == 0:
+        raise ConfigError("--device cuda needs GPUs: use --ngpus N >= 1, or --device cpu")
+    ngpus, tasks = gpus_and_tasks(args)
+    if ngpus and args.tasks_per_node not in (None, ngpus):
+        raise ConfigError(
+            f"--tasks-per-node {args.tasks_per_node} with --ngpus {ngpus}: a GPU job runs one task per GPU "
+            "(leave out --tasks-per-node, or use --device cpu)"
+        )
     if args.cluster in ("local", "debug") and args.nodes > 1:
         raise ConfigError(f"--cluster {args.cluster} runs on this machine: use --nodes 1, or --cluster slurm")
-    if args.cluster == "debug" and args.ngpus > 1:
-        raise ConfigError("--cluster debug runs one task in this process: use --ngpus 1, or --cluster local")
+    if args.cluster == "debug" and tasks > 1:
+        raise ConfigError(
+            "--cluster debug runs one task in this process: use --ngpus 1 / --tasks-per-node 1, or --cluster local"
+        )
     if args.array_tasks > 1 and args.job != "lab":
         raise ConfigError(f"--array-tasks splits lab.py's cells: use it with --job lab, not --job {args.job}")
+
+
+def gpus_and_tasks(args: argparse.Namespace) -> tuple[int, int]:
+    """GPUs and tasks per node: --ngpus GPUs (1 unless --device cpu) and one task each; no GPUs:
+    --tasks-per-node tasks (1)."""
+    ngpus = args.ngpus if args.ngpus is not None else (0 if args.device == "cpu" else 1)
+    return ngpus, ngpus or args.tasks_per_node or 1
+
+
+def resolve_device(args: argparse.Namespace, argv: list[str]) -> list[str]:
+    """The job script's arguments on a CPU job (--device cpu, or --ngpus 0): ``--device cpu`` added
+    when they do not name a device, refused when they name another."""
+    if gpus_and_tasks(args)[0]:
+        return argv
+    named = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--device"]
+    named += [a.split("=", 1)[1] for a in argv if a.startswith("--device=")]
+    if any(d != "cpu" for d in named):
+        raise ConfigError(f"the job asks for no GPUs, and its script's arguments say --device {named[-1]}: use cpu")
+    return argv if named else argv + ["--device", "cpu"]
+
+
+def check_slurm(args: argparse.Namespace) -> None:
+    """Refuse, before anything is submitted, a Slurm job that cannot be submitted here: no Slurm
+    on this machine, a controller that does not answer, a partition the cluster does not have."""
+    import shutil
+    import subprocess
+
+    if args.timeout * 60 <= args.signal_delay:
+        raise ConfigError(
+            f"--timeout {args.timeout} (minutes) is not above --signal-delay {args.signal_delay} (seconds): "
+            "the requeue signal would come before the job runs; raise --timeout or lower --signal-delay"
+        )
+    if shutil.which("sbatch") is None:
+        raise ConfigError("--cluster slurm: there is no Slurm on this machine (no sbatch on PATH): use --cluster local")
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():  # Slurm's programs would retry it for a minute
+        raise ConfigError(f"--cluster slurm: SLURM_CONF={conf} is not a file: point it at the cluster's slurm.conf")
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ConfigError(f"--cluster slurm: sinfo failed ({e}): is Slurm (SLURM_CONF) set up here?") from None
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"--cluster slurm: Slurm does not answer (sinfo: {why}): is SLURM_CONF right?")
+    partitions = sorted(set(proc.stdout.split()))
+    if args.partition and args.partition not in partitions:
+        raise ConfigError(
+            f"--partition {args.partition}: this cluster has no such partition (it has: {', '.join(partitions)})"
+        )
+
+
+def submit_tasks(executor: AutoExecutor, tasks: list) -> list:
+    """Submit the tasks (several: one job array); a submission Slurm refuses is one error line."""
+    from submitit.core.utils import FailedJobError
+
+    try:
+        with executor.batch() if len(tasks) > 1 else contextlib.nullcontext():
+            return [executor.submit(task) for task in tasks]
+    except FailedJobError as e:
+        lines = [ln for ln in str(e).splitlines() if "error" in ln.lower()] or str(e).splitlines() or ["?"]
+        raise ConfigError(f"Slurm refused the job: {lines[-1].strip()}") from None
 
 
 SLURM_ONLY = ("partition", "account", "qos", "constraint", "signal_delay", "cpus_per_task")
@@ -224,12 +306,16 @@ def make_executor(args: argparse.Namespace) -> AutoExecutor:
             name=f"snnet-{args.job}",
             timeout_min=args.timeout,
             nodes=args.nodes,
-            tasks_per_node=args.ngpus,
-            gpus_per_node=args.ngpus,
+            tasks_per_node=gpus_and_tasks(args)[1],
             cpus_per_task=args.cpus_per_task,
             slurm_signal_delay_s=args.signal_delay,
             slurm_array_parallelism=args.array_tasks,
+            # the batch shell outlives a USR2 sent to the whole job (scancel --signal=USR2 --full):
+            # bash would end on it, and the job with it, before the tasks save and requeue
+            slurm_setup=["trap 'true' USR2"],
         )
+        if gpus_and_tasks(args)[0]:  # a CPU-only cluster refuses any GPU request, even of 0
+            params["gpus_per_node"] = gpus_and_tasks(args)[0]
         for key in ("partition", "account", "qos", "constraint"):
             if getattr(args, key):
                 params[f"slurm_{key}"] = getattr(args, key)

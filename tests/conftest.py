@@ -107,3 +107,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A one-node Slurm on this machine (tests/slurm_cluster.py), shared by the Slurm tests: up
+    once ``sinfo`` and ``srun hostname`` work, every daemon it started stopped at the end."""
+    from slurm_cluster import start_cluster
+
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -38,7 +38,7 @@ class StandInLab:
     def __call__(self, argv: list[str]) -> int:
         parser = argparse.ArgumentParser()
         parser.add_argument("--cell-shard")
-        i, k = map(int, parser.parse_args(argv).cell_shard.split("/"))
+        i, k = map(int, parser.parse_known_args(argv)[0].cell_shard.split("/"))  # and --device cpu
         folder = Path(self.folder)
         with open(folder / f"attempts-{i}", "a") as f:
             f.write("x")
@@ -67,4 +67,29 @@ class Heartbeat:
         (folder / f"pid-{os.environ['RANK']}").write_text(str(os.getpid()))
         while True:
             (folder / f"beat-{os.environ['RANK']}").write_text(str(time.time()))
+            time.sleep(0.2)
+
+
+@dataclass
+class HoldFirstRun:
+    """Step callback: a Slurm job's first run holds at global step ``from_step`` (writing
+    ``holding`` into the run folder) until it gets the preemption signal or is killed, at most
+    ``limit_s``; a requeued run (SLURM_RESTART_COUNT > 0), and any run once ``fast_marker``
+    exists, goes on at full speed. Holding changes no weights."""
+
+    from_step: int
+    fast_marker: str
+    limit_s: float = 300.0
+
+    def __call__(self, trainer, global_step: int, loss) -> None:
+        import time
+
+        if os.environ.get("SLURM_RESTART_COUNT", "0") != "0" or Path(self.fast_marker).exists():
+            return
+        if global_step < self.from_step:
+            return
+        (Path(trainer.out_dir) / "holding").touch()
+        deadline = time.time() + self.limit_s
+        # the trainer's stop_check under submit.py (snnet.launch.PreemptionFlag) records the signal
+        while not getattr(trainer.stop_check, "signalled", False) and time.time() < deadline:
             time.sleep(0.2)

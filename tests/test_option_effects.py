@@ -264,6 +264,8 @@ ROWS = [
     row("submit", "array_tasks", ["--cluster", "local", "--array-tasks", "2", "--", "--epochs", "1"], "refused: --array-tasks splits lab.py's cells"),
     row("submit", "nodes", ["--cluster", "local", "--nodes", "2", "--", "--epochs", "1"], "refused: --cluster local runs on this machine: use --nodes 1"),
     row("submit", "ngpus", ["--cluster", "debug", "--ngpus", "2", "--", "--epochs", "1"], "refused: --cluster debug runs one task in this process"),
+    row("submit", "device", ["--cluster", "local", "--device", "cpu", "--ngpus", "2", "--", "--epochs", "1"], "refused: --device cpu asks for no GPUs"),
+    row("submit", "tasks_per_node", ["--cluster", "local", "--ngpus", "2", "--tasks-per-node", "3", "--", "--epochs", "1"], "refused: --tasks-per-node 3 with --ngpus 2: a GPU job runs one task per GPU"),
 ]  # fmt: skip
 
 # Options that act whatever else is given (each checked for its own value where it can be bad).

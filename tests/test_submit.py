@@ -1,10 +1,12 @@
-"""submit.py on submitit: 2 local tasks train like torchrun's workers, a preempted job saves its
-step and is requeued to the same weights, lab.py's cells as a job array, the Slurm script, and
-workers that die with their launcher."""
+"""submit.py on submitit's local executor: 2 local tasks train like torchrun's workers, a preempted
+job saves its step and is requeued to the same weights, workers that die with their launcher; the
+sbatch script of what one machine cannot show (2 GPU nodes). The jobs on a real Slurm, a lab job
+array among them, are tests/test_slurm.py's."""
 
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from submit_hooks import Heartbeat, SignalOnceAtStep, StandInLab
+from submit_hooks import Heartbeat, SignalOnceAtStep
 from test_train import PYTHON, REPO, TINY, load, read_steps
 
 from snnet import launch
@@ -75,18 +77,6 @@ def test_preempted_local_job_saves_its_step_is_requeued_and_ends_with_the_same_w
         assert torch.equal(v, b["state_dict"][k]), k
 
 
-@pytest.mark.slow
-def test_lab_cells_as_a_job_array_each_task_its_shard_finished_cells_kept_on_requeue(tmp_path, tasks_import_tests):
-    lab = StandInLab(cells=5, folder=str(tmp_path))
-    argv = submit_argv(tmp_path / "jobs", "--job", "lab", "--ngpus", "1", "--array-tasks", "2")
-    assert launch.main(argv, entries={"lab": lab}) == 0
-    shards = {c: (tmp_path / f"cell-{c}.done").read_text() for c in range(5)}
-    assert shards == {0: "0/2", 1: "1/2", 2: "0/2", 3: "1/2", 4: "0/2"}
-    computed = (tmp_path / "computed").read_text().split()
-    assert sorted(computed) == ["0", "1", "2", "3", "4"]  # no finished cell computed again
-    assert [(tmp_path / f"attempts-{i}").read_text() for i in (0, 1)] == ["xx", "xx"]  # each requeued once
-
-
 def test_bad_submissions_fail_with_one_line_before_anything_is_submitted(tmp_path, capsys):
     cases = [
         (["--job", "lab"], [], "lab.py, which is not in this checkout"),
@@ -106,10 +96,13 @@ def test_bad_submissions_fail_with_one_line_before_anything_is_submitted(tmp_pat
 
 
 def test_slurm_job_script_asks_for_the_nodes_gpus_and_requeue_signal(tmp_path, monkeypatch, capsys):
-    """On Slurm, submit.py writes an sbatch script (read here from a stand-in sbatch on PATH) and returns."""
+    """On Slurm, submit.py writes an sbatch script (read here from a stand-in sbatch on PATH) and
+    returns. What a one-node CPU cluster cannot show (tests/test_slurm.py runs the rest on a real
+    one): 2 nodes of 8 GPUs, a GPU partition, account, QOS, constraint."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sinfo").write_text("#!/bin/sh\necho gpu\necho cpu\n")  # the cluster's partitions
     (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/job.sh\necho "Submitted batch job 4242"\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
@@ -132,6 +125,14 @@ def test_slurm_job_script_asks_for_the_nodes_gpus_and_requeue_signal(tmp_path, m
     ):
         assert line in script, (line, script)
     assert "submitit.core._submit" in script and "srun" in script
+    # --ngpus 0 (as --device cpu): no GPU request at all, N tasks per node, the script on the CPU
+    options = ["--cluster", "slurm", "--nodes", "2", "--ngpus", "0", "--tasks-per-node", "3", "--partition", "cpu"]
+    assert launch.main(options + ["--job-dir", str(tmp_path / "cpu"), "--"] + [str(a) for a in TINY]) == 0
+    script = (tmp_path / "job.sh").read_text()
+    assert "#SBATCH --ntasks-per-node=3" in script and "#SBATCH --nodes=2" in script and "gpu" not in script
+    (pickled,) = (tmp_path / "cpu").glob("*_submitted.pkl")
+    task = pickle.loads(pickled.read_bytes()).function
+    assert task.argv[task.argv.index("--device") + 1] == "cpu"
 
 
 def _children(pid: int) -> list[int]:
@@ -230,3 +231,11 @@ def test_debug_cluster_trains_in_this_process(tmp_path, one_thread):
     assert [r["step"] for r in read_steps(run)] == [1, 2]
     assert (run / "last.pth.tar").is_file() and (run / "train.log").is_file()
     assert "RANK" not in os.environ and "MASTER_PORT" not in os.environ
+
+
+def test_example_slurm_conf_is_what_the_test_cluster_writes():
+    """tests/slurm.conf (docs/slurm.md's one-machine example) is tests/slurm_cluster.py's template
+    on a 2-CPU machine "myhost": the example and the tested configuration stay one."""
+    from slurm_cluster import example_config
+
+    assert (TESTS / "slurm.conf").read_text() == example_config()

@@ -51,10 +51,13 @@ def main(
     set_cpu_threads(cfg.threads)
     if cfg.check_args:
         return check_only(cfg)
+    # Every rank checks the run folder before the process group forms: the primary takes its lock
+    # only once every rank has joined, so no rank can find its own primary's lock (a race under load).
+    out_dir = _run_folder(cfg)
     info = init_distributed(cfg.device)
     handlers: list[logging.Handler] = []
     try:
-        return _run(cfg, info, handlers, step_callbacks, stop_check)
+        return _run(cfg, info, handlers, out_dir, step_callbacks, stop_check)
     finally:
         for h in handlers:
             _logger.removeHandler(h)
@@ -67,22 +70,28 @@ def _run(
     args: TrainConfig,
     info: DistInfo,
     handlers: list,
+    out_dir: Path,
     step_callbacks: Sequence[StepCallback],
     stop_check: Optional[StopCheck] = None,
 ) -> int:
     handlers += setup_logging(info)
     if info.is_primary:  # train.log is written once the run starts (runlog.start_run_files)
         handlers.append(add_file_log())
-    require_anchors(args.anchors)
-    exp = args.experiment or default_experiment(args)
-    out_dir = Path(args.output or "./output/train") / exp
-    check_output_dir(out_dir, "--output/--experiment")
-    check_folder_free(out_dir, "--output/--experiment")  # another train.py on it: refused before any work
     cfg = resolve_args(args, info)
     cfg, resume = resume_target(cfg, out_dir, info)
     if cfg.no_resume_opt and not resume and info.is_primary:
         _logger.info("--no-resume-opt: no checkpoint to resume in this run folder, so the run starts fresh anyway")
     return Trainer(cfg, info, out_dir, resume, step_callbacks, stop_check).fit()
+
+
+def _run_folder(args: TrainConfig) -> Path:
+    """The run folder, refused before any work when it is a file or another train.py writes it."""
+    require_anchors(args.anchors)
+    exp = args.experiment or default_experiment(args)
+    out_dir = Path(args.output or "./output/train") / exp
+    check_output_dir(out_dir, "--output/--experiment")
+    check_folder_free(out_dir, "--output/--experiment")  # another train.py on it: refused before any work
+    return out_dir
 
 
 def check_only(args: TrainConfig) -> int:
