@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_DEIT_ARGS, run_entry
+from test_failures import one_error_line
 
 from snnet.data.datasets import load_digits_split
 from snnet.evaluate.main import main as eval_main
@@ -133,12 +134,20 @@ def test_exported_network_gives_the_checkpoints_predictions(trained, tmp_path, s
     assert all(abs(float(a["prob_1"]) - float(b["prob_1"])) < 1e-4 for a, b in zip(direct, shipped))
 
 
-def test_bad_paths_fail_with_one_line(trained, tmp_path):
+def test_bad_paths_fail_with_one_line(trained, tmp_path, capsys):
     ckpt, sweep, images = trained
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.png").write_text("not an image")
+    # the script itself, once: its stderr is the one line, nothing else
+    args = ["--resume", ckpt, "--stitch", "0", tmp_path / "missing.png"]
+    proc = subprocess.run(
+        [sys.executable, "predict.py", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert re.fullmatch("error: image '.*missing.png' does not exist.*", lines[0]), lines[0]
+    # the rest through its main in this process (a subprocess each cost 6 s of imports)
     cases = [
-        (["--resume", ckpt, "--stitch", "0", tmp_path / "missing.png"], "image '.*missing.png' does not exist"),
         (["--resume", ckpt, "--stitch", "0", tmp_path / "empty"], "folder '.*empty' holds no image files"),
         (["--resume", ckpt, "--stitch", "0", tmp_path / "notes.png"], "cannot read image '.*notes.png'"),
         (
@@ -150,13 +159,8 @@ def test_bad_paths_fail_with_one_line(trained, tmp_path):
         (["--resume", ckpt, images], "--resume needs --stitch"),
     ]
     for args, message in cases:
-        proc = subprocess.run(
-            [sys.executable, "predict.py", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120
-        )
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-        assert lines[0].startswith("error: ")
-        assert re.search(message, lines[0]), lines[0]
+        line = one_error_line(run_entry(predict_main, args), capsys)
+        assert re.search(message, line), line
 
 
 def swept_copy(sweep: Path, tmp_path: Path) -> Path:
