@@ -300,13 +300,14 @@ def make_tasks(args: argparse.Namespace, entry: Callable, argv: list[str], step_
 
 
 def make_executor(args: argparse.Namespace) -> AutoExecutor:
+    ngpus, tasks = gpus_and_tasks(args)
     try:
         executor = AutoExecutor(folder=args.job_dir, cluster=args.cluster)
         params: dict[str, Any] = dict(
             name=f"snnet-{args.job}",
             timeout_min=args.timeout,
             nodes=args.nodes,
-            tasks_per_node=gpus_and_tasks(args)[1],
+            tasks_per_node=tasks,
             cpus_per_task=args.cpus_per_task,
             slurm_signal_delay_s=args.signal_delay,
             slurm_array_parallelism=args.array_tasks,
@@ -314,8 +315,8 @@ def make_executor(args: argparse.Namespace) -> AutoExecutor:
             # bash would end on it, and the job with it, before the tasks save and requeue
             slurm_setup=["trap 'true' USR2"],
         )
-        if gpus_and_tasks(args)[0]:  # a CPU-only cluster refuses any GPU request, even of 0
-            params["gpus_per_node"] = gpus_and_tasks(args)[0]
+        if ngpus:  # a CPU-only cluster refuses any GPU request, even of 0
+            params["gpus_per_node"] = ngpus
         for key in ("partition", "account", "qos", "constraint"):
             if getattr(args, key):
                 params[f"slurm_{key}"] = getattr(args, key)
