@@ -17,6 +17,7 @@ shards in all (docs/data.md).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tarfile
@@ -171,8 +172,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
 def first_images(stream: ShardStream, n: int) -> list:
     """The first ``n`` images of the split in shard order (no shuffle): a stream's LS-init images."""
-    view = ShardStream.__new__(ShardStream)
-    view.__dict__.update(stream.__dict__)
+    view = copy.copy(stream)  # the stream's own settings stay as they are
     view.is_training, view.world, view.rank, view.epoch, view.transform = False, 1, 0, 0, None
     images = []
     for image, _ in view:
